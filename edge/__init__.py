@@ -1,0 +1,1 @@
+"""The Switchboard edge: terminates WebSockets and bridges them to NATS."""

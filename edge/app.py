@@ -1,0 +1,58 @@
+"""Runs one edge process: connect to NATS, serve WebSockets, shut down on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from edge.backbone import NatsBackbone
+from edge.server import EdgeServer
+from switchboard.settings import EdgeSettings
+from switchboard.tokens import TokenVerifier
+
+log = logging.getLogger("switchboard.edge")
+
+
+async def connect_backbone(settings: EdgeSettings) -> NatsBackbone:
+    """Connect, retrying until NATS answers: an edge never gives up on its backbone."""
+    backbone = NatsBackbone(settings.nats_url, f"sb-edge:{settings.pod_name}", settings.ticket_ttl_s)
+    delay = 0.2
+    while True:
+        try:
+            await backbone.connect()
+            return backbone
+        except Exception as exc:  # nats-py raises several unrelated types here
+            log.warning("nats not reachable yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def make_verifier(settings: EdgeSettings) -> TokenVerifier:
+    return TokenVerifier(
+        secret=settings.jwt_secret,
+        public_key_file=settings.jwt_public_key_file,
+        algorithms=list(settings.jwt_algorithms),
+        leeway_s=settings.jwt_leeway_s,
+    )
+
+
+async def run_edge(settings: EdgeSettings, ready: asyncio.Event | None = None) -> None:
+    backbone = await connect_backbone(settings)
+    server = EdgeServer(settings, backbone, make_verifier(settings))
+    await server.start()
+    log.info(
+        "edge listening",
+        extra={"pod": settings.pod_name, "port": server.port, "nats": settings.nats_url},
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down", extra={"pod": settings.pod_name})
+    await server.shutdown()
+    await backbone.flush()
+    await backbone.close()

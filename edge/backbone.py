@@ -1,0 +1,162 @@
+"""The NATS backbone: the only edge module that imports `nats`.
+
+Reconnects forever (nats-py gives up after 60 attempts by default) and maps
+NATS failures onto the small exceptions of edge.ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import KeyValueConfig
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from edge.ports import Delivery, NoResponders, Reply, RequestTimeout, Unavailable
+
+log = logging.getLogger("switchboard.edge.backbone")
+
+TICKETS_BUCKET = "sb_tickets"
+
+
+class _Handle:
+    __slots__ = ("_sub",)
+
+    def __init__(self, sub: Subscription) -> None:
+        self._sub = sub
+
+    async def unsubscribe(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except (ConnectionClosedError, nats.errors.BadSubscriptionError):
+            pass
+
+
+class NatsBackbone:
+    """nats-py client configured for an edge."""
+
+    def __init__(self, servers: str, name: str, ticket_ttl_s: int) -> None:
+        self._servers = [s.strip() for s in servers.split(",") if s.strip()]
+        self._name = name
+        self._ticket_ttl_s = ticket_ttl_s
+        self._nc: Client | None = None
+        self._tickets: KeyValue | None = None
+        self.on_state_change: Callable[[bool], None] = lambda connected: None
+
+    async def connect(self) -> None:
+        self._nc = await nats.connect(
+            servers=self._servers,
+            name=self._name,
+            max_reconnect_attempts=-1,  # forever: an edge never gives up on its backbone
+            reconnect_time_wait=0.5,
+            connect_timeout=2,
+            allow_reconnect=True,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+            error_cb=self._error,
+        )
+        log.info("nats connected", extra={"servers": self._servers})
+
+    async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.drain()
+
+    async def flush(self, timeout_s: float = 5.0) -> None:
+        """Wait until everything published so far has reached the server."""
+        if self._nc is not None and self._nc.is_connected:
+            await self._nc.flush(timeout=int(max(1, timeout_s)))
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    @property
+    def client(self) -> Client:
+        if self._nc is None:
+            raise Unavailable("not connected")
+        return self._nc
+
+    async def _disconnected(self) -> None:
+        log.warning("nats disconnected")
+        self.on_state_change(False)
+
+    async def _reconnected(self) -> None:
+        log.info("nats reconnected")
+        self.on_state_change(True)
+
+    async def _error(self, exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+
+    async def subscribe(self, subject: str, handler: Callable[[Delivery], None]) -> _Handle:
+        async def on_msg(msg: Msg) -> None:
+            handler(Delivery(msg.subject, msg.data, msg.headers))
+
+        # pending limits are generous: the hub hands messages to bounded outboxes at once.
+        sub = await self.client.subscribe(
+            subject, cb=on_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=256 << 20
+        )
+        return _Handle(sub)
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        if not self.connected:
+            raise Unavailable("backbone disconnected")
+        try:
+            await self.client.publish(subject, data, headers=headers or None)
+        except (ConnectionClosedError, OutboundBufferLimitError) as exc:
+            raise Unavailable(str(exc) or "backbone unavailable") from None
+
+    async def request(
+        self, subject: str, data: bytes, headers: dict[str, str], timeout_s: float
+    ) -> Reply:
+        if not self.connected:
+            raise Unavailable("backbone disconnected")
+        try:
+            msg = await self.client.request(subject, data, timeout=timeout_s, headers=headers)
+        except NoRespondersError:
+            raise NoResponders(subject) from None
+        except NatsTimeout:
+            raise RequestTimeout(subject) from None
+        except ConnectionClosedError:
+            raise Unavailable("backbone closed") from None
+        return Reply(msg.data, msg.headers)
+
+    async def _ticket_bucket(self) -> KeyValue:
+        if self._tickets is None:
+            js = self.client.jetstream()
+            try:
+                self._tickets = await js.key_value(TICKETS_BUCKET)
+            except (NotFoundError, nats.js.errors.BucketNotFoundError):
+                self._tickets = await js.create_key_value(
+                    KeyValueConfig(bucket=TICKETS_BUCKET, ttl=self._ticket_ttl_s, history=1)
+                )
+        return self._tickets
+
+    async def put_ticket(self, ticket: str, value: bytes) -> None:
+        if not self.connected:
+            raise Unavailable("backbone disconnected")
+        try:
+            await (await self._ticket_bucket()).create(ticket, value)
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise Unavailable(f"ticket store: {exc}") from None
+
+    async def take_ticket(self, ticket: str) -> bytes | None:
+        if not self.connected:
+            raise Unavailable("backbone disconnected")
+        try:
+            kv = await self._ticket_bucket()
+            entry = await kv.get(ticket)
+            # Delete only if nobody else did since we read it: single use across edges.
+            await kv.delete(ticket, last=entry.revision)
+        except (KeyNotFoundError, KeyWrongLastSequenceError):
+            return None
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise Unavailable(f"ticket store: {exc}") from None
+        return entry.value

@@ -1,0 +1,240 @@
+"""The asyncio adapter for one client: moves bytes between the socket and the Session.
+
+It carries out the Session's actions (sends, hub joins, NATS publishes and
+RPCs) and owns the connection's Outbox and writer task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from edge import protocol
+from edge.hub import HEADER_FROM, HEADER_TS, decode_data
+from edge.outbox import Outbox
+from edge.ports import NoResponders, RequestTimeout, Unavailable
+from edge.session import Action, Close, Publish, Rpc, Send, Session, Subscribe, Unsubscribe
+from switchboard.channels import channel_subject, rpc_subject
+from switchboard.codes import CloseCode, ErrorCode
+from switchboard.tokens import Claims
+
+if TYPE_CHECKING:
+    from edge.server import EdgeServer
+
+log = logging.getLogger("switchboard.edge.connection")
+
+
+class EdgeConnection(ServerConnection):
+    """websockets' connection, plus the claims established during the upgrade."""
+
+    claims: Claims | None = None
+
+
+class Connection:
+    """Glue between one websockets connection, its Session and the hub."""
+
+    def __init__(self, server: EdgeServer, ws: EdgeConnection, session: Session, cid: str) -> None:
+        self.server = server
+        self.ws = ws
+        self.session = session
+        self.id = cid
+        self.outbox = Outbox(server.settings.outbox_max_bytes, server.settings.slow_consumer_grace_s)
+        self.log = logging.LoggerAdapter(
+            log, {"conn": cid, "user": session.user, "pod": server.settings.pod_name}
+        )
+        self._wake = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._joined_user = False
+        self._now: Callable[[], float] = asyncio.get_running_loop().time
+
+    # -- Member ---------------------------------------------------------------
+
+    def deliver(self, text: str) -> None:
+        if self._closing:
+            return
+        if self.outbox.push(text, self._now()):
+            self._wake.set()
+        else:
+            self.evict("outbound buffer full")
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def run(self) -> None:
+        hub = self.server.hub
+        self.deliver(self.session.welcome(self.id, self.server.settings.pod_name,
+                                          self.server.settings.ping_interval_s).text)
+        writer = asyncio.create_task(self._write_loop())
+        expiry = asyncio.create_task(self._expire_later())
+        try:
+            await hub.join_user(self.session.user, self)
+            self._joined_user = True
+            async for message in self.ws:
+                if isinstance(message, bytes):
+                    actions = self.session.receive_binary()
+                else:
+                    actions = self.session.receive(message, self._now())
+                await self._execute(actions)
+                if self.session.closed:
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self._closing = True
+            writer.cancel()
+            expiry.cancel()
+            for task in tuple(self._tasks):
+                task.cancel()
+            await self._leave_all()
+
+    async def _leave_all(self) -> None:
+        hub = self.server.hub
+        for channel in tuple(self.session.subscriptions):
+            await hub.leave_channel(channel, self)
+        self.session.subscriptions.clear()
+        if self._joined_user:
+            await hub.leave_user(self.session.user, self)
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                async with self._send_lock:
+                    text = self.outbox.take()
+                    if text is not None:
+                        await self.ws.send(text)
+        except ConnectionClosed:
+            pass
+
+    async def _expire_later(self) -> None:
+        """Close with 4001 once `exp` passes; a `refresh` moves `exp` and the wait goes on."""
+        while True:
+            await asyncio.sleep(max(0.0, self.session.claims.exp - time.time()) + 0.05)
+            actions = self.session.check_expiry(time.time())
+            if actions:
+                await self._execute(actions)
+                return
+
+    async def close(self, code: int, reason: str) -> None:
+        """Flush what is pending, then close with `code`."""
+        self._closing = True
+        try:
+            async with asyncio.timeout(2.0):
+                async with self._send_lock:
+                    text = self.outbox.take()
+                    if text is not None:
+                        await self.ws.send(text)
+                await self.ws.close(code, reason)
+        except (TimeoutError, ConnectionClosed):
+            self.ws.transport.abort()
+        self.server.record_close(code)
+
+    def evict(self, why: str) -> None:
+        """Slow consumer: close with 1013 without waiting on its full buffer."""
+        if self._closing:
+            return
+        self._closing = True
+        self.log.warning("evicting slow consumer: %s", why)
+        self.server.evictions += 1
+        self.outbox.take()
+        task = asyncio.create_task(self._evict_close())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _evict_close(self) -> None:
+        try:
+            async with asyncio.timeout(1.0):
+                await self.ws.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+        except (TimeoutError, ConnectionClosed):
+            pass
+        finally:
+            self.ws.transport.abort()
+            self.server.record_close(CloseCode.TRY_AGAIN_LATER)
+
+    # -- actions --------------------------------------------------------------
+
+    async def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Send(text):
+                    self.deliver(text)
+                case Close(code, reason):
+                    await self.close(code, reason)
+                case Subscribe():
+                    await self._subscribe(action)
+                case Unsubscribe(request_id, channel):
+                    await self.server.hub.leave_channel(channel, self)
+                    self.deliver(protocol.ack(request_id, {"channel": channel}))
+                case Publish():
+                    await self._publish(action)
+                case Rpc():
+                    task = asyncio.create_task(self._rpc(action))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+    def _error(self, request_id: str | None, code: ErrorCode, message: str) -> None:
+        for action in self.session.refuse(request_id, code, message, self._now()):
+            if isinstance(action, Send):
+                self.deliver(action.text)
+
+    async def _subscribe(self, action: Subscribe) -> None:
+        try:
+            await self.server.hub.join_channel(action.channel, self)
+        except Unavailable as exc:
+            self.session.subscribe_failed(action.channel)
+            self._error(action.request_id, ErrorCode.UNAVAILABLE, str(exc))
+            return
+        payload = {"channel": action.channel, "offset": None, "epoch": None, "recovered": False}
+        self.deliver(protocol.ack(action.request_id, payload))
+
+    async def _publish(self, action: Publish) -> None:
+        headers = {HEADER_FROM: self.session.user, HEADER_TS: str(int(time.time() * 1000))}
+        if action.msg_id is not None:
+            headers["Nats-Msg-Id"] = action.msg_id
+        subject = channel_subject(self.server.settings.subject_prefix, action.channel)
+        try:
+            await self.server.backbone.publish(subject, action.body, headers)
+        except Unavailable as exc:
+            self._error(action.request_id, ErrorCode.UNAVAILABLE, f"not accepted: {exc}")
+            return
+        self.server.publishes += 1
+        self.deliver(protocol.ack(action.request_id, {"channel": action.channel}))
+
+    async def _rpc(self, action: Rpc) -> None:
+        subject = rpc_subject(self.server.settings.subject_prefix, action.method)
+        headers = {HEADER_FROM: self.session.user, "Sb-Conn": self.id}
+        try:
+            reply = await self.server.backbone.request(
+                subject, action.body, headers, action.timeout_s
+            )
+            error_code = (reply.headers or {}).get("Sb-Error")
+            if error_code:
+                self.deliver(
+                    protocol.frame(
+                        "error",
+                        {"code": error_code, "message": reply.data.decode(errors="replace"),
+                         "retryable": False},
+                        action.request_id,
+                    )
+                )
+            else:
+                data = decode_data(reply.data) if reply.data else None
+                self.deliver(protocol.frame("rpc_response", {"data": data}, action.request_id))
+        except NoResponders:
+            self._error(action.request_id, ErrorCode.NOT_FOUND, f"no backend for '{action.method}'")
+        except RequestTimeout:
+            self._error(action.request_id, ErrorCode.TIMEOUT, f"'{action.method}' timed out")
+        except Unavailable as exc:
+            self._error(action.request_id, ErrorCode.UNAVAILABLE, str(exc))
+        except UnicodeDecodeError:
+            self._error(action.request_id, ErrorCode.INTERNAL, "backend reply is not UTF-8")
+        finally:
+            self.session.rpc_finished()

@@ -1,0 +1,118 @@
+"""Routes backbone messages to local connections.
+
+One backbone subscription per channel (and per user) in use on this edge,
+reference-counted by the set of local members; never one per connection.
+Each incoming message is decoded and encoded once, then the same text is
+handed to every member's outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from edge import protocol
+from edge.ports import Backbone, Delivery, Member, SubscriptionHandle
+from switchboard.channels import channel_subject, personal_channel, user_subject
+
+log = logging.getLogger("switchboard.edge.hub")
+
+HEADER_FROM = "Sb-From"
+HEADER_TS = "Sb-Ts"
+
+
+class _Topic:
+    __slots__ = ("handle", "members")
+
+    def __init__(self, handle: SubscriptionHandle) -> None:
+        self.handle = handle
+        self.members: set[Member] = set()
+
+
+def decode_data(data: bytes) -> Any:
+    """Backend payloads are JSON; other UTF-8 text is delivered as a string."""
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError:
+        raise
+    except ValueError:
+        return data.decode()
+
+
+class Hub:
+    def __init__(self, backbone: Backbone, prefix: str, *, expose_publisher: bool) -> None:
+        self._backbone = backbone
+        self._prefix = prefix
+        self._expose_publisher = expose_publisher
+        self._topics: dict[str, _Topic] = {}
+        self._lock = asyncio.Lock()
+        self.delivered = 0
+        self.dropped_undecodable = 0
+
+    @property
+    def subscription_count(self) -> int:
+        return len(self._topics)
+
+    def members(self, channel: str) -> int:
+        topic = self._topics.get(channel_subject(self._prefix, channel))
+        return len(topic.members) if topic else 0
+
+    async def join_channel(self, channel: str, member: Member) -> None:
+        await self._join(channel_subject(self._prefix, channel), channel, member)
+
+    async def leave_channel(self, channel: str, member: Member) -> None:
+        await self._leave(channel_subject(self._prefix, channel), member)
+
+    async def join_user(self, user: str, member: Member) -> None:
+        await self._join(user_subject(self._prefix, user), personal_channel(user), member)
+
+    async def leave_user(self, user: str, member: Member) -> None:
+        await self._leave(user_subject(self._prefix, user), member)
+
+    async def _join(self, subject: str, channel: str, member: Member) -> None:
+        async with self._lock:
+            topic = self._topics.get(subject)
+            if topic is None:
+                handle = await self._backbone.subscribe(
+                    subject, lambda d: self._deliver(channel, subject, d)
+                )
+                topic = self._topics[subject] = _Topic(handle)
+            topic.members.add(member)
+
+    async def _leave(self, subject: str, member: Member) -> None:
+        async with self._lock:
+            topic = self._topics.get(subject)
+            if topic is None:
+                return
+            topic.members.discard(member)
+            if not topic.members:
+                del self._topics[subject]
+                await topic.handle.unsubscribe()
+
+    def _deliver(self, channel: str, subject: str, delivery: Delivery) -> None:
+        topic = self._topics.get(subject)
+        if topic is None or not topic.members:
+            return
+        try:
+            data = decode_data(delivery.data)
+        except UnicodeDecodeError:
+            self.dropped_undecodable += 1
+            log.warning("dropped a non-UTF-8 message", extra={"subject": delivery.subject})
+            return
+        text = self.encode_event(channel, data, delivery.headers)
+        for member in tuple(topic.members):
+            member.deliver(text)
+        self.delivered += len(topic.members)
+
+    def encode_event(self, channel: str, data: Any, headers: Mapping[str, str] | None) -> str:
+        headers = headers or {}
+        try:
+            ts = int(headers.get(HEADER_TS, ""))
+        except ValueError:
+            ts = int(time.time() * 1000)
+        sender = headers.get(HEADER_FROM) if self._expose_publisher else None
+        return protocol.event_frame(channel, data, ts=ts, sender=sender)

@@ -1,0 +1,67 @@
+"""Small interfaces between the hub, the backbone (NATS) and the transport."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message arriving from the backbone."""
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    data: bytes
+    headers: Mapping[str, str] | None
+
+
+class Unavailable(Exception):
+    """The backbone cannot take the request now; nothing was accepted."""
+
+
+class NoResponders(Exception):
+    """Nobody listens on the RPC subject."""
+
+
+class RequestTimeout(Exception):
+    """The RPC responder did not answer in time."""
+
+
+class SubscriptionHandle(Protocol):
+    async def unsubscribe(self) -> None: ...
+
+
+class Backbone(Protocol):
+    """What the edge needs from the message backbone."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def subscribe(
+        self, subject: str, handler: Callable[[Delivery], None]
+    ) -> SubscriptionHandle: ...
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None: ...
+
+    async def request(
+        self, subject: str, data: bytes, headers: dict[str, str], timeout_s: float
+    ) -> Reply: ...
+
+    async def put_ticket(self, ticket: str, value: bytes) -> None: ...
+
+    async def take_ticket(self, ticket: str) -> bytes | None:
+        """The ticket's value exactly once across all edges; None if unknown or used."""
+        ...
+
+
+class Member(Protocol):
+    """A local connection as the hub sees it: something to hand frames to."""
+
+    def deliver(self, text: str) -> None: ...

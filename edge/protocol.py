@@ -1,0 +1,107 @@
+"""Wire format: parse client frames, encode server frames (DESIGN §3).
+
+Pure functions, no I/O. Server frames are compact JSON with no raw newlines,
+so several can share one WebSocket frame separated by `\n`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from switchboard.codes import RETRYABLE, ErrorCode
+
+CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "rpc", "presence", "refresh"})
+MAX_ID_LENGTH = 128
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def encode(obj: Any) -> str:
+    return _encoder.encode(obj)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    type: str
+    id: str | None
+    payload: dict[str, Any]
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be acted on; becomes an `error` frame."""
+
+    def __init__(self, code: ErrorCode, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+def parse(text: str) -> Request:
+    """Decode one client frame into a Request, or raise ProtocolError."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "malformed JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a message must be a JSON object")
+    request_id = obj.get("id")
+    if request_id is not None and (
+        not isinstance(request_id, str) or len(request_id) > MAX_ID_LENGTH
+    ):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"'id' must be a string of at most {MAX_ID_LENGTH}")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'type'", request_id)
+    if kind not in CLIENT_TYPES:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type '{kind[:64]}'", request_id)
+    payload = obj.get("payload", {})
+    if not isinstance(payload, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'payload' must be an object", request_id)
+    return Request(kind, request_id, payload)
+
+
+def field(request: Request, name: str, kind: type, *, required: bool = True) -> Any:
+    """A payload field of the given JSON type, or ProtocolError naming it."""
+    value = request.payload.get(name)
+    if value is None:
+        if required:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"missing field '{name}'", request.id)
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"field '{name}' must be {kind.__name__}", request.id
+        )
+    return value
+
+
+def frame(kind: str, payload: dict[str, Any], request_id: str | None = None) -> str:
+    obj: dict[str, Any] = {"type": kind}
+    if request_id is not None:
+        obj["id"] = request_id
+    obj["payload"] = payload
+    return encode(obj)
+
+
+def ack(request_id: str | None, payload: dict[str, Any] | None = None) -> str:
+    return frame("ack", payload or {}, request_id)
+
+
+def error(request_id: str | None, code: ErrorCode, message: str) -> str:
+    return frame(
+        "error", {"code": code.value, "message": message, "retryable": code in RETRYABLE}, request_id
+    )
+
+
+def event_frame(
+    channel: str, data: Any, *, ts: int, sender: str | None, extra: dict[str, Any] | None = None
+) -> str:
+    """One `event` frame, encoded once per edge and shared by all local subscribers."""
+    payload: dict[str, Any] = {"channel": channel, "data": data, "ts": ts}
+    if sender is not None:
+        payload["from"] = sender
+    if extra:
+        payload.update(extra)
+    return frame("event", payload)

@@ -1,0 +1,269 @@
+"""The edge's WebSocket server: HTTP routes, auth during the upgrade, connections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from edge.connection import Connection, EdgeConnection
+from edge.hub import Hub
+from edge.ports import Backbone, Unavailable
+from edge.session import Limits, Session
+from edge.upgrade import SUBPROTOCOL, find_credential, offered_subprotocols, origin_allowed, route
+from switchboard.settings import ChannelPolicy, EdgeSettings
+from switchboard.tokens import Claims, TokenError, TokenVerifier, mint_token
+
+log = logging.getLogger("switchboard.edge.server")
+
+WS_PATH = "/v1/ws"
+
+
+def _response(
+    status: int, body: str | bytes, content_type: str = "text/plain; charset=utf-8",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    raw = body.encode() if isinstance(body, str) else body
+    all_headers = Headers(
+        [("Content-Type", content_type), ("Content-Length", str(len(raw))),
+         ("Cache-Control", "no-store"), *(headers or {}).items()]
+    )
+    reason = {200: "OK", 201: "Created", 204: "No Content", 401: "Unauthorized",
+              403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+              429: "Too Many Requests", 503: "Service Unavailable"}.get(status, "")
+    return Response(status, reason, all_headers, raw)
+
+
+def _json(status: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return _response(status, json.dumps(obj), "application/json", headers)
+
+
+class EdgeServer:
+    """Owns the listening socket, the live connections and the upgrade checks."""
+
+    def __init__(
+        self, settings: EdgeSettings, backbone: Backbone, verifier: TokenVerifier
+    ) -> None:
+        self.settings = settings
+        self.backbone = backbone
+        self.verifier = verifier
+        self.hub = Hub(backbone, settings.subject_prefix, expose_publisher=settings.expose_publisher)
+        self.limits = Limits(
+            max_message_bytes=settings.max_message_bytes,
+            max_subscriptions=settings.max_subscriptions,
+            max_rpcs_in_flight=settings.max_rpcs_in_flight,
+            rate_per_s=settings.rate_per_s,
+            rate_burst=settings.rate_burst,
+            abuse_errors=settings.abuse_errors,
+            abuse_window_s=settings.abuse_window_s,
+            rpc_timeout_ms=settings.rpc_timeout_ms,
+            rpc_max_timeout_ms=settings.rpc_max_timeout_ms,
+        )
+        self.connections: set[Connection] = set()
+        self.accepting = True
+        self.publishes = 0
+        self.evictions = 0
+        self.closes: Counter[int] = Counter()
+        self._server: Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handle,
+            self.settings.host,
+            self.settings.port,
+            process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol,
+            create_connection=EdgeConnection,
+            max_size=self.settings.max_message_bytes,
+            ping_interval=self.settings.ping_interval_s,
+            ping_timeout=self.settings.ping_timeout_s,
+            close_timeout=2,
+            server_header=None,
+            backlog=4096,
+        )
+        self._sweeper = asyncio.create_task(self._sweep_stalled())
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        sock = next(iter(self._server.sockets))
+        return int(sock.getsockname()[1])
+
+    def policy_for(self, channel: str) -> ChannelPolicy:
+        return self.settings.default_channel
+
+    def record_close(self, code: int) -> None:
+        self.closes[code] += 1
+
+    async def shutdown(self, code: int = 1001, reason: str = "edge shutting down") -> None:
+        """Stop accepting, close every connection with `code`, stop listening."""
+        self.accepting = False
+        if self._sweeper:
+            self._sweeper.cancel()
+        await asyncio.gather(
+            *(conn.close(code, reason) for conn in tuple(self.connections)),
+            return_exceptions=True,
+        )
+        if self._server is not None:
+            self._server.close(close_connections=False)
+            await self._server.wait_closed()
+
+    async def _sweep_stalled(self) -> None:
+        """Evict connections whose frames have waited past the grace period."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(0.5, self.settings.slow_consumer_grace_s / 2))
+            now = loop.time()
+            for conn in tuple(self.connections):
+                if conn.outbox.stalled(now):
+                    conn.evict("peer not reading")
+
+    # -- the upgrade --------------------------------------------------------
+
+    @staticmethod
+    def _select_subprotocol(
+        ws: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
+
+    def _cors(self, request: Request) -> dict[str, str]:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return {}
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+    async def _process_request(
+        self, ws: ServerConnection, request: Request
+    ) -> Response | None:
+        path = route(request.path)
+        if path == WS_PATH:
+            return await self._check_upgrade(ws, request)
+        if path == "/healthz":
+            return _response(200, "ok\n")
+        if path == "/readyz":
+            ready = self.accepting and self.backbone.connected
+            return _response(200 if ready else 503, "ready\n" if ready else "not ready\n")
+        if path == "/v1/tickets":
+            return await self._tickets(request)
+        if path == "/dev/token" and self.settings.dev_tokens:
+            return self._dev_token(request)
+        if path in ("/", "/index.html") and self.settings.demo_page:
+            page = resources.files("edge").joinpath("static/demo.html").read_bytes()
+            return _response(200, page, "text/html; charset=utf-8")
+        return _response(404, "not found\n")
+
+    def _origin_ok(self, request: Request) -> bool:
+        return origin_allowed(
+            request.headers.get("Origin"), request.headers.get("Host"),
+            self.settings.allowed_origins,
+        )
+
+    async def _check_upgrade(self, ws: ServerConnection, request: Request) -> Response | None:
+        if not self.accepting:
+            return _response(503, "edge is draining\n", headers={"Retry-After": "1"})
+        if len(self.connections) >= self.settings.max_connections:
+            return _response(503, "edge is full\n", headers={"Retry-After": "5"})
+        if not self._origin_ok(request):
+            return _response(403, "origin not allowed\n")
+        credential = find_credential(
+            request.path,
+            request.headers.get_all("Sec-WebSocket-Protocol"),
+            request.headers.get("Authorization"),
+        )
+        if credential is None:
+            return _response(401, "missing credentials\n")
+        token = credential.value
+        if credential.kind == "ticket":
+            try:
+                stored = await self.backbone.take_ticket(credential.value)
+            except Unavailable:
+                return _response(503, "ticket store unavailable\n", headers={"Retry-After": "1"})
+            if stored is None:
+                return _response(401, "unknown or used ticket\n")
+            record = json.loads(stored)
+            if time.time() - record["created"] > self.settings.ticket_ttl_s:
+                return _response(401, "ticket expired\n")
+            token = record["token"]
+        try:
+            claims = self.verifier.verify(token)
+        except TokenError as exc:
+            return _response(401, f"{exc}\n")
+        assert isinstance(ws, EdgeConnection)
+        ws.claims = claims
+        return None
+
+    async def _tickets(self, request: Request) -> Response:
+        cors = self._cors(request)
+        if not self._origin_ok(request):
+            return _response(403, "origin not allowed\n")
+        if request.method == "OPTIONS":
+            return _response(204, b"", headers=cors | {
+                "Access-Control-Allow-Methods": "POST",
+                "Access-Control-Allow-Headers": "Authorization",
+                "Access-Control-Max-Age": "600",
+            })
+        if request.method != "POST":
+            return _response(405, "use POST\n", headers={"Allow": "POST, OPTIONS"} | cors)
+        credential = find_credential("", [], request.headers.get("Authorization"))
+        if credential is None:
+            return _response(401, "missing Authorization: Bearer <JWT>\n", headers=cors)
+        try:
+            self.verifier.verify(credential.value)
+        except TokenError as exc:
+            return _response(401, f"{exc}\n", headers=cors)
+        ticket = secrets.token_urlsafe(24)
+        record = json.dumps({"token": credential.value, "created": time.time()}).encode()
+        try:
+            await self.backbone.put_ticket(ticket, record)
+        except Unavailable:
+            return _response(503, "ticket store unavailable\n", headers={"Retry-After": "1"})
+        return _json(201, {"ticket": ticket, "expires_in": self.settings.ticket_ttl_s}, cors)
+
+    def _dev_token(self, request: Request) -> Response:
+        """Dev mode only: lets the demo page get a token for any name."""
+        from urllib.parse import parse_qs, urlsplit
+
+        sub = parse_qs(urlsplit(request.path).query).get("sub", ["guest"])[0]
+        assert self.settings.jwt_secret is not None
+        try:
+            token = mint_token(self.settings.jwt_secret, sub, ttl_s=3600)
+            self.verifier.verify(token)
+        except TokenError as exc:
+            return _response(400, f"{exc}\n")
+        return _json(200, {"token": token})
+
+    # -- connections -----------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, EdgeConnection) and ws.claims is not None
+        claims: Claims = ws.claims
+        session = Session(
+            claims,
+            limits=self.limits,
+            policy_for=self.policy_for,
+            verify=self.verifier.verify,
+            now=asyncio.get_running_loop().time(),
+        )
+        conn = Connection(self, ws, session, secrets.token_hex(6))
+        self.connections.add(conn)
+        conn.log.info("connected")
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+            if ws.close_code is not None:
+                conn.log.info("disconnected", extra={"code": ws.close_code})

@@ -1,0 +1,134 @@
+"""The `switchboard` command: dev, edge, token, client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from switchboard.settings import SettingsError, load_edge_settings
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run nats-server and two edges locally (embedded default)")
+    dev.add_argument("--ports", type=lambda v: [int(p) for p in _csv(v)], default=[8080, 8081])
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--secret", help="HS256 secret (default: random, or $SB_EDGE_JWT_SECRET)")
+
+    edge = sub.add_parser("edge", help="run one edge (settings from SB_EDGE_* variables)")
+    edge.add_argument("--port", type=int)
+    edge.add_argument("--host")
+    edge.add_argument("--nats-url")
+    edge.add_argument("--pod-name")
+
+    token = sub.add_parser("token", help="mint an HS256 JWT for development")
+    token.add_argument("--sub", required=True, help="user id")
+    token.add_argument("--secret", default=os.environ.get("SB_EDGE_JWT_SECRET"))
+    token.add_argument("--ttl", type=float, default=3600, help="seconds")
+    token.add_argument("--roles", type=_csv)
+    token.add_argument("--channels", type=_csv, help="glob patterns the user may subscribe to")
+    token.add_argument("--publish", type=_csv, help="glob patterns the user may publish to")
+
+    client = sub.add_parser("client", help="a terminal client")
+    client.add_argument("--url", default="ws://localhost:8080/v1/ws")
+    client.add_argument("--token", default=os.environ.get("SB_TOKEN"), help="or $SB_TOKEN")
+    actions = client.add_subparsers(dest="action", required=True)
+    s = actions.add_parser("subscribe", help="print events of channels until Ctrl-C")
+    s.add_argument("channels", nargs="+")
+    p = actions.add_parser("publish", help="publish one message (data is JSON or text)")
+    p.add_argument("channel")
+    p.add_argument("data")
+    r = actions.add_parser("rpc", help="call a backend method")
+    r.add_argument("method")
+    r.add_argument("data", nargs="?", default="null")
+    return parser
+
+
+def _as_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+async def _client(args: argparse.Namespace) -> int:
+    from switchboard.client import Client, Closed, SwitchboardError
+
+    if not args.token:
+        print("a token is required: --token or $SB_TOKEN", file=sys.stderr)
+        return 2
+    from websockets.exceptions import InvalidStatus
+
+    try:
+        client = await Client.connect(args.url, token=args.token)
+    except InvalidStatus as exc:
+        body = exc.response.body.decode(errors="replace").strip()
+        print(f"refused: HTTP {exc.response.status_code} {body}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot connect to {args.url}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.action == "subscribe":
+            for channel in args.channels:
+                print(json.dumps(await client.subscribe(channel)), flush=True)
+            async for msg in client.events():
+                print(json.dumps(msg), flush=True)
+            print(f"closed: {client.close_code}", file=sys.stderr)
+        elif args.action == "publish":
+            print(json.dumps(await client.publish(args.channel, _as_json(args.data))))
+        else:
+            print(json.dumps(await client.rpc(args.method, _as_json(args.data))))
+    except SwitchboardError as exc:
+        print(f"error {exc}", file=sys.stderr)
+        return 1
+    except Closed as exc:
+        print(f"connection {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await client.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "dev":
+            from switchboard.dev import run_dev
+
+            return run_dev(args.ports, args.host, args.secret)
+        if args.command == "edge":
+            from edge.app import run_edge
+            from switchboard import logs
+
+            settings = load_edge_settings(
+                port=args.port, host=args.host, nats_url=args.nats_url, pod_name=args.pod_name
+            )
+            logs.configure(settings.log_level)
+            asyncio.run(run_edge(settings))
+            return 0
+        if args.command == "token":
+            from switchboard.tokens import mint_token
+
+            if not args.secret:
+                print("a secret is required: --secret or $SB_EDGE_JWT_SECRET", file=sys.stderr)
+                return 2
+            print(mint_token(args.secret, args.sub, ttl_s=args.ttl, roles=args.roles,
+                             channels=args.channels, publish=args.publish))
+            return 0
+        return asyncio.run(_client(args))
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

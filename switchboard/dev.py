@@ -1,0 +1,87 @@
+"""`switchboard dev`: the whole tier on one machine, no cluster, no Docker.
+
+Starts a nats-server with JetStream on free ports and N edge processes that
+share it, prints a token and the URLs, and stops everything on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+from switchboard.natsserver import NatsServer, port_is_free, wait_for_port
+from switchboard.tokens import mint_token
+
+
+def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None) -> int:
+    secret = secret or os.environ.get("SB_EDGE_JWT_SECRET") or secrets.token_urlsafe(32)
+    origins = [f"http://{name}:{p}" for p in ports for name in ("localhost", "127.0.0.1", host)]
+    busy = [p for p in ports if not port_is_free(host, p)]
+    if busy:
+        print(f"port(s) {busy} already in use on {host}: pick others with --ports", file=sys.stderr)
+        return 2
+    edges: list[subprocess.Popen[bytes]] = []
+    nats = NatsServer().start()
+    try:
+        for index, port in enumerate(ports, start=1):
+            env = os.environ | {
+                "SB_EDGE_HOST": host,
+                "SB_EDGE_PORT": str(port),
+                "SB_EDGE_POD_NAME": f"edge-{index}",
+                "SB_EDGE_NATS_URL": nats.url,
+                "SB_EDGE_JWT_SECRET": secret,
+                "SB_EDGE_DEV_TOKENS": "true",
+                "SB_EDGE_ALLOWED_ORIGINS": _json_list(sorted(set(origins))),
+            }
+            edges.append(subprocess.Popen([sys.executable, "-m", "switchboard", "edge"], env=env))
+        for port in ports:
+            wait_for_port(port, 20, host)
+        token = mint_token(secret, "dev-user", ttl_s=24 * 3600)
+        print(_banner(ports, host, nats, secret, token), flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while all(e.poll() is None for e in edges):
+            time.sleep(0.5)
+        print("an edge exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for edge in edges:
+            if edge.poll() is None:
+                edge.send_signal(signal.SIGTERM)
+        for edge in edges:
+            try:
+                edge.wait(15)
+            except subprocess.TimeoutExpired:
+                edge.kill()
+        nats.stop()
+        print("switchboard dev stopped", file=sys.stderr)
+
+
+def _json_list(items: list[str]) -> str:
+    return json.dumps(items)
+
+
+def _banner(ports: list[int], host: str, nats: NatsServer, secret: str, token: str) -> str:
+    pages = "\n".join(f"  demo page   http://localhost:{p}/   (edge-{i})"
+                      for i, p in enumerate(ports, 1))
+    sockets = "\n".join(f"  websocket   ws://localhost:{p}/v1/ws" for p in ports)
+    return f"""
+Switchboard dev tier is up (Ctrl-C stops everything)
+{pages}
+{sockets}
+  nats        {nats.url}   (monitoring {nats.monitor_url})
+  jwt secret  {secret}
+  dev token   {token}   (user dev-user, 24 h)
+
+Try it from a terminal:
+  export SB_TOKEN={token}
+  switchboard client --url ws://localhost:{ports[-1]}/v1/ws subscribe chat:lobby
+  switchboard client --url ws://localhost:{ports[0]}/v1/ws publish chat:lobby '{{"text":"hi"}}'
+  wscat -c ws://localhost:{ports[-1]}/v1/ws -s switchboard.v1 -s bearer.$SB_TOKEN
+"""

@@ -1,0 +1,114 @@
+"""The edge's one typed settings object.
+
+Every key can be set from the environment as `SB_EDGE_<KEY>` (lists as JSON,
+e.g. `SB_EDGE_ALLOWED_ORIGINS='["https://app.example"]'`). A bad value fails
+at start-up with an error that names the variable. The Helm chart's
+`values.schema.json` is generated from these models.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SB_EDGE_"
+
+
+class ChannelPolicy(BaseModel):
+    """Policy for channels that no Channel resource governs."""
+
+    model_config = {"extra": "forbid"}
+
+    client_publish: bool = Field(True, description="Clients may publish (else server only).")
+    subscribe_roles: list[str] = Field(
+        default_factory=list, description="Roles allowed to subscribe (empty: any user)."
+    )
+    publish_roles: list[str] = Field(
+        default_factory=list, description="Roles allowed to publish (empty: any user)."
+    )
+    max_message_bytes: int = Field(16384, ge=1, description="Largest publish `data`, encoded.")
+
+
+class EdgeSettings(BaseSettings):
+    """Everything an edge process can be told."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="WebSocket and HTTP port.")
+    pod_name: str = Field(
+        default_factory=socket.gethostname, description="This edge's name (pod name)."
+    )
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-sep.")
+    subject_prefix: str = Field("sb", pattern=r"^[A-Za-z0-9_-]+$", description="NATS prefix.")
+
+    jwt_secret: str | None = Field(None, description="HS256 shared secret.")
+    jwt_public_key_file: Path | None = Field(None, description="PEM public key (RS256/ES256).")
+    jwt_algorithms: list[Literal["HS256", "RS256", "ES256"]] = Field(
+        default_factory=lambda: ["HS256", "RS256", "ES256"],
+        description="Accepted JWT algorithms.",
+    )
+    jwt_leeway_s: float = Field(5.0, ge=0, description="Clock skew tolerated on `exp`.")
+
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser Origins allowed (glob). Empty: same host only. '*': any.",
+    )
+    max_connections: int = Field(10000, ge=1, description="Connection cap of this edge.")
+    max_message_bytes: int = Field(65536, ge=64, description="Largest client frame (else 1009).")
+    max_subscriptions: int = Field(256, ge=1, description="Subscriptions per connection.")
+    max_rpcs_in_flight: int = Field(16, ge=1, description="Concurrent RPCs per connection.")
+    rate_per_s: float = Field(100.0, gt=0, description="Client messages per second.")
+    rate_burst: int = Field(200, ge=1, description="Token-bucket burst.")
+    abuse_errors: int = Field(10, ge=1, description="Errors in the window that close with 1008.")
+    abuse_window_s: float = Field(10.0, gt=0, description="Window for `abuse_errors`.")
+    ping_interval_s: float = Field(30.0, gt=0, description="WebSocket ping interval.")
+    ping_timeout_s: float = Field(20.0, gt=0, description="Close a peer silent this long.")
+    rpc_timeout_ms: int = Field(5000, ge=1, description="Default RPC timeout.")
+    rpc_max_timeout_ms: int = Field(30000, ge=1, description="Largest RPC timeout allowed.")
+    outbox_max_bytes: int = Field(
+        1 << 20, ge=1024, description="Per-connection outbound buffer before it counts as full."
+    )
+    slow_consumer_grace_s: float = Field(
+        2.0, gt=0, description="How long the buffer may stay full before 1013."
+    )
+    ticket_ttl_s: int = Field(30, ge=1, description="Lifetime of a `?ticket=`.")
+    default_channel: ChannelPolicy = Field(default_factory=ChannelPolicy)  # type: ignore[arg-type]
+    expose_publisher: bool = Field(True, description="Events carry `from` (publisher id).")
+    demo_page: bool = Field(True, description="Serve the demo chat page at `/`.")
+    dev_tokens: bool = Field(
+        False, description="Serve GET /dev/token (mints tokens; `switchboard dev` only)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _needs_a_key(self) -> EdgeSettings:
+        if self.jwt_secret is None and self.jwt_public_key_file is None:
+            raise ValueError(
+                f"set {ENV_PREFIX}JWT_SECRET or {ENV_PREFIX}JWT_PUBLIC_KEY_FILE "
+                "(no way to verify tokens)"
+            )
+        if self.rpc_timeout_ms > self.rpc_max_timeout_ms:
+            raise ValueError(f"{ENV_PREFIX}RPC_TIMEOUT_MS exceeds {ENV_PREFIX}RPC_MAX_TIMEOUT_MS")
+        return self
+
+
+class SettingsError(ValueError):
+    """A configuration error whose message names the offending key."""
+
+
+def load_edge_settings(**overrides: Any) -> EdgeSettings:
+    """Build settings from the environment plus explicit overrides (e.g. CLI flags)."""
+    try:
+        return EdgeSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = "_".join(str(part) for part in err["loc"]).upper()
+            name = f"{ENV_PREFIX}{key}" if key else "settings"
+            lines.append(f"{name}: {err['msg']}")
+        raise SettingsError("; ".join(lines)) from None

@@ -1,0 +1,121 @@
+"""JWT verification (edge) and minting (dev tooling), on PyJWT.
+
+Claims (DESIGN §2): `sub` and `exp` required; `roles`, `channels`, `publish`
+optional lists. `None` for `channels`/`publish` means "the token does not
+restrict; the channel's configuration decides".
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from switchboard.channels import is_valid_user_id
+
+
+class TokenError(Exception):
+    """A token was refused; the message is safe to show to the client."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    sub: str
+    exp: float
+    roles: tuple[str, ...] = ()
+    channels: tuple[str, ...] | None = None
+    publish: tuple[str, ...] | None = None
+
+    def to_jwt_claims(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sub": self.sub, "exp": int(self.exp), "roles": list(self.roles)}
+        if self.channels is not None:
+            out["channels"] = list(self.channels)
+        if self.publish is not None:
+            out["publish"] = list(self.publish)
+        return out
+
+
+def _str_list(payload: dict[str, Any], name: str) -> tuple[str, ...] | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TokenError(f"claim '{name}' must be a list of strings")
+    return tuple(value)
+
+
+class TokenVerifier:
+    """Verifies tokens with one HS256 secret or one PEM public key."""
+
+    def __init__(
+        self,
+        *,
+        secret: str | None = None,
+        public_key_file: Path | None = None,
+        algorithms: list[str] | None = None,
+        leeway_s: float = 5.0,
+    ) -> None:
+        algorithms = algorithms or ["HS256", "RS256", "ES256"]
+        if public_key_file is not None:
+            self._key: str | bytes = public_key_file.read_bytes()
+            self._algorithms = [a for a in algorithms if a != "HS256"]
+        elif secret is not None:
+            self._key = secret
+            self._algorithms = [a for a in algorithms if a == "HS256"]
+        else:
+            raise ValueError("a secret or a public key is required")
+        if not self._algorithms:
+            raise ValueError("no accepted algorithm fits the configured key")
+        self._leeway = leeway_s
+
+    def verify(self, token: str) -> Claims:
+        try:
+            payload = jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                leeway=self._leeway,
+                options={"require": ["sub", "exp"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenError("token expired") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenError(f"token lacks claim '{exc.claim}'") from None
+        except jwt.InvalidTokenError:
+            raise TokenError("invalid token") from None
+        sub = payload["sub"]
+        if not isinstance(sub, str) or not is_valid_user_id(sub):
+            raise TokenError("claim 'sub' must be 1-128 of [A-Za-z0-9_@=+-]")
+        return Claims(
+            sub=sub,
+            exp=float(payload["exp"]),
+            roles=_str_list(payload, "roles") or (),
+            channels=_str_list(payload, "channels"),
+            publish=_str_list(payload, "publish"),
+        )
+
+
+def mint_token(
+    secret: str,
+    sub: str,
+    *,
+    ttl_s: float = 3600,
+    roles: list[str] | None = None,
+    channels: list[str] | None = None,
+    publish: list[str] | None = None,
+    now: float | None = None,
+) -> str:
+    """An HS256 token, for development and tests (production tokens come from your IdP)."""
+    issued = time.time() if now is None else now
+    claims = Claims(
+        sub=sub,
+        exp=issued + ttl_s,
+        roles=tuple(roles or ()),
+        channels=None if channels is None else tuple(channels),
+        publish=None if publish is None else tuple(publish),
+    )
+    body = claims.to_jwt_claims() | {"iat": int(issued)}
+    return jwt.encode(body, secret, algorithm="HS256")
