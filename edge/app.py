@@ -16,7 +16,9 @@ log = logging.getLogger("switchboard.edge")
 
 async def connect_backbone(settings: EdgeSettings) -> NatsBackbone:
     """Connect, retrying until NATS answers: an edge never gives up on its backbone."""
-    backbone = NatsBackbone(settings.nats_url, f"sb-edge:{settings.pod_name}", settings.ticket_ttl_s)
+    backbone = NatsBackbone(
+        settings.nats_url, f"sb-edge:{settings.pod_name}", settings.ticket_ttl_s
+    )
     delay = 0.2
     while True:
         try:

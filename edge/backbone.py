@@ -6,7 +6,7 @@ NATS failures onto the small exceptions of edge.ports.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -34,10 +34,8 @@ class _Handle:
         self._sub = sub
 
     async def unsubscribe(self) -> None:
-        try:
+        with contextlib.suppress(ConnectionClosedError, nats.errors.BadSubscriptionError):
             await self._sub.unsubscribe()
-        except (ConnectionClosedError, nats.errors.BadSubscriptionError):
-            pass
 
 
 class NatsBackbone:
@@ -144,7 +142,7 @@ class NatsBackbone:
             raise Unavailable("backbone disconnected")
         try:
             await (await self._ticket_bucket()).create(ticket, value)
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise Unavailable(f"ticket store: {exc}") from None
 
     async def take_ticket(self, ticket: str) -> bytes | None:
@@ -157,6 +155,6 @@ class NatsBackbone:
             await kv.delete(ticket, last=entry.revision)
         except (KeyNotFoundError, KeyWrongLastSequenceError):
             return None
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise Unavailable(f"ticket store: {exc}") from None
         return entry.value

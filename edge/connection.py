@@ -44,7 +44,9 @@ class Connection:
         self.ws = ws
         self.session = session
         self.id = cid
-        self.outbox = Outbox(server.settings.outbox_max_bytes, server.settings.slow_consumer_grace_s)
+        self.outbox = Outbox(
+            server.settings.outbox_max_bytes, server.settings.slow_consumer_grace_s
+        )
         self.log = logging.LoggerAdapter(
             log, {"conn": cid, "user": session.user, "pod": server.settings.pod_name}
         )
@@ -69,8 +71,11 @@ class Connection:
 
     async def run(self) -> None:
         hub = self.server.hub
-        self.deliver(self.session.welcome(self.id, self.server.settings.pod_name,
-                                          self.server.settings.ping_interval_s).text)
+        self.deliver(
+            self.session.welcome(
+                self.id, self.server.settings.pod_name, self.server.settings.ping_interval_s
+            ).text
+        )
         writer = asyncio.create_task(self._write_loop())
         expiry = asyncio.create_task(self._expire_later())
         try:
@@ -220,8 +225,11 @@ class Connection:
                 self.deliver(
                     protocol.frame(
                         "error",
-                        {"code": error_code, "message": reply.data.decode(errors="replace"),
-                         "retryable": False},
+                        {
+                            "code": error_code,
+                            "message": reply.data.decode(errors="replace"),
+                            "retryable": False,
+                        },
                         action.request_id,
                     )
                 )

@@ -51,7 +51,9 @@ def parse(text: str) -> Request:
     if request_id is not None and (
         not isinstance(request_id, str) or len(request_id) > MAX_ID_LENGTH
     ):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"'id' must be a string of at most {MAX_ID_LENGTH}")
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"'id' must be a string of at most {MAX_ID_LENGTH}"
+        )
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'type'", request_id)
@@ -91,7 +93,9 @@ def ack(request_id: str | None, payload: dict[str, Any] | None = None) -> str:
 
 def error(request_id: str | None, code: ErrorCode, message: str) -> str:
     return frame(
-        "error", {"code": code.value, "message": message, "retryable": code in RETRYABLE}, request_id
+        "error",
+        {"code": code.value, "message": message, "retryable": code in RETRYABLE},
+        request_id,
     )
 
 

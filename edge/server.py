@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import secrets
 import time
 from collections import Counter
@@ -17,11 +18,13 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from edge import protocol
 from edge.connection import Connection, EdgeConnection
 from edge.hub import Hub
 from edge.ports import Backbone, Unavailable
 from edge.session import Limits, Session
-from edge.upgrade import SUBPROTOCOL, find_credential, offered_subprotocols, origin_allowed, route
+from edge.upgrade import SUBPROTOCOL, find_credential, origin_allowed, route
+from switchboard.codes import CloseCode
 from switchboard.settings import ChannelPolicy, EdgeSettings
 from switchboard.tokens import Claims, TokenError, TokenVerifier, mint_token
 
@@ -31,17 +34,31 @@ WS_PATH = "/v1/ws"
 
 
 def _response(
-    status: int, body: str | bytes, content_type: str = "text/plain; charset=utf-8",
+    status: int,
+    body: str | bytes,
+    content_type: str = "text/plain; charset=utf-8",
     headers: dict[str, str] | None = None,
 ) -> Response:
     raw = body.encode() if isinstance(body, str) else body
     all_headers = Headers(
-        [("Content-Type", content_type), ("Content-Length", str(len(raw))),
-         ("Cache-Control", "no-store"), *(headers or {}).items()]
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(raw))),
+            ("Cache-Control", "no-store"),
+            *(headers or {}).items(),
+        ]
     )
-    reason = {200: "OK", 201: "Created", 204: "No Content", 401: "Unauthorized",
-              403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-              429: "Too Many Requests", 503: "Service Unavailable"}.get(status, "")
+    reason = {
+        200: "OK",
+        201: "Created",
+        204: "No Content",
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        429: "Too Many Requests",
+        503: "Service Unavailable",
+    }.get(status, "")
     return Response(status, reason, all_headers, raw)
 
 
@@ -52,13 +69,13 @@ def _json(status: int, obj: dict[str, Any], headers: dict[str, str] | None = Non
 class EdgeServer:
     """Owns the listening socket, the live connections and the upgrade checks."""
 
-    def __init__(
-        self, settings: EdgeSettings, backbone: Backbone, verifier: TokenVerifier
-    ) -> None:
+    def __init__(self, settings: EdgeSettings, backbone: Backbone, verifier: TokenVerifier) -> None:
         self.settings = settings
         self.backbone = backbone
         self.verifier = verifier
-        self.hub = Hub(backbone, settings.subject_prefix, expose_publisher=settings.expose_publisher)
+        self.hub = Hub(
+            backbone, settings.subject_prefix, expose_publisher=settings.expose_publisher
+        )
         self.limits = Limits(
             max_message_bytes=settings.max_message_bytes,
             max_subscriptions=settings.max_subscriptions,
@@ -109,14 +126,26 @@ class EdgeServer:
     def record_close(self, code: int) -> None:
         self.closes[code] += 1
 
-    async def shutdown(self, code: int = 1001, reason: str = "edge shutting down") -> None:
-        """Stop accepting, close every connection with `code`, stop listening."""
+    async def shutdown(self, reason: str = "shutdown") -> None:
+        """Stop accepting; tell every client to reconnect elsewhere, close with 1001.
+
+        The paced, operator-granted drain builds on this (DESIGN §5).
+        """
         self.accepting = False
         if self._sweeper:
             self._sweeper.cancel()
+
+        async def drain_one(conn: Connection) -> None:
+            after_ms = random.randint(0, self.settings.reconnect_jitter_ms)
+            conn.deliver(
+                protocol.frame(
+                    "reconnect", {"resume_token": None, "after_ms": after_ms, "reason": reason}
+                )
+            )
+            await conn.close(CloseCode.GOING_AWAY, reason)
+
         await asyncio.gather(
-            *(conn.close(code, reason) for conn in tuple(self.connections)),
-            return_exceptions=True,
+            *(drain_one(c) for c in tuple(self.connections)), return_exceptions=True
         )
         if self._server is not None:
             self._server.close(close_connections=False)
@@ -146,9 +175,7 @@ class EdgeServer:
             return {}
         return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
-    async def _process_request(
-        self, ws: ServerConnection, request: Request
-    ) -> Response | None:
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = route(request.path)
         if path == WS_PATH:
             return await self._check_upgrade(ws, request)
@@ -168,7 +195,8 @@ class EdgeServer:
 
     def _origin_ok(self, request: Request) -> bool:
         return origin_allowed(
-            request.headers.get("Origin"), request.headers.get("Host"),
+            request.headers.get("Origin"),
+            request.headers.get("Host"),
             self.settings.allowed_origins,
         )
 
@@ -211,11 +239,16 @@ class EdgeServer:
         if not self._origin_ok(request):
             return _response(403, "origin not allowed\n")
         if request.method == "OPTIONS":
-            return _response(204, b"", headers=cors | {
-                "Access-Control-Allow-Methods": "POST",
-                "Access-Control-Allow-Headers": "Authorization",
-                "Access-Control-Max-Age": "600",
-            })
+            return _response(
+                204,
+                b"",
+                headers=cors
+                | {
+                    "Access-Control-Allow-Methods": "POST",
+                    "Access-Control-Allow-Headers": "Authorization",
+                    "Access-Control-Max-Age": "600",
+                },
+            )
         if request.method != "POST":
             return _response(405, "use POST\n", headers={"Allow": "POST, OPTIONS"} | cors)
         credential = find_credential("", [], request.headers.get("Authorization"))
@@ -249,7 +282,8 @@ class EdgeServer:
     # -- connections -----------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        assert isinstance(ws, EdgeConnection) and ws.claims is not None
+        assert isinstance(ws, EdgeConnection)
+        assert ws.claims is not None
         claims: Claims = ws.claims
         session = Session(
             claims,

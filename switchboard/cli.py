@@ -123,8 +123,16 @@ def main(argv: list[str] | None = None) -> int:
             if not args.secret:
                 print("a secret is required: --secret or $SB_EDGE_JWT_SECRET", file=sys.stderr)
                 return 2
-            print(mint_token(args.secret, args.sub, ttl_s=args.ttl, roles=args.roles,
-                             channels=args.channels, publish=args.publish))
+            print(
+                mint_token(
+                    args.secret,
+                    args.sub,
+                    ttl_s=args.ttl,
+                    roles=args.roles,
+                    channels=args.channels,
+                    publish=args.publish,
+                )
+            )
             return 0
         return asyncio.run(_client(args))
     except SettingsError as exc:

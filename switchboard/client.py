@@ -146,7 +146,9 @@ class Client:
         payload: dict[str, Any] = {"method": method, "data": data}
         if timeout_ms is not None:
             payload["timeout_ms"] = timeout_ms
-        return (await self.request("rpc", payload, timeout=(timeout_ms or 30000) / 1000 + 5))["data"]
+        return (await self.request("rpc", payload, timeout=(timeout_ms or 30000) / 1000 + 5))[
+            "data"
+        ]
 
     async def refresh(self, token: str) -> Any:
         return await self.request("refresh", {"token": token})

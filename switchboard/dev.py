@@ -68,8 +68,9 @@ def _json_list(items: list[str]) -> str:
 
 
 def _banner(ports: list[int], host: str, nats: NatsServer, secret: str, token: str) -> str:
-    pages = "\n".join(f"  demo page   http://localhost:{p}/   (edge-{i})"
-                      for i, p in enumerate(ports, 1))
+    pages = "\n".join(
+        f"  demo page   http://localhost:{p}/   (edge-{i})" for i, p in enumerate(ports, 1)
+    )
     sockets = "\n".join(f"  websocket   ws://localhost:{p}/v1/ws" for p in ports)
     return f"""
 Switchboard dev tier is up (Ctrl-C stops everything)

@@ -57,7 +57,9 @@ class NatsServer:
     """A nats-server child process with JetStream and the monitoring port on."""
 
     def __init__(
-        self, port: int | None = None, monitor_port: int | None = None,
+        self,
+        port: int | None = None,
+        monitor_port: int | None = None,
         store_dir: str | None = None,
     ) -> None:
         self.port = port or free_port()
@@ -76,9 +78,20 @@ class NatsServer:
 
     def start(self) -> NatsServer:
         self.process = subprocess.Popen(
-            [find_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port),
-             "-js", "-sd", self.store_dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                find_binary(),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-m",
+                str(self.monitor_port),
+                "-js",
+                "-sd",
+                self.store_dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port)
         wait_for_port(self.monitor_port)

@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SB_EDGE_"
 
+Algorithm = Literal["HS256", "RS256", "ES256"]
+ALGORITHMS: tuple[Algorithm, ...] = ("HS256", "RS256", "ES256")
+
 
 class ChannelPolicy(BaseModel):
     """Policy for channels that no Channel resource governs."""
@@ -48,8 +51,8 @@ class EdgeSettings(BaseSettings):
 
     jwt_secret: str | None = Field(None, description="HS256 shared secret.")
     jwt_public_key_file: Path | None = Field(None, description="PEM public key (RS256/ES256).")
-    jwt_algorithms: list[Literal["HS256", "RS256", "ES256"]] = Field(
-        default_factory=lambda: ["HS256", "RS256", "ES256"],
+    jwt_algorithms: list[Algorithm] = Field(
+        default_factory=lambda: list(ALGORITHMS),
         description="Accepted JWT algorithms.",
     )
     jwt_leeway_s: float = Field(5.0, ge=0, description="Clock skew tolerated on `exp`.")
@@ -76,8 +79,11 @@ class EdgeSettings(BaseSettings):
     slow_consumer_grace_s: float = Field(
         2.0, gt=0, description="How long the buffer may stay full before 1013."
     )
+    reconnect_jitter_ms: int = Field(
+        5000, ge=0, description="Upper bound of the random `after_ms` in `reconnect` frames."
+    )
     ticket_ttl_s: int = Field(30, ge=1, description="Lifetime of a `?ticket=`.")
-    default_channel: ChannelPolicy = Field(default_factory=ChannelPolicy)  # type: ignore[arg-type]
+    default_channel: ChannelPolicy = Field(default_factory=ChannelPolicy)
     expose_publisher: bool = Field(True, description="Events carry `from` (publisher id).")
     demo_page: bool = Field(True, description="Serve the demo chat page at `/`.")
     dev_tokens: bool = Field(

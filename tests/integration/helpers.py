@@ -1,0 +1,35 @@
+"""Helpers for tests against real nats-server and edge processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from typing import Any
+
+from switchboard.client import Client
+from switchboard.natsserver import NatsServer
+
+
+def edge_subjects(nats: NatsServer, pod: str) -> list[str]:
+    """Subjects the edge `pod` has subscribed on nats-server, read from its monitoring port."""
+    with urllib.request.urlopen(f"{nats.monitor_url}/connz?subs=1&limit=1024") as response:
+        connz = json.load(response)
+    subjects: list[str] = []
+    for conn in connz["connections"]:
+        if conn.get("name") == f"sb-edge:{pod}":
+            subjects += conn.get("subscriptions_list") or []
+    return sorted(s for s in subjects if not s.startswith("_INBOX"))
+
+
+async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(interval)
+
+
+async def next_event(client: Client, timeout: float = 5.0) -> dict[str, Any]:
+    while True:
+        msg = await client.next_message(timeout)
+        if msg["type"] == "event":
+            return msg

@@ -1,0 +1,131 @@
+"""Channel names, subjects, claim patterns, tokens and settings errors."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from switchboard.channels import (
+    channel_from_subject,
+    channel_subject,
+    governs,
+    is_valid_channel,
+    is_valid_user_id,
+    matches_any,
+)
+from switchboard.codes import CloseCode, ReconnectAdvice, close_advice
+from switchboard.settings import SettingsError, load_edge_settings
+from switchboard.tokens import TokenError, TokenVerifier, mint_token
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("chat", True),
+        ("chat:lobby", True),
+        ("a_b-c:1:2", True),
+        ("", False),
+        ("a.b", False),
+        ("a:", False),
+        (":a", False),
+        ("a::b", False),
+        ("a b", False),
+        ("*", False),
+        (">", False),
+        ("é", False),
+        ("x" * 201, False),
+    ],
+)
+def test_channel_names(name: str, valid: bool) -> None:
+    assert is_valid_channel(name) is valid
+
+
+def test_subject_mapping_round_trips() -> None:
+    assert channel_subject("sb", "chat:lobby") == "sb.ch.chat.lobby"
+    assert channel_from_subject("sb", "sb.ch.chat.lobby") == "chat:lobby"
+    assert channel_from_subject("sb", "sb.user.x") is None
+
+
+def test_patterns_and_governance() -> None:
+    assert matches_any("chat:lobby", ["chat:*"])
+    assert not matches_any("chatter", ["chat:*"])
+    assert governs("chat", "chat")
+    assert governs("chat", "chat:a:b")
+    assert not governs("chat", "chatter")
+
+
+@pytest.mark.parametrize(
+    ("user", "valid"), [("alice", True), ("a@b", True), ("a.b", False), ("a*", False), ("", False)]
+)
+def test_user_ids_are_subject_tokens(user: str, valid: bool) -> None:
+    assert is_valid_user_id(user) is valid
+
+
+def test_close_advice_table() -> None:
+    assert close_advice(CloseCode.GOING_AWAY) is ReconnectAdvice.AFTER_MS
+    assert close_advice(CloseCode.FORBIDDEN) is ReconnectAdvice.NEVER
+    assert close_advice(CloseCode.TOKEN_EXPIRED) is ReconnectAdvice.NEW_TOKEN
+    assert close_advice(4999) is ReconnectAdvice.BACKOFF
+
+
+def test_hs256_round_trip_and_refusals() -> None:
+    verifier = TokenVerifier(secret="s" * 32)
+    claims = verifier.verify(mint_token("s" * 32, "bob", roles=["member"], channels=["c:*"]))
+    assert (claims.sub, claims.roles, claims.channels, claims.publish) == (
+        "bob",
+        ("member",),
+        ("c:*",),
+        None,
+    )
+    with pytest.raises(TokenError, match="token expired"):
+        verifier.verify(mint_token("s" * 32, "bob", ttl_s=-60))
+    with pytest.raises(TokenError, match="invalid token"):
+        verifier.verify(mint_token("other-secret-" * 3, "bob"))
+    with pytest.raises(TokenError, match="invalid token"):
+        verifier.verify("garbage")
+    no_exp = jwt.encode({"sub": "bob"}, "s" * 32, algorithm="HS256")
+    with pytest.raises(TokenError, match="lacks claim 'exp'"):
+        verifier.verify(no_exp)
+    with pytest.raises(TokenError, match="claim 'sub'"):
+        verifier.verify(mint_token("s" * 32, "bob.smith"))
+    bad_roles = jwt.encode({"sub": "b", "exp": time.time() + 9, "roles": "admin"}, "s" * 32)
+    with pytest.raises(TokenError, match="'roles' must be a list"):
+        verifier.verify(bad_roles)
+
+
+def test_alg_none_is_refused() -> None:
+    unsigned = jwt.encode({"sub": "b", "exp": time.time() + 60}, "", algorithm="none")
+    with pytest.raises(TokenError, match="invalid token"):
+        TokenVerifier(secret="s" * 32).verify(unsigned)
+
+
+def test_es256_public_key(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "pub.pem").write_bytes(pem)
+    verifier = TokenVerifier(public_key_file=tmp_path / "pub.pem")
+    good = jwt.encode({"sub": "carol", "exp": time.time() + 60}, key, algorithm="ES256")
+    assert verifier.verify(good).sub == "carol"
+    # an HS256 token signed with the public key text must not pass (algorithm confusion)
+    with pytest.raises(TokenError):
+        verifier.verify(mint_token("s" * 40, "carol"))
+
+
+def test_settings_errors_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError, match="SB_EDGE_JWT_SECRET"):
+        load_edge_settings()
+    monkeypatch.setenv("SB_EDGE_RATE_PER_S", "fast")
+    with pytest.raises(SettingsError, match="SB_EDGE_RATE_PER_S: Input should be a valid number"):
+        load_edge_settings(jwt_secret="x")
+    monkeypatch.setenv("SB_EDGE_RATE_PER_S", "50")
+    monkeypatch.setenv("SB_EDGE_DEFAULT_CHANNEL", '{"client_publish": false}')
+    settings = load_edge_settings(jwt_secret="x")
+    assert settings.rate_per_s == 50
+    assert not settings.default_channel.client_publish
