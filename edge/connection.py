@@ -55,6 +55,7 @@ class Connection:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._joined_user = False
+        self.closed_with: int | None = None
         self._now: Callable[[], float] = asyncio.get_running_loop().time
 
     # -- Member ---------------------------------------------------------------
@@ -112,9 +113,8 @@ class Connection:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                async with self._send_lock:
-                    text = self.outbox.take()
-                    if text is not None:
+                while (text := self.outbox.take()) is not None:
+                    async with self._send_lock:
                         await self.ws.send(text)
         except ConnectionClosed:
             pass
@@ -134,22 +134,22 @@ class Connection:
         try:
             async with asyncio.timeout(2.0):
                 async with self._send_lock:
-                    text = self.outbox.take()
-                    if text is not None:
+                    while (text := self.outbox.take()) is not None:
                         await self.ws.send(text)
                 await self.ws.close(code, reason)
         except (TimeoutError, ConnectionClosed):
             self.ws.transport.abort()
-        self.server.record_close(code)
+        self.closed_with = code
 
     def evict(self, why: str) -> None:
         """Slow consumer: close with 1013 without waiting on its full buffer."""
         if self._closing:
             return
         self._closing = True
+        self.closed_with = CloseCode.TRY_AGAIN_LATER
         self.log.warning("evicting slow consumer: %s", why)
-        self.server.evictions += 1
-        self.outbox.take()
+        self.server.metrics.evictions += 1
+        self.outbox.clear()
         task = asyncio.create_task(self._evict_close())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -162,7 +162,6 @@ class Connection:
             pass
         finally:
             self.ws.transport.abort()
-            self.server.record_close(CloseCode.TRY_AGAIN_LATER)
 
     # -- actions --------------------------------------------------------------
 
@@ -210,7 +209,7 @@ class Connection:
         except Unavailable as exc:
             self._error(action.request_id, ErrorCode.UNAVAILABLE, f"not accepted: {exc}")
             return
-        self.server.publishes += 1
+        self.server.metrics.publishes += 1
         self.deliver(protocol.ack(action.request_id, {"channel": action.channel}))
 
     async def _rpc(self, action: Rpc) -> None:
@@ -222,6 +221,7 @@ class Connection:
             )
             error_code = (reply.headers or {}).get("Sb-Error")
             if error_code:
+                self.server.record_error(error_code)
                 self.deliver(
                     protocol.frame(
                         "error",

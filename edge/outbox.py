@@ -30,8 +30,7 @@ class Outbox:
         size = len(text) + 1
         if self._bytes + size > self._max:
             self.overflowed = True
-            self._frames.clear()
-            self._bytes = 0
+            self.clear()
             return False
         if not self._frames:
             self.pending_since = now
@@ -39,15 +38,29 @@ class Outbox:
         self._bytes += size
         return True
 
-    def take(self) -> str | None:
-        """Everything pending as one frame's text, or None."""
-        if not self._frames:
+    def take(self, max_frame: int = 65536) -> str | None:
+        """Pending frames joined into one text of about `max_frame` at most, or None.
+
+        Bounding the coalesced frame keeps it under common client `max_size`
+        defaults (1 MiB) whatever the backlog.
+        """
+        frames = self._frames
+        if not frames:
             return None
-        text = self._frames[0] if len(self._frames) == 1 else "\n".join(self._frames)
+        first = frames.popleft()
+        taken, size = [first], len(first) + 1
+        while frames and size + len(frames[0]) + 1 <= max_frame:
+            text = frames.popleft()
+            taken.append(text)
+            size += len(text) + 1
+        self._bytes -= size
+        self.pending_since = self.pending_since if frames else None
+        return first if len(taken) == 1 else "\n".join(taken)
+
+    def clear(self) -> None:
         self._frames.clear()
         self._bytes = 0
         self.pending_since = None
-        return text
 
     def stalled(self, now: float) -> bool:
         """Frames have waited longer than the grace period: the peer is not reading."""

@@ -8,7 +8,6 @@ import logging
 import random
 import secrets
 import time
-from collections import Counter
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -21,6 +20,7 @@ from websockets.typing import Subprotocol
 from edge import protocol
 from edge.connection import Connection, EdgeConnection
 from edge.hub import Hub
+from edge.metrics import EdgeMetrics, render
 from edge.ports import Backbone, Unavailable
 from edge.session import Limits, Session
 from edge.upgrade import SUBPROTOCOL, find_credential, origin_allowed, route
@@ -89,9 +89,7 @@ class EdgeServer:
         )
         self.connections: set[Connection] = set()
         self.accepting = True
-        self.publishes = 0
-        self.evictions = 0
-        self.closes: Counter[int] = Counter()
+        self.metrics = EdgeMetrics()
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -106,6 +104,9 @@ class EdgeServer:
             select_subprotocol=self._select_subprotocol,
             create_connection=EdgeConnection,
             max_size=self.settings.max_message_bytes,
+            # permessage-deflate would compress each event once per connection and hold
+            # zlib state (~tens of KiB) per connection: off, events are encoded once per edge.
+            compression=None,
             ping_interval=self.settings.ping_interval_s,
             ping_timeout=self.settings.ping_timeout_s,
             close_timeout=2,
@@ -123,8 +124,8 @@ class EdgeServer:
     def policy_for(self, channel: str) -> ChannelPolicy:
         return self.settings.default_channel
 
-    def record_close(self, code: int) -> None:
-        self.closes[code] += 1
+    def record_error(self, code: str) -> None:
+        self.metrics.errors[code] += 1
 
     async def shutdown(self, reason: str = "shutdown") -> None:
         """Stop accepting; tell every client to reconnect elsewhere, close with 1001.
@@ -178,12 +179,25 @@ class EdgeServer:
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = route(request.path)
         if path == WS_PATH:
-            return await self._check_upgrade(ws, request)
+            refusal = await self._check_upgrade(ws, request)
+            if refusal is not None:
+                self.metrics.refusals[refusal.status_code] += 1
+            return refusal
         if path == "/healthz":
             return _response(200, "ok\n")
         if path == "/readyz":
             ready = self.accepting and self.backbone.connected
             return _response(200 if ready else 503, "ready\n" if ready else "not ready\n")
+        if path == "/metrics":
+            text = render(
+                self.metrics,
+                connections=len(self.connections),
+                subscriptions=self.hub.subscription_count,
+                deliveries=self.hub.delivered,
+                nats_connected=self.backbone.connected,
+                accepting=self.accepting,
+            )
+            return _response(200, text, "text/plain; version=0.0.4; charset=utf-8")
         if path == "/v1/tickets":
             return await self._tickets(request)
         if path == "/dev/token" and self.settings.dev_tokens:
@@ -291,13 +305,16 @@ class EdgeServer:
             policy_for=self.policy_for,
             verify=self.verifier.verify,
             now=asyncio.get_running_loop().time(),
+            on_error=self.record_error,
         )
         conn = Connection(self, ws, session, secrets.token_hex(6))
         self.connections.add(conn)
+        self.metrics.connections_total += 1
         conn.log.info("connected")
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
-            if ws.close_code is not None:
-                conn.log.info("disconnected", extra={"code": ws.close_code})
+            code = conn.closed_with or ws.close_code or 1006
+            self.metrics.closes[code] += 1
+            conn.log.info("disconnected", extra={"code": code})

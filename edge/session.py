@@ -87,6 +87,7 @@ class Session:
         policy_for: PolicyLookup,
         verify: Callable[[str], Claims],
         now: float,
+        on_error: Callable[[str], None] = lambda code: None,
     ) -> None:
         self.claims = claims
         self.limits = limits
@@ -95,6 +96,7 @@ class Session:
         self.closed = False
         self._policy_for = policy_for
         self._verify = verify
+        self._on_error = on_error
         self._bucket = TokenBucket(limits.rate_per_s, limits.rate_burst, now)
         self._errors = ErrorWindow(limits.abuse_errors, limits.abuse_window_s)
 
@@ -149,6 +151,7 @@ class Session:
         self, request_id: str | None, code: ErrorCode, message: str, now: float
     ) -> list[Action]:
         """An error frame; abusive ones count toward the 1008 threshold."""
+        self._on_error(code.value)
         actions: list[Action] = [Send(protocol.error(request_id, code, message))]
         if code in ABUSIVE and self._errors.add(now):
             actions += self._close(CloseCode.POLICY_VIOLATION, "too many bad messages")

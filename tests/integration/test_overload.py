@@ -1,0 +1,90 @@
+"""Overload answers: a peer that never reads is evicted with 1013; others are unaffected."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+
+import nats
+from websockets.asyncio.client import connect
+
+from edge.metrics import parse
+from switchboard.client import Client
+from tests.conftest import Edge, EdgeFactory, token
+from tests.integration.helpers import next_event
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_reader_that_never_reads_is_evicted_and_healthy_client_gets_all(
+    edge_factory: EdgeFactory,
+) -> None:
+    edge = edge_factory.start("edge-slow", rate_per_s="100000", rate_burst="100000")
+    assert edge.process is not None
+    healthy = await Client.connect(edge.ws_url, token=token("healthy"))
+    await healthy.subscribe("firehose")
+    # The stalled peer: after subscribing it never reads again; max_queue=1 makes its
+    # client library stop reading the socket, so TCP backpressure reaches the edge.
+    stalled = await connect(
+        edge.ws_url,
+        subprotocols=["switchboard.v1", f"bearer.{token('stalled')}"],  # type: ignore[list-item]
+        max_queue=1,
+    )
+    await stalled.recv()
+    await stalled.send(
+        json.dumps({"type": "subscribe", "id": "1", "payload": {"channel": "firehose"}})
+    )
+    await stalled.recv()
+    rss_before = rss_kib(edge.process.pid)
+
+    total = 100_000
+    body = json.dumps("x" * 1000).encode()  # 1 KiB messages
+    nc = await nats.connect(edge_factory.nats.url)
+    received: list[int] = []
+
+    async def consume() -> None:
+        while len(received) < total:
+            event = await next_event(healthy, timeout=20)
+            received.append(int(event["payload"]["from"]))
+
+    consumer = asyncio.create_task(consume())
+    started = time.monotonic()
+    evicted_after: float | None = None
+    for i in range(total):
+        await nc.publish("sb.ch.firehose", body, headers={"Sb-From": str(i)})
+        if i % 2000 == 1999:
+            await nc.flush()
+            await asyncio.sleep(0.05)  # a pace the healthy Python client keeps up with
+            if evicted_after is None and (await scrape(edge))[EVICTIONS] >= 1:
+                evicted_after = time.monotonic() - started
+    await nc.flush()
+    await asyncio.wait_for(consumer, 60)
+    assert received == list(range(total))  # 100 %, in order
+    assert evicted_after is not None and evicted_after < 3.0, evicted_after
+    metrics = await scrape(edge)
+    assert metrics[EVICTIONS] == 1
+    assert metrics['sb_edge_closes_total{code="1013"}'] == 1
+    rss_after = rss_kib(edge.process.pid)
+    print(f"evicted after {evicted_after:.2f}s; edge RSS {rss_before} -> {rss_after} KiB")
+    await nc.close()
+    await healthy.close()
+    stalled.transport.abort()
+
+
+EVICTIONS = "sb_edge_slow_consumer_evictions_total"
+
+
+async def scrape(edge: Edge) -> dict[str, float]:
+    def get() -> str:
+        with urllib.request.urlopen(f"{edge.http_url}/metrics") as response:
+            return str(response.read().decode())
+
+    return parse(await asyncio.to_thread(get))
