@@ -42,6 +42,7 @@ def make_verifier(settings: EdgeSettings) -> TokenVerifier:
 async def run_edge(settings: EdgeSettings, ready: asyncio.Event | None = None) -> None:
     backbone = await connect_backbone(settings)
     server = EdgeServer(settings, backbone, make_verifier(settings))
+    backbone.on_state_change = server.on_backbone_state
     await server.start()
     log.info(
         "edge listening",

@@ -26,9 +26,10 @@ HEADER_TS = "Sb-Ts"
 
 
 class _Topic:
-    __slots__ = ("handle", "members")
+    __slots__ = ("channel", "handle", "members")
 
-    def __init__(self, handle: SubscriptionHandle) -> None:
+    def __init__(self, channel: str, handle: SubscriptionHandle) -> None:
+        self.channel = channel
         self.handle = handle
         self.members: set[Member] = set()
 
@@ -80,7 +81,7 @@ class Hub:
                 handle = await self._backbone.subscribe(
                     subject, lambda d: self._deliver(channel, subject, d)
                 )
-                topic = self._topics[subject] = _Topic(handle)
+                topic = self._topics[subject] = _Topic(channel, handle)
             topic.members.add(member)
 
     async def _leave(self, subject: str, member: Member) -> None:
@@ -92,6 +93,19 @@ class Hub:
             if not topic.members:
                 del self._topics[subject]
                 await topic.handle.unsubscribe()
+
+    def notify_gap(self, since_ms: int, until_ms: int) -> None:
+        """Tell every member that messages between the two times may be lost.
+
+        Called after the backbone reconnects: core NATS does not replay what was
+        published while this edge was cut off (DESIGN: gaps are always reported).
+        """
+        for topic in self._topics.values():
+            text = protocol.frame(
+                "gap", {"channel": topic.channel, "since_ts": since_ms, "until_ts": until_ms}
+            )
+            for member in tuple(topic.members):
+                member.deliver(text)
 
     def _deliver(self, channel: str, subject: str, delivery: Delivery) -> None:
         topic = self._topics.get(subject)

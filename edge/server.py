@@ -91,6 +91,7 @@ class EdgeServer:
         self.accepting = True
         self.metrics = EdgeMetrics()
         self._server: Server | None = None
+        self._down_since_ms: int | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -123,6 +124,17 @@ class EdgeServer:
 
     def policy_for(self, channel: str) -> ChannelPolicy:
         return self.settings.default_channel
+
+    def on_backbone_state(self, connected: bool) -> None:
+        """NATS went away or came back; on return, report the gap to clients."""
+        now_ms = int(time.time() * 1000)
+        if not connected:
+            self._down_since_ms = self._down_since_ms or now_ms
+            log.warning("backbone lost: publishes and RPCs answer 'unavailable'")
+        elif self._down_since_ms is not None:
+            self.hub.notify_gap(self._down_since_ms, now_ms)
+            log.info("backbone back after %d ms", now_ms - self._down_since_ms)
+            self._down_since_ms = None
 
     def record_error(self, code: str) -> None:
         self.metrics.errors[code] += 1
