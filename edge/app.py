@@ -36,6 +36,8 @@ def make_verifier(settings: EdgeSettings) -> TokenVerifier:
         public_key_file=settings.jwt_public_key_file,
         algorithms=list(settings.jwt_algorithms),
         leeway_s=settings.jwt_leeway_s,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
     )
 
 

@@ -9,7 +9,6 @@ handed to every member's outbox.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -37,10 +36,10 @@ class _Topic:
 def decode_data(data: bytes) -> Any:
     """Backend payloads are JSON; other UTF-8 text is delivered as a string."""
     try:
-        return json.loads(data)
+        return protocol.loads(data)
     except UnicodeDecodeError:
         raise
-    except ValueError:
+    except (ValueError, RecursionError):
         return data.decode()
 
 

@@ -22,6 +22,37 @@ def encode(obj: Any) -> str:
     return _encoder.encode(obj)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("number out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
+def loads(text: str | bytes) -> Any:
+    """Strict JSON: no NaN/Infinity, no overflowing numbers, no lone surrogates.
+
+    Whatever this returns re-encodes to valid UTF-8 JSON, so a value taken in
+    can always be sent out again.
+    """
+    if isinstance(text, bytes):
+        text = text.decode()
+    value = _decoder.decode(text)
+    if "\\ud" in text.lower():  # only a \uXXXX escape can smuggle in a surrogate
+        try:
+            encode(value).encode()
+        except UnicodeEncodeError:
+            raise ValueError("lone surrogate") from None
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     type: str
@@ -42,7 +73,7 @@ class ProtocolError(Exception):
 def parse(text: str) -> Request:
     """Decode one client frame into a Request, or raise ProtocolError."""
     try:
-        obj = json.loads(text)
+        obj = loads(text)
     except (ValueError, RecursionError):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "malformed JSON") from None
     if not isinstance(obj, dict):

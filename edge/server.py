@@ -22,6 +22,7 @@ from edge.connection import Connection, EdgeConnection
 from edge.hub import Hub
 from edge.metrics import EdgeMetrics, render
 from edge.ports import Backbone, Unavailable
+from edge.ratelimit import TokenBucket
 from edge.session import Limits, Session
 from edge.upgrade import SUBPROTOCOL, find_credential, origin_allowed, route
 from switchboard.codes import CloseCode
@@ -90,6 +91,9 @@ class EdgeServer:
         self.connections: set[Connection] = set()
         self.accepting = True
         self.metrics = EdgeMetrics()
+        self._upgrades = TokenBucket(
+            settings.new_connections_per_s, settings.new_connections_burst, time.monotonic()
+        )
         self._server: Server | None = None
         self._down_since_ms: int | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -233,6 +237,8 @@ class EdgeServer:
             return _response(503, "edge is full\n", headers={"Retry-After": "5"})
         if not self._origin_ok(request):
             return _response(403, "origin not allowed\n")
+        if not self._upgrades.take(time.monotonic()):
+            return _response(429, "too many new connections\n", headers={"Retry-After": "1"})
         credential = find_credential(
             request.path,
             request.headers.get_all("Sec-WebSocket-Protocol"),

@@ -130,10 +130,12 @@ class Session:
         """Handle one client text frame."""
         if self.closed:
             return []
-        if not self._bucket.take(now):
-            return self.refuse(None, ErrorCode.RATE_LIMITED, "over the message rate limit", now)
         try:
             request = protocol.parse(text)
+            if not self._bucket.take(now):
+                return self.refuse(
+                    request.id, ErrorCode.RATE_LIMITED, "over the message rate limit", now
+                )
             return self._dispatch(request, now)
         except ProtocolError as exc:
             return self.refuse(exc.request_id, exc.code, exc.message, now)

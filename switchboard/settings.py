@@ -55,6 +55,8 @@ class EdgeSettings(BaseSettings):
         default_factory=lambda: list(ALGORITHMS),
         description="Accepted JWT algorithms.",
     )
+    jwt_audience: str | None = Field(None, description="Required `aud` (unset: not checked).")
+    jwt_issuer: str | None = Field(None, description="Required `iss` (unset: not checked).")
     jwt_leeway_s: float = Field(5.0, ge=0, description="Clock skew tolerated on `exp`.")
 
     allowed_origins: list[str] = Field(
@@ -62,6 +64,10 @@ class EdgeSettings(BaseSettings):
         description="Browser Origins allowed (glob). Empty: same host only. '*': any.",
     )
     max_connections: int = Field(10000, ge=1, description="Connection cap of this edge.")
+    new_connections_per_s: float = Field(
+        500.0, gt=0, description="Upgrades accepted per second (else 429)."
+    )
+    new_connections_burst: int = Field(1000, ge=1, description="Burst for new connections.")
     max_message_bytes: int = Field(65536, ge=64, description="Largest client frame (else 1009).")
     max_subscriptions: int = Field(256, ge=1, description="Subscriptions per connection.")
     max_rpcs_in_flight: int = Field(16, ge=1, description="Concurrent RPCs per connection.")

@@ -57,6 +57,8 @@ class TokenVerifier:
         public_key_file: Path | None = None,
         algorithms: list[str] | None = None,
         leeway_s: float = 5.0,
+        audience: str | None = None,
+        issuer: str | None = None,
     ) -> None:
         algorithms = algorithms or ["HS256", "RS256", "ES256"]
         if public_key_file is not None:
@@ -70,6 +72,8 @@ class TokenVerifier:
         if not self._algorithms:
             raise ValueError("no accepted algorithm fits the configured key")
         self._leeway = leeway_s
+        self._audience = audience
+        self._issuer = issuer
 
     def verify(self, token: str) -> Claims:
         try:
@@ -78,12 +82,18 @@ class TokenVerifier:
                 self._key,
                 algorithms=self._algorithms,
                 leeway=self._leeway,
-                options={"require": ["sub", "exp"]},
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["sub", "exp"], "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise TokenError("token expired") from None
         except jwt.MissingRequiredClaimError as exc:
             raise TokenError(f"token lacks claim '{exc.claim}'") from None
+        except jwt.InvalidAudienceError:
+            raise TokenError("token is for another audience") from None
+        except jwt.InvalidIssuerError:
+            raise TokenError("token is from another issuer") from None
         except jwt.InvalidTokenError:
             raise TokenError("invalid token") from None
         sub = payload["sub"]

@@ -70,6 +70,7 @@ async def test_backend_publish_to_channel_subject(nats_server: NatsServer, edge1
     nc = await nats.connect(nats_server.url)
     await nc.publish("sb.ch.news.eu", b'{"headline": "x"}', headers={"Sb-From": "newsroom"})
     await nc.publish("sb.ch.news.eu", b"plain text")
+    await nc.publish("sb.ch.news.eu", b"NaN")
     await nc.publish("sb.ch.news.eu", b"\xff\xfe not utf-8")
     await nc.publish("sb.ch.news.eu", b'"after"')
     await nc.flush()
@@ -77,6 +78,8 @@ async def test_backend_publish_to_channel_subject(nats_server: NatsServer, edge1
     assert first["payload"]["data"] == {"headline": "x"}
     assert first["payload"]["from"] == "newsroom"
     assert (await next_event(sub))["payload"]["data"] == "plain text"
+    # not strict JSON: delivered as the text it is, never lost or crashed on
+    assert (await next_event(sub))["payload"]["data"] == "NaN"
     # the non-UTF-8 message is dropped, not delivered garbled, and nothing else is lost
     assert (await next_event(sub))["payload"]["data"] == "after"
     await nc.close()

@@ -13,7 +13,7 @@ from websockets.exceptions import InvalidStatus
 
 from switchboard.client import Client
 from switchboard.tokens import mint_token
-from tests.conftest import Edge, token
+from tests.conftest import Edge, EdgeFactory, token
 
 
 async def refused(url: str, **kwargs: object) -> tuple[int, str]:
@@ -113,3 +113,30 @@ async def test_health_endpoints_and_unknown_paths(edge1: Edge) -> None:
     status, page = await asyncio.to_thread(http, "GET", f"{edge1.http_url}/")
     assert status == 200
     assert "Switchboard demo chat" in page
+
+
+async def test_connection_cap_is_503_and_new_connection_rate_is_429(
+    edge_factory: EdgeFactory,
+) -> None:
+    capped = edge_factory.start("edge-cap", max_connections="2")
+    held = [await Client.connect(capped.ws_url, token=token(f"u{i}")) for i in range(2)]
+    with pytest.raises(InvalidStatus) as full:
+        await connect(capped.ws_url, additional_headers={"Authorization": f"Bearer {token()}"})
+    assert full.value.response.status_code == 503
+    assert full.value.response.headers["Retry-After"] == "5"
+    for client in held:
+        await client.close()
+
+    throttled = edge_factory.start("edge-429", new_connections_per_s="1", new_connections_burst="3")
+    statuses = []
+    retry_after = set()
+    for _ in range(6):
+        try:
+            await (await Client.connect(throttled.ws_url, token=token())).close()
+            statuses.append(101)
+        except InvalidStatus as exc:
+            statuses.append(exc.response.status_code)
+            retry_after.add(exc.response.headers["Retry-After"])
+    assert statuses[:3] == [101, 101, 101]
+    assert 429 in statuses[3:]
+    assert retry_after == {"1"}

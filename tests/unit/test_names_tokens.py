@@ -129,3 +129,16 @@ def test_settings_errors_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_edge_settings(jwt_secret="x")
     assert settings.rate_per_s == 50
     assert not settings.default_channel.client_publish
+
+
+def test_audience_and_issuer() -> None:
+    secret = "s" * 32
+    with_aud = jwt.encode(
+        {"sub": "b", "exp": time.time() + 60, "aud": "chat", "iss": "idp"}, secret
+    )
+    assert TokenVerifier(secret=secret).verify(with_aud).sub == "b"  # aud not configured
+    assert TokenVerifier(secret=secret, audience="chat", issuer="idp").verify(with_aud).sub == "b"
+    with pytest.raises(TokenError, match="another audience"):
+        TokenVerifier(secret=secret, audience="billing").verify(with_aud)
+    with pytest.raises(TokenError, match="another issuer"):
+        TokenVerifier(secret=secret, issuer="evil").verify(with_aud)

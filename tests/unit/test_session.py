@@ -108,6 +108,37 @@ def only_error(actions: list[Any]) -> dict[str, Any]:
             "'payload' must be an object",
             "1",
         ),
+        # values that could not be sent on again are refused at the door, not crashed on
+        (
+            '{"type":"publish","payload":{"channel":"c","data":NaN}}',
+            "bad_request",
+            "malformed JSON",
+            None,
+        ),
+        (
+            '{"type":"publish","payload":{"channel":"c","data":-Infinity}}',
+            "bad_request",
+            "malformed JSON",
+            None,
+        ),
+        (
+            '{"type":"publish","payload":{"channel":"c","data":1e999}}',
+            "bad_request",
+            "malformed JSON",
+            None,
+        ),
+        (
+            '{"type":"publish","payload":{"channel":"c","data":"\\ud800"}}',
+            "bad_request",
+            "malformed JSON",
+            None,
+        ),
+        (
+            '{"type":"subscribe","id":"\\udfff","payload":{"channel":"c"}}',
+            "bad_request",
+            "malformed JSON",
+            None,
+        ),
     ],
 )
 def test_bad_input_gets_an_exact_error(
@@ -171,6 +202,13 @@ def test_subscribe_needs_role_when_policy_says_so() -> None:
     )
     vip = make_session(Claims("a", NOW + 9, roles=("vip",)), policy)
     assert vip.receive(msg("subscribe", {"channel": "c"}), NOW) == [Subscribe("1", "c")]
+
+
+def test_valid_surrogate_pairs_pass() -> None:
+    actions = make_session().receive(
+        '{"type":"publish","payload":{"channel":"c","data":"\\ud83d\\ude00"}}', NOW
+    )
+    assert actions == [Publish(None, "c", '"\U0001f600"'.encode(), None)]
 
 
 def test_publish_carries_msg_id_and_compact_data() -> None:
