@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,7 +68,16 @@ def _json_list(items: list[str]) -> str:
     return json.dumps(items)
 
 
+def _self_command() -> str:
+    """How the user can run this same `switchboard` (e.g. `.venv/bin/switchboard`)."""
+    me = os.path.abspath(sys.argv[0])
+    if os.path.basename(me) != "switchboard" or shutil.which("switchboard") == me:
+        return "switchboard"
+    return os.path.relpath(me)
+
+
 def _banner(ports: list[int], host: str, nats: NatsServer, secret: str, token: str) -> str:
+    cmd = _self_command()
     pages = "\n".join(
         f"  demo page   http://localhost:{p}/   (edge-{i})" for i, p in enumerate(ports, 1)
     )
@@ -82,7 +92,7 @@ Switchboard dev tier is up (Ctrl-C stops everything)
 
 Try it from a terminal:
   export SB_TOKEN={token}
-  switchboard client --url ws://localhost:{ports[-1]}/v1/ws subscribe chat:lobby
-  switchboard client --url ws://localhost:{ports[0]}/v1/ws publish chat:lobby '{{"text":"hi"}}'
+  {cmd} client --url ws://localhost:{ports[-1]}/v1/ws subscribe chat:lobby
+  {cmd} client --url ws://localhost:{ports[0]}/v1/ws publish chat:lobby '{{"text":"hi"}}'
   wscat -c ws://localhost:{ports[-1]}/v1/ws -s switchboard.v1 -s bearer.$SB_TOKEN
 """
