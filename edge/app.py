@@ -46,6 +46,7 @@ async def run_edge(settings: EdgeSettings, ready: asyncio.Event | None = None) -
     server = EdgeServer(settings, backbone, make_verifier(settings))
     backbone.on_state_change = server.on_backbone_state
     await server.start()
+    await server.listen_for_control()
     log.info(
         "edge listening",
         extra={"pod": settings.pod_name, "port": server.port, "nats": settings.nats_url},

@@ -95,7 +95,7 @@ class NatsBackbone:
 
     async def subscribe(self, subject: str, handler: Callable[[Delivery], None]) -> _Handle:
         async def on_msg(msg: Msg) -> None:
-            handler(Delivery(msg.subject, msg.data, msg.headers))
+            handler(Delivery(msg.subject, msg.data, msg.headers, msg.reply or None))
 
         # pending limits are generous: the hub hands messages to bounded outboxes at once.
         sub = await self.client.subscribe(

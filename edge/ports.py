@@ -14,6 +14,7 @@ class Delivery:
     subject: str
     data: bytes
     headers: Mapping[str, str] | None
+    reply: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

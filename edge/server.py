@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import secrets
 import time
 from collections.abc import Sequence
@@ -19,9 +18,17 @@ from websockets.typing import Subprotocol
 
 from edge import protocol
 from edge.connection import Connection, EdgeConnection
+from edge.drain import granted_rate, reconnect_after_ms
 from edge.hub import Hub
 from edge.metrics import EdgeMetrics, render
-from edge.ports import Backbone, Unavailable
+from edge.ports import (
+    Backbone,
+    Delivery,
+    NoResponders,
+    RequestTimeout,
+    SubscriptionHandle,
+    Unavailable,
+)
 from edge.ratelimit import TokenBucket
 from edge.session import Limits, Session
 from edge.upgrade import SUBPROTOCOL, find_credential, origin_allowed, route
@@ -94,6 +101,10 @@ class EdgeServer:
         self._upgrades = TokenBucket(
             settings.new_connections_per_s, settings.new_connections_burst, time.monotonic()
         )
+        self._drain_task: asyncio.Task[None] | None = None
+        self._drain_rate = settings.drain_reconnects_per_s
+        self._background: set[asyncio.Task[None]] = set()
+        self._ctl: SubscriptionHandle | None = None
         self._server: Server | None = None
         self._down_since_ms: int | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -143,27 +154,120 @@ class EdgeServer:
     def record_error(self, code: str) -> None:
         self.metrics.errors[code] += 1
 
-    async def shutdown(self, reason: str = "shutdown") -> None:
-        """Stop accepting; tell every client to reconnect elsewhere, close with 1001.
+    @property
+    def draining(self) -> bool:
+        return self._drain_task is not None
 
-        The paced, operator-granted drain builds on this (DESIGN §5).
+    def start_drain(self, reason: str) -> asyncio.Task[None]:
+        """Begin draining (once); later calls return the same task."""
+        if self._drain_task is None:
+            self._drain_task = asyncio.create_task(self._drain(reason))
+        return self._drain_task
+
+    def set_drain_rate(self, rate_per_s: float) -> None:
+        """A new grant from the operator applies to the rest of a running drain."""
+        self._drain_rate = rate_per_s
+
+    async def _drain(self, reason: str) -> None:
+        """DESIGN §5: stop accepting, then move clients away at the granted pace.
+
+        Each connection gets `reconnect` (jittered `after_ms`) and a 1001 close;
+        at the deadline the rest go at once. Open connections keep working
+        until their turn.
         """
         self.accepting = False
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._drain_rate = await self._ask_drain_grant(reason)
+        log.info(
+            "draining",
+            extra={
+                "pod": self.settings.pod_name,
+                "reason": reason,
+                "connections": len(self.connections),
+                "rate": self._drain_rate,
+            },
+        )
+        pending = sorted(self.connections, key=lambda c: c.id)
+        closing: set[asyncio.Task[None]] = set()
+        deadline = started + self.settings.drain_timeout_s
+        next_at = loop.time()
+        while pending:
+            now = loop.time()
+            if now < deadline and now < next_at:
+                await asyncio.sleep(min(next_at, deadline) - now)
+                continue
+            batch = pending if loop.time() >= deadline else [pending[0]]
+            pending = pending[len(batch) :]
+            for conn in batch:
+                task = asyncio.create_task(self._move(conn, reason))
+                closing.add(task)
+                task.add_done_callback(closing.discard)
+            next_at += 1.0 / self._drain_rate
+        if closing:
+            await asyncio.gather(*closing, return_exceptions=True)
+        log.info(
+            "drained",
+            extra={"pod": self.settings.pod_name, "seconds": round(loop.time() - started, 3)},
+        )
+
+    async def _move(self, conn: Connection, reason: str) -> None:
+        after_ms = reconnect_after_ms(self.settings.reconnect_jitter_ms)
+        conn.deliver(
+            protocol.frame(
+                "reconnect", {"resume_token": None, "after_ms": after_ms, "reason": reason}
+            )
+        )
+        await conn.close(CloseCode.GOING_AWAY, reason)
+
+    async def _ask_drain_grant(self, reason: str) -> float:
+        """Request `sb.operator.drain`; no answer means the configured default."""
+        body = json.dumps(
+            {"pod": self.settings.pod_name, "connections": len(self.connections), "reason": reason}
+        ).encode()
+        subject = f"{self.settings.subject_prefix}.operator.drain"
+        reply: dict[str, Any] | None = None
+        try:
+            answer = await self.backbone.request(
+                subject, body, {}, self.settings.drain_grant_timeout_s
+            )
+            reply = json.loads(answer.data)
+        except (NoResponders, RequestTimeout, Unavailable, ValueError):
+            reply = None
+        return granted_rate(reply, self.settings.drain_reconnects_per_s)
+
+    async def listen_for_control(self) -> None:
+        """`sb.edge.<pod>.ctl`: {"command": "drain"} or {"command": "rate", "rate": N}."""
+        subject = f"{self.settings.subject_prefix}.edge.{self.settings.pod_name}.ctl"
+        self._ctl = await self.backbone.subscribe(subject, self._on_control)
+
+    def _on_control(self, delivery: Delivery) -> None:
+        try:
+            command = json.loads(delivery.data)
+            kind = command["command"]
+        except (ValueError, KeyError, TypeError):
+            answer: dict[str, Any] = {"ok": False, "error": 'expected {"command": ...}'}
+        else:
+            if kind == "drain":
+                self.start_drain(str(command.get("reason", "operator")))
+                answer = {"ok": True, "connections": len(self.connections)}
+            elif kind == "rate" and granted_rate(command, 0) > 0:
+                self.set_drain_rate(granted_rate(command, 0))
+                answer = {"ok": True}
+            else:
+                answer = {"ok": False, "error": f"unknown command {kind!r}"}
+        if delivery.reply:
+            task = asyncio.create_task(
+                self.backbone.publish(delivery.reply, json.dumps(answer).encode(), {})
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def shutdown(self, reason: str = "shutdown") -> None:
+        """Drain (if not already draining), then stop listening."""
+        await self.start_drain(reason)
         if self._sweeper:
             self._sweeper.cancel()
-
-        async def drain_one(conn: Connection) -> None:
-            after_ms = random.randint(0, self.settings.reconnect_jitter_ms)
-            conn.deliver(
-                protocol.frame(
-                    "reconnect", {"resume_token": None, "after_ms": after_ms, "reason": reason}
-                )
-            )
-            await conn.close(CloseCode.GOING_AWAY, reason)
-
-        await asyncio.gather(
-            *(drain_one(c) for c in tuple(self.connections)), return_exceptions=True
-        )
         if self._server is not None:
             self._server.close(close_connections=False)
             await self._server.wait_closed()

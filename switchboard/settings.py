@@ -86,7 +86,16 @@ class EdgeSettings(BaseSettings):
         2.0, gt=0, description="How long the buffer may stay full before 1013."
     )
     reconnect_jitter_ms: int = Field(
-        5000, ge=0, description="Upper bound of the random `after_ms` in `reconnect` frames."
+        3000, ge=0, description="Upper bound of the random `after_ms` in `reconnect` frames."
+    )
+    drain_reconnects_per_s: float = Field(
+        100.0, gt=0, description="Drain pace when the operator grants none."
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="Deadline of a drain; the rest then close at once."
+    )
+    drain_grant_timeout_s: float = Field(
+        1.0, gt=0, description="How long to wait for the operator's drain grant."
     )
     ticket_ttl_s: int = Field(30, ge=1, description="Lifetime of a `?ticket=`.")
     default_channel: ChannelPolicy = Field(default_factory=ChannelPolicy)

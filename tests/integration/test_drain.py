@@ -1,0 +1,119 @@
+"""Drains: SIGTERM or a control command moves every client with reconnect + 1001, paced."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from switchboard.client import Client, Closed, SwitchboardError
+from tests.conftest import Edge, EdgeFactory, token
+from tests.integration.helpers import next_event
+
+
+def readyz(edge: Edge) -> int:
+    try:
+        with urllib.request.urlopen(f"{edge.http_url}/readyz") as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+async def test_sigterm_with_500_clients_under_publish_traffic_loses_nothing_acked(
+    edge_factory: EdgeFactory, edge2: Edge
+) -> None:
+    edge = edge_factory.start(
+        "edge-drain-500",
+        drain_reconnects_per_s="250",
+        reconnect_jitter_ms="1000",
+        new_connections_burst="1000",
+    )
+    watcher = await Client.connect(edge2.ws_url, token=token("watcher"))
+    await watcher.subscribe("drain:room")
+    clients = list(
+        await asyncio.gather(
+            *(Client.connect(edge.ws_url, token=token(f"u{i}")) for i in range(500))
+        )
+    )
+    publishers = clients[:5]
+    acked: list[str] = []
+
+    async def publish_until_moved(index: int, client: Client) -> None:
+        seq = 0
+        while True:
+            msg = f"{index}-{seq}"
+            try:
+                await client.publish("drain:room", msg)
+            except (Closed, SwitchboardError):
+                return
+            acked.append(msg)
+            seq += 1
+
+    traffic = [asyncio.create_task(publish_until_moved(i, c)) for i, c in enumerate(publishers)]
+    await asyncio.sleep(0.5)
+    assert edge.process is not None
+    started = time.monotonic()
+    edge.process.terminate()
+    results = []
+    for client in clients:
+        msg = await client.next_message(timeout=30)
+        while msg["type"] != "reconnect":  # publishers may see their own events first
+            msg = await client.next_message(timeout=30)
+        results.append((msg["payload"]["after_ms"], await client.wait_closed(30)))
+    took = time.monotonic() - started
+    await asyncio.gather(*traffic)
+    assert [code for _, code in results] == [1001] * 500
+    assert all(0 <= after <= 1000 for after, _ in results)
+    assert took >= 1.5, f"500 clients at 250/s should take ~2 s, took {took:.2f}"
+    assert await asyncio.to_thread(edge.process.wait, 30) == 0
+    assert len(acked) > 50
+
+    # every publish the draining edge acknowledged reached the subscriber on edge-2
+    seen: set[str] = set()
+    while not set(acked) <= seen:
+        seen.add((await next_event(watcher, timeout=10))["payload"]["data"])
+    await watcher.close()
+
+
+async def test_control_command_drains_at_the_operator_granted_pace(
+    edge_factory: EdgeFactory,
+) -> None:
+    edge = edge_factory.start("edge-ctl", reconnect_jitter_ms="0")
+    nc = await nats.connect(edge_factory.nats.url)
+    asked: list[dict[str, object]] = []
+
+    async def grant(msg: Msg) -> None:
+        asked.append(json.loads(msg.data))
+        await msg.respond(json.dumps({"reconnects_per_second": 20}).encode())
+
+    await nc.subscribe("sb.operator.drain", cb=grant)
+    clients = [await Client.connect(edge.ws_url, token=token(f"c{i}")) for i in range(10)]
+    reply = await nc.request("sb.edge.edge-ctl.ctl", b'{"command": "drain"}', timeout=5)
+    assert json.loads(reply.data) == {"ok": True, "connections": 10}
+    assert await asyncio.to_thread(readyz, edge) == 503
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(edge.ws_url, additional_headers={"Authorization": f"Bearer {token()}"})
+    assert refused.value.response.status_code == 503
+    closed_at = []
+    for client in clients:
+        assert (await client.next_message())["payload"] == {
+            "resume_token": None,
+            "after_ms": 0,
+            "reason": "operator",
+        }
+        assert await client.wait_closed() == 1001
+        closed_at.append(time.monotonic())
+    assert asked == [{"pod": "edge-ctl", "connections": 10, "reason": "operator"}]
+    # 10 connections at the granted 20/s: ~0.45 s from first to last, not all at once
+    assert closed_at[-1] - closed_at[0] >= 0.35
+    bad = await nc.request("sb.edge.edge-ctl.ctl", b"nonsense", timeout=5)
+    assert json.loads(bad.data)["ok"] is False
+    await nc.close()
