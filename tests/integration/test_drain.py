@@ -96,21 +96,28 @@ async def test_control_command_drains_at_the_operator_granted_pace(
 
     await nc.subscribe("sb.operator.drain", cb=grant)
     clients = [await Client.connect(edge.ws_url, token=token(f"c{i}")) for i in range(10)]
+    closed_at: list[float] = []
+
+    async def watch(client: Client) -> int | None:
+        code = await client.wait_closed(timeout=20)
+        closed_at.append(time.monotonic())
+        return code
+
+    watchers = [asyncio.create_task(watch(c)) for c in clients]
     reply = await nc.request("sb.edge.edge-ctl.ctl", b'{"command": "drain"}', timeout=5)
     assert json.loads(reply.data) == {"ok": True, "connections": 10}
     assert await asyncio.to_thread(readyz, edge) == 503
     with pytest.raises(InvalidStatus) as refused:
         await connect(edge.ws_url, additional_headers={"Authorization": f"Bearer {token()}"})
     assert refused.value.response.status_code == 503
-    closed_at = []
+    assert await asyncio.gather(*watchers) == [1001] * 10
     for client in clients:
         assert (await client.next_message())["payload"] == {
             "resume_token": None,
             "after_ms": 0,
             "reason": "operator",
         }
-        assert await client.wait_closed() == 1001
-        closed_at.append(time.monotonic())
+    closed_at.sort()
     assert asked == [{"pod": "edge-ctl", "connections": 10, "reason": "operator"}]
     # 10 connections at the granted 20/s: ~0.45 s from first to last, not all at once
     assert closed_at[-1] - closed_at[0] >= 0.35
