@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from edge import tracing
 from edge.backbone import NatsBackbone
 from edge.server import EdgeServer
 from switchboard.settings import EdgeSettings
@@ -42,6 +43,8 @@ def make_verifier(settings: EdgeSettings) -> TokenVerifier:
 
 
 async def run_edge(settings: EdgeSettings, ready: asyncio.Event | None = None) -> None:
+    if tracing.configure_from_env(settings.pod_name):
+        log.info("tracing to OTLP", extra={"pod": settings.pod_name})
     backbone = await connect_backbone(settings)
     server = EdgeServer(settings, backbone, make_verifier(settings))
     backbone.on_state_change = server.on_backbone_state

@@ -25,6 +25,7 @@ from edge.ports import Delivery, NoResponders, Reply, RequestTimeout, Unavailabl
 log = logging.getLogger("switchboard.edge.backbone")
 
 TICKETS_BUCKET = "sb_tickets"
+EDGES_BUCKET = "sb_edges"
 
 
 class _Handle:
@@ -41,12 +42,15 @@ class _Handle:
 class NatsBackbone:
     """nats-py client configured for an edge."""
 
-    def __init__(self, servers: str, name: str, ticket_ttl_s: int) -> None:
+    def __init__(
+        self, servers: str, name: str, ticket_ttl_s: int, stats_ttl_s: float = 10.0
+    ) -> None:
         self._servers = [s.strip() for s in servers.split(",") if s.strip()]
         self._name = name
         self._ticket_ttl_s = ticket_ttl_s
         self._nc: Client | None = None
-        self._tickets: KeyValue | None = None
+        self._stats_ttl_s = stats_ttl_s
+        self._buckets: dict[str, KeyValue] = {}
         self.on_state_change: Callable[[bool], None] = lambda connected: None
 
     async def connect(self) -> None:
@@ -126,16 +130,29 @@ class NatsBackbone:
             raise Unavailable("backbone closed") from None
         return Reply(msg.data, msg.headers)
 
-    async def _ticket_bucket(self) -> KeyValue:
-        if self._tickets is None:
+    async def _bucket(self, name: str, ttl_s: float) -> KeyValue:
+        """A KV bucket, created with `ttl_s` if it does not exist yet."""
+        if name not in self._buckets:
             js = self.client.jetstream()
             try:
-                self._tickets = await js.key_value(TICKETS_BUCKET)
+                self._buckets[name] = await js.key_value(name)
             except (NotFoundError, nats.js.errors.BucketNotFoundError):
-                self._tickets = await js.create_key_value(
-                    KeyValueConfig(bucket=TICKETS_BUCKET, ttl=self._ticket_ttl_s, history=1)
+                self._buckets[name] = await js.create_key_value(
+                    KeyValueConfig(bucket=name, ttl=ttl_s, history=1)
                 )
-        return self._tickets
+        return self._buckets[name]
+
+    async def _ticket_bucket(self) -> KeyValue:
+        return await self._bucket(TICKETS_BUCKET, self._ticket_ttl_s)
+
+    async def put_edge_stats(self, pod: str, value: bytes) -> None:
+        """Live stats in `sb_edges` for the operator; entries expire with the TTL."""
+        if not self.connected:
+            raise Unavailable("backbone disconnected")
+        try:
+            await (await self._bucket(EDGES_BUCKET, self._stats_ttl_s)).put(pod, value)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"stats store: {exc}") from None
 
     async def put_ticket(self, ticket: str, value: bytes) -> None:
         if not self.connected:

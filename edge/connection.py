@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from edge import protocol
+from edge import protocol, tracing
 from edge.hub import HEADER_FROM, HEADER_TS, decode_data
 from edge.outbox import Outbox
 from edge.ports import NoResponders, RequestTimeout, Unavailable
 from edge.session import Action, Close, Publish, Rpc, Send, Session, Subscribe, Unsubscribe
+from edge.tracing import SpanKind
 from switchboard.channels import channel_subject, rpc_subject
 from switchboard.codes import CloseCode, ErrorCode
 from switchboard.tokens import Claims
@@ -204,17 +205,38 @@ class Connection:
         if action.msg_id is not None:
             headers["Nats-Msg-Id"] = action.msg_id
         subject = channel_subject(self.server.settings.subject_prefix, action.channel)
-        try:
-            await self.server.backbone.publish(subject, action.body, headers)
-        except Unavailable as exc:
-            self._error(action.request_id, ErrorCode.UNAVAILABLE, f"not accepted: {exc}")
-            return
+        with tracing.tracer().start_as_current_span(
+            "sb.publish", kind=SpanKind.PRODUCER, attributes=self._span_attributes(subject)
+        ) as span:
+            tracing.inject(headers, span)
+            try:
+                await self.server.backbone.publish(subject, action.body, headers)
+            except Unavailable as exc:
+                span.set_attribute("sb.error", "unavailable")
+                self._error(action.request_id, ErrorCode.UNAVAILABLE, f"not accepted: {exc}")
+                return
         self.server.metrics.publishes += 1
         self.deliver(protocol.ack(action.request_id, {"channel": action.channel}))
+
+    def _span_attributes(self, subject: str) -> dict[str, str]:
+        return {
+            "messaging.system": "nats",
+            "messaging.destination.name": subject,
+            "enduser.id": self.session.user,
+            "sb.conn": self.id,
+            "sb.pod": self.server.settings.pod_name,
+        }
 
     async def _rpc(self, action: Rpc) -> None:
         subject = rpc_subject(self.server.settings.subject_prefix, action.method)
         headers = {HEADER_FROM: self.session.user, "Sb-Conn": self.id}
+        with tracing.tracer().start_as_current_span(
+            "sb.rpc", kind=SpanKind.CLIENT, attributes=self._span_attributes(subject)
+        ) as span:
+            tracing.inject(headers, span)
+            await self._rpc_request(action, subject, headers)
+
+    async def _rpc_request(self, action: Rpc, subject: str, headers: dict[str, str]) -> None:
         try:
             reply = await self.server.backbone.request(
                 subject, action.body, headers, action.timeout_s

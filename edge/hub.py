@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from edge import protocol
+from edge import protocol, tracing
 from edge.ports import Backbone, Delivery, Member, SubscriptionHandle
 from switchboard.channels import channel_subject, personal_channel, user_subject
 
@@ -44,10 +44,13 @@ def decode_data(data: bytes) -> Any:
 
 
 class Hub:
-    def __init__(self, backbone: Backbone, prefix: str, *, expose_publisher: bool) -> None:
+    def __init__(
+        self, backbone: Backbone, prefix: str, *, expose_publisher: bool, pod: str = ""
+    ) -> None:
         self._backbone = backbone
         self._prefix = prefix
         self._expose_publisher = expose_publisher
+        self._pod = pod
         self._topics: dict[str, _Topic] = {}
         self._lock = asyncio.Lock()
         self.delivered = 0
@@ -110,16 +113,23 @@ class Hub:
         topic = self._topics.get(subject)
         if topic is None or not topic.members:
             return
+        span = tracing.start_delivery(delivery.subject, delivery.headers, self._pod)
         try:
             data = decode_data(delivery.data)
         except UnicodeDecodeError:
             self.dropped_undecodable += 1
             log.warning("dropped a non-UTF-8 message", extra={"subject": delivery.subject})
+            if span is not None:
+                span.set_attribute("sb.error", "not utf-8")
+                span.end()
             return
         text = self.encode_event(channel, data, delivery.headers)
         for member in tuple(topic.members):
             member.deliver(text)
         self.delivered += len(topic.members)
+        if span is not None:
+            span.set_attribute("sb.recipients", len(topic.members))
+            span.end()
 
     def encode_event(self, channel: str, data: Any, headers: Mapping[str, str] | None) -> str:
         headers = headers or {}

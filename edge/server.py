@@ -16,7 +16,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from edge import protocol
+from edge import protocol, tracing
 from edge.connection import Connection, EdgeConnection
 from edge.drain import granted_rate, reconnect_after_ms
 from edge.hub import Hub
@@ -31,6 +31,7 @@ from edge.ports import (
 )
 from edge.ratelimit import TokenBucket
 from edge.session import Limits, Session
+from edge.tracing import SpanKind
 from edge.upgrade import SUBPROTOCOL, find_credential, origin_allowed, route
 from switchboard.codes import CloseCode
 from switchboard.settings import ChannelPolicy, EdgeSettings
@@ -82,7 +83,10 @@ class EdgeServer:
         self.backbone = backbone
         self.verifier = verifier
         self.hub = Hub(
-            backbone, settings.subject_prefix, expose_publisher=settings.expose_publisher
+            backbone,
+            settings.subject_prefix,
+            expose_publisher=settings.expose_publisher,
+            pod=settings.pod_name,
         )
         self.limits = Limits(
             max_message_bytes=settings.max_message_bytes,
@@ -105,6 +109,7 @@ class EdgeServer:
         self._drain_rate = settings.drain_reconnects_per_s
         self._background: set[asyncio.Task[None]] = set()
         self._ctl: SubscriptionHandle | None = None
+        self._reporter: asyncio.Task[None] | None = None
         self._server: Server | None = None
         self._down_since_ms: int | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -130,6 +135,7 @@ class EdgeServer:
             backlog=4096,
         )
         self._sweeper = asyncio.create_task(self._sweep_stalled())
+        self._reporter = asyncio.create_task(self._report_stats())
 
     @property
     def port(self) -> int:
@@ -266,11 +272,33 @@ class EdgeServer:
     async def shutdown(self, reason: str = "shutdown") -> None:
         """Drain (if not already draining), then stop listening."""
         await self.start_drain(reason)
-        if self._sweeper:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._reporter):
+            if task is not None:
+                task.cancel()
         if self._server is not None:
             self._server.close(close_connections=False)
             await self._server.wait_closed()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "pod": self.settings.pod_name,
+            "connections": len(self.connections),
+            "subscriptions": self.hub.subscription_count,
+            "draining": self.draining,
+            "accepting": self.accepting,
+            "ts": int(time.time() * 1000),
+        }
+
+    async def _report_stats(self) -> None:
+        """Every `stats_interval_s`, this edge's live numbers into `sb_edges`."""
+        while True:
+            try:
+                await self.backbone.put_edge_stats(
+                    self.settings.pod_name, json.dumps(self.stats()).encode()
+                )
+            except Unavailable as exc:
+                log.debug("stats not written: %s", exc)
+            await asyncio.sleep(self.settings.stats_interval_s)
 
     async def _sweep_stalled(self) -> None:
         """Evict connections whose frames have waited past the grace period."""
@@ -299,7 +327,12 @@ class EdgeServer:
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = route(request.path)
         if path == WS_PATH:
-            refusal = await self._check_upgrade(ws, request)
+            with tracing.tracer().start_as_current_span(
+                "sb.upgrade", kind=SpanKind.SERVER, attributes={"sb.pod": self.settings.pod_name}
+            ) as span:
+                refusal = await self._check_upgrade(ws, request)
+                status = 101 if refusal is None else refusal.status_code
+                span.set_attribute("http.response.status_code", status)
             if refusal is not None:
                 self.metrics.refusals[refusal.status_code] += 1
             return refusal

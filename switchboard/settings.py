@@ -97,6 +97,10 @@ class EdgeSettings(BaseSettings):
     drain_grant_timeout_s: float = Field(
         1.0, gt=0, description="How long to wait for the operator's drain grant."
     )
+    stats_interval_s: float = Field(2.0, gt=0, description="How often stats go to `sb_edges`.")
+    stats_ttl_s: float = Field(
+        10.0, gt=0, description="`sb_edges` entry lifetime: a dead edge vanishes after this."
+    )
     ticket_ttl_s: int = Field(30, ge=1, description="Lifetime of a `?ticket=`.")
     default_channel: ChannelPolicy = Field(default_factory=ChannelPolicy)
     expose_publisher: bool = Field(True, description="Events carry `from` (publisher id).")

@@ -124,3 +124,33 @@ async def test_control_command_drains_at_the_operator_granted_pace(
     bad = await nc.request("sb.edge.edge-ctl.ctl", b"nonsense", timeout=5)
     assert json.loads(bad.data)["ok"] is False
     await nc.close()
+
+
+async def test_live_stats_reach_the_sb_edges_bucket(edge_factory: EdgeFactory) -> None:
+    # The bucket's TTL (10 s default) is set by whichever edge creates it first.
+    edge = edge_factory.start("edge-stats", stats_interval_s="0.2")
+    clients = [await Client.connect(edge.ws_url, token=token(f"s{i}")) for i in range(3)]
+    await clients[0].subscribe("stats:a")
+    nc = await nats.connect(edge_factory.nats.url)
+    kv = await nc.jetstream().key_value("sb_edges")
+
+    async def current() -> dict[str, object]:
+        return dict(json.loads((await kv.get("edge-stats")).value or b"{}"))
+
+    async with asyncio.timeout(5):
+        while (stats := await current())["connections"] != 3:
+            await asyncio.sleep(0.1)
+    # 3 personal subjects and one channel
+    assert stats["subscriptions"] == 4
+    assert stats["accepting"] is True
+    assert stats["draining"] is False
+    assert edge.process is not None
+    edge.process.kill()  # a dead edge stops writing; its entry expires with the TTL
+    async with asyncio.timeout(15):
+        while True:
+            try:
+                await kv.get("edge-stats")
+            except nats.js.errors.KeyNotFoundError:
+                break
+            await asyncio.sleep(0.25)
+    await nc.close()
