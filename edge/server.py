@@ -470,6 +470,7 @@ class EdgeServer:
             await conn.run()
         finally:
             self.connections.discard(conn)
-            code = conn.closed_with or ws.close_code or 1006
+            sent = ws.protocol.close_sent  # what we told the peer, else what it told us
+            code = conn.closed_with or (sent.code if sent else None) or ws.close_code or 1006
             self.metrics.closes[code] += 1
             conn.log.info("disconnected", extra={"code": code})
