@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--channels", type=_csv, help="glob patterns the user may subscribe to")
     token.add_argument("--publish", type=_csv, help="glob patterns the user may publish to")
 
+    settings = sub.add_parser("settings", help="print the edge settings reference")
+    settings.add_argument("--markdown", action="store_true", help="as the docs' Markdown table")
+
     client = sub.add_parser("client", help="a terminal client")
     client.add_argument("--url", default="ws://localhost:8080/v1/ws")
     client.add_argument("--token", default=os.environ.get("SB_TOKEN"), help="or $SB_TOKEN")
@@ -116,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             logs.configure(settings.log_level)
             asyncio.run(run_edge(settings))
+            return 0
+        if args.command == "settings":
+            from switchboard.settings_doc import markdown
+
+            print(markdown())
             return 0
         if args.command == "token":
             from switchboard.tokens import mint_token

@@ -44,7 +44,9 @@ class EdgeSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8080, ge=0, le=65535, description="WebSocket and HTTP port.")
     pod_name: str = Field(
-        default_factory=socket.gethostname, description="This edge's name (pod name)."
+        default_factory=socket.gethostname,
+        description="This edge's name (pod name).",
+        json_schema_extra={"doc_default": "the host name"},
     )
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-sep.")
     subject_prefix: str = Field("sb", pattern=r"^[A-Za-z0-9_-]+$", description="NATS prefix.")
