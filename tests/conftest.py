@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from switchboard.natsserver import NatsServer, free_port, wait_for_port
+from switchboard.natsserver import NatsServer, free_port, stop_process, wait_for_port
 from switchboard.tokens import mint_token
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -49,16 +49,7 @@ class Edge:
         return self
 
     def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return None if self.process is None else stop_process(self.process, 20)
 
 
 @dataclass
