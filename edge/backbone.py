@@ -72,9 +72,15 @@ class NatsBackbone:
             await self._nc.drain()
 
     async def flush(self, timeout_s: float = 5.0) -> None:
-        """Wait until everything published so far has reached the server."""
+        """Wait until everything sent so far has been processed by the server.
+
+        nats-py writes its PING ahead of commands still in its pending buffer,
+        so one `flush()` can return before a just-buffered SUB or PUB reached
+        the server; the second PING goes out behind them.
+        """
         if self._nc is not None and self._nc.is_connected:
-            await self._nc.flush(timeout=int(max(1, timeout_s)))
+            for _ in range(2):
+                await self._nc.flush(timeout=max(1, round(timeout_s)))
 
     @property
     def connected(self) -> bool:
@@ -105,6 +111,13 @@ class NatsBackbone:
         sub = await self.client.subscribe(
             subject, cb=on_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=256 << 20
         )
+        # Round trip so the server has the interest before the client hears "subscribed":
+        # a publish the client triggers right after its ack must reach it.
+        if self.connected:
+            try:
+                await self.flush(timeout_s=2)
+            except (NatsTimeout, ConnectionClosedError):
+                log.warning("subscription to %s not confirmed yet", subject)
         return _Handle(sub)
 
     async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:

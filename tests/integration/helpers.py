@@ -7,6 +7,8 @@ import json
 import urllib.request
 from typing import Any
 
+from nats.aio.client import Client as NatsClient
+
 from switchboard.client import Client
 from switchboard.natsserver import NatsServer
 
@@ -33,3 +35,10 @@ async def next_event(client: Client, timeout: float = 5.0) -> dict[str, Any]:
         msg = await client.next_message(timeout)
         if msg["type"] == "event":
             return msg
+
+
+async def settle(nc: NatsClient) -> None:
+    """Make sure the server has processed what `nc` sent: nats-py's PING can overtake
+    commands still in its pending buffer, so one flush is not enough."""
+    await nc.flush()
+    await nc.flush()
