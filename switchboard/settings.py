@@ -82,7 +82,7 @@ class EdgeSettings(BaseSettings):
     rpc_timeout_ms: int = Field(5000, ge=1, description="Default RPC timeout.")
     rpc_max_timeout_ms: int = Field(30000, ge=1, description="Largest RPC timeout allowed.")
     outbox_max_bytes: int = Field(
-        1 << 20, ge=1024, description="Per-connection outbound buffer before it counts as full."
+        512 * 1024, ge=1024, description="Per-connection outbound buffer; over it, close 1013."
     )
     slow_consumer_grace_s: float = Field(
         2.0, gt=0, description="How long the buffer may stay full before 1013."
