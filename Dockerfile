@@ -19,7 +19,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 
-COPY pyproject.toml ./
+COPY pyproject.toml README.md ./
 COPY switchboard/ switchboard/
 COPY edge/ edge/
 
