@@ -1,7 +1,9 @@
 """The asyncio adapter for one client: moves bytes between the socket and the Session.
 
 It carries out the Session's actions (sends, hub joins, NATS publishes and
-RPCs) and owns the connection's Outbox and writer task.
+RPCs) and owns the connection's bounded Outbox. Frames leave through the
+shared Flusher, written straight into the transport while it accepts data;
+when the transport pushes back, one short-lived task waits for it to drain.
 """
 
 from __future__ import annotations
@@ -9,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidState
 
 from edge import protocol, tracing
 from edge.hub import HEADER_FROM, HEADER_TS, decode_data
@@ -51,9 +53,10 @@ class Connection:
         self.log = logging.LoggerAdapter(
             log, {"conn": cid, "user": session.user, "pod": server.settings.pod_name}
         )
-        self._wake = asyncio.Event()
-        self._send_lock = asyncio.Lock()
+        self._flush_requested = False
+        self._blocked = False  # the transport is over its high-water mark
         self._tasks: set[asyncio.Task[None]] = set()
+        self._expiry: asyncio.TimerHandle | None = None
         self._closing = False
         self._joined_user = False
         self.closed_with: int | None = None
@@ -64,10 +67,41 @@ class Connection:
     def deliver(self, text: str) -> None:
         if self._closing:
             return
-        if self.outbox.push(text, self._now()):
-            self._wake.set()
-        else:
+        if not self.outbox.push(text, self._now()):
             self.evict("outbound buffer full")
+        elif not self._flush_requested and not self._blocked:
+            self._flush_requested = True
+            self.server.flusher.request(self)
+
+    def flush(self) -> None:
+        """Write pending frames into the transport until it pushes back."""
+        self._flush_requested = False
+        ws = self.ws
+        while not self._blocked and not self._closing:
+            text = self.outbox.take()
+            if text is None:
+                return
+            try:
+                ws.protocol.send_text(text.encode())
+            except InvalidState:  # closing: the close handshake owns the socket now
+                return
+            ws.send_data()
+            if ws.transport.get_write_buffer_size() > ws.write_limit_high:
+                self._blocked = True
+                self._spawn(self._wait_writable())
+
+    async def _wait_writable(self) -> None:
+        try:
+            await self.ws.drain()
+        except (ConnectionClosed, OSError):
+            return
+        self._blocked = False
+        self.flush()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -78,8 +112,7 @@ class Connection:
                 self.id, self.server.settings.pod_name, self.server.settings.ping_interval_s
             ).text
         )
-        writer = asyncio.create_task(self._write_loop())
-        expiry = asyncio.create_task(self._expire_later())
+        self._schedule_expiry()
         try:
             await hub.join_user(self.session.user, self)
             self._joined_user = True
@@ -95,8 +128,8 @@ class Connection:
             pass
         finally:
             self._closing = True
-            writer.cancel()
-            expiry.cancel()
+            if self._expiry is not None:
+                self._expiry.cancel()
             for task in tuple(self._tasks):
                 task.cancel()
             await self._leave_all()
@@ -109,34 +142,26 @@ class Connection:
         if self._joined_user:
             await hub.leave_user(self.session.user, self)
 
-    async def _write_loop(self) -> None:
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while (text := self.outbox.take()) is not None:
-                    async with self._send_lock:
-                        await self.ws.send(text)
-        except ConnectionClosed:
-            pass
-
-    async def _expire_later(self) -> None:
+    def _schedule_expiry(self) -> None:
         """Close with 4001 once `exp` passes; a `refresh` moves `exp` and the wait goes on."""
-        while True:
-            await asyncio.sleep(max(0.0, self.session.claims.exp - time.time()) + 0.05)
-            actions = self.session.check_expiry(time.time())
-            if actions:
-                await self._execute(actions)
-                return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self.session.claims.exp - time.time()) + 0.05
+        self._expiry = loop.call_later(delay, self._check_expiry)
+
+    def _check_expiry(self) -> None:
+        actions = self.session.check_expiry(time.time())
+        if actions:
+            self._spawn(self._execute(actions))
+        elif not self._closing:
+            self._schedule_expiry()
 
     async def close(self, code: int, reason: str) -> None:
         """Flush what is pending, then close with `code`."""
         self._closing = True
         try:
             async with asyncio.timeout(2.0):
-                async with self._send_lock:
-                    while (text := self.outbox.take()) is not None:
-                        await self.ws.send(text)
+                while (text := self.outbox.take()) is not None:
+                    await self.ws.send(text)
                 await self.ws.close(code, reason)
         except (TimeoutError, ConnectionClosed):
             self.ws.transport.abort()
@@ -151,9 +176,7 @@ class Connection:
         self.log.warning("evicting slow consumer: %s", why)
         self.server.metrics.evictions += 1
         self.outbox.clear()
-        task = asyncio.create_task(self._evict_close())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._evict_close())
 
     async def _evict_close(self) -> None:
         try:
@@ -181,9 +204,7 @@ class Connection:
                 case Publish():
                     await self._publish(action)
                 case Rpc():
-                    task = asyncio.create_task(self._rpc(action))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._spawn(self._rpc(action))
 
     def _error(self, request_id: str | None, code: ErrorCode, message: str) -> None:
         for action in self.session.refuse(request_id, code, message, self._now()):

@@ -19,6 +19,7 @@ from websockets.typing import Subprotocol
 from edge import protocol, tracing
 from edge.connection import Connection, EdgeConnection
 from edge.drain import granted_rate, reconnect_after_ms
+from edge.flusher import Flusher
 from edge.hub import Hub
 from edge.metrics import EdgeMetrics, render
 from edge.ports import (
@@ -117,6 +118,7 @@ class EdgeServer:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
+        self.flusher = Flusher(asyncio.get_running_loop())
         self._server = await serve(
             self._handle,
             self.settings.host,
