@@ -9,10 +9,11 @@ when the transport pushes back, one short-lived task waits for it to drain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidState
@@ -57,6 +58,8 @@ class Connection:
         self._blocked = False  # the transport is over its high-water mark
         self._tasks: set[asyncio.Task[None]] = set()
         self._expiry: asyncio.TimerHandle | None = None
+        self._pong: asyncio.Future[float] | None = None
+        self._ping_sent = asyncio.get_running_loop().time()
         self._closing = False
         self._joined_user = False
         self.closed_with: int | None = None
@@ -78,7 +81,7 @@ class Connection:
         self._flush_requested = False
         ws = self.ws
         while not self._blocked and not self._closing:
-            text = self.outbox.take()
+            text = self.outbox.take(self._now())
             if text is None:
                 return
             try:
@@ -102,6 +105,28 @@ class Connection:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    # -- keepalive ------------------------------------------------------------
+
+    def keepalive(self, now: float, interval_s: float, timeout_s: float) -> None:
+        """Ping every `interval_s`; a pong missing after `timeout_s` closes with 1011."""
+        if self._closing:
+            return
+        waiting = self._pong
+        if waiting is not None and not waiting.done():
+            if now - self._ping_sent > timeout_s:
+                self._closing = True
+                self.closed_with = CloseCode.INTERNAL_ERROR
+                self._spawn(self._abandon(CloseCode.INTERNAL_ERROR, "keepalive ping timeout"))
+            return
+        if now - self._ping_sent >= interval_s and not self._blocked:
+            self._ping_sent = now
+            self._spawn(self._ping())
+
+    async def _ping(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            # websockets returns the pong future it resolves (typed as an Awaitable)
+            self._pong = cast("asyncio.Future[float]", await self.ws.ping())
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -176,12 +201,13 @@ class Connection:
         self.log.warning("evicting slow consumer: %s", why)
         self.server.metrics.evictions += 1
         self.outbox.clear()
-        self._spawn(self._evict_close())
+        self._spawn(self._abandon(CloseCode.TRY_AGAIN_LATER, "slow consumer"))
 
-    async def _evict_close(self) -> None:
+    async def _abandon(self, code: int, reason: str) -> None:
+        """Close without flushing; abort if the close frame cannot go out within 1 s."""
         try:
             async with asyncio.timeout(1.0):
-                await self.ws.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+                await self.ws.close(code, reason)
         except (TimeoutError, ConnectionClosed):
             pass
         finally:

@@ -35,9 +35,11 @@ class ErrorWindow:
     def __init__(self, limit: int, window: float) -> None:
         self._limit = limit
         self._window = window
-        self._times: deque[float] = deque(maxlen=limit)
+        self._times: deque[float] | None = None  # most connections never err: no deque
 
     def add(self, now: float) -> bool:
         """Record one event; True when `limit` events fall within the window."""
+        if self._times is None:
+            self._times = deque(maxlen=self._limit)
         self._times.append(now)
         return len(self._times) >= self._limit and now - self._times[0] <= self._window

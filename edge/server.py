@@ -130,13 +130,14 @@ class EdgeServer:
             # permessage-deflate would compress each event once per connection and hold
             # zlib state (~tens of KiB) per connection: off, events are encoded once per edge.
             compression=None,
-            ping_interval=self.settings.ping_interval_s,
-            ping_timeout=self.settings.ping_timeout_s,
+            # Keepalive runs from one sweep over all connections (_sweep), not from a
+            # task per connection as websockets' own would.
+            ping_interval=None,
             close_timeout=2,
             server_header=None,
             backlog=4096,
         )
-        self._sweeper = asyncio.create_task(self._sweep_stalled())
+        self._sweeper = asyncio.create_task(self._sweep())
         self._reporter = asyncio.create_task(self._report_stats())
 
     @property
@@ -302,15 +303,19 @@ class EdgeServer:
                 log.debug("stats not written: %s", exc)
             await asyncio.sleep(self.settings.stats_interval_s)
 
-    async def _sweep_stalled(self) -> None:
-        """Evict connections whose frames have waited past the grace period."""
+    async def _sweep(self) -> None:
+        """Periodic checks of every connection: slow consumers and keepalive pings."""
+        settings = self.settings
+        period = min(0.5, settings.slow_consumer_grace_s / 2, settings.ping_timeout_s / 2)
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(min(0.5, self.settings.slow_consumer_grace_s / 2))
+            await asyncio.sleep(period)
             now = loop.time()
             for conn in tuple(self.connections):
                 if conn.outbox.stalled(now):
                     conn.evict("peer not reading")
+                else:
+                    conn.keepalive(now, settings.ping_interval_s, settings.ping_timeout_s)
 
     # -- the upgrade --------------------------------------------------------
 
@@ -456,6 +461,14 @@ class EdgeServer:
         assert isinstance(ws, EdgeConnection)
         assert ws.claims is not None
         claims: Claims = ws.claims
+        # The handshake is over: its headers (~4 KiB) would otherwise live as long
+        # as the connection.
+        # (websockets keeps `ws.request` as its "handshake done" marker, so only the
+        # headers go.)
+        if ws.request is not None:
+            ws.request.headers = Headers()
+        if ws.response is not None:
+            ws.response.headers = Headers()
         session = Session(
             claims,
             limits=self.limits,

@@ -81,3 +81,19 @@ def test_find_credential(
 )
 def test_origin_allowed(origin: str | None, host: str, allowed: list[str], ok: bool) -> None:
     assert origin_allowed(origin, host, allowed) is ok
+
+
+def test_outbox_frames_are_bounded_and_progress_restarts_grace() -> None:
+    box = Outbox(max_bytes=10_000, grace_s=2)
+    for _ in range(30):
+        box.push("x" * 99, 0)  # 100 bytes each with the separator
+    first = box.take(now=5, max_frame=1000)
+    assert first is not None
+    assert first.count("\n") == 9  # ten frames fit in 1000
+    assert box.pending_bytes == 2000
+    assert not box.stalled(6.9)  # the rest waits from the moment of progress
+    assert box.stalled(7.1)
+    assert box.take(now=8, max_frame=1000) is not None
+    assert box.take(now=8, max_frame=1000) is not None
+    assert box.take(now=8, max_frame=1000) is None
+    assert box.pending_bytes == 0
