@@ -43,6 +43,25 @@ class EdgeConnection(ServerConnection):
 class Connection:
     """Glue between one websockets connection, its Session and the hub."""
 
+    __slots__ = (
+        "_blocked",
+        "_closing",
+        "_expiry",
+        "_flush_requested",
+        "_joined_user",
+        "_log",
+        "_now",
+        "_ping_sent",
+        "_pong",
+        "_tasks",
+        "closed_with",
+        "id",
+        "outbox",
+        "server",
+        "session",
+        "ws",
+    )
+
     def __init__(self, server: EdgeServer, ws: EdgeConnection, session: Session, cid: str) -> None:
         self.server = server
         self.ws = ws
@@ -51,12 +70,10 @@ class Connection:
         self.outbox = Outbox(
             server.settings.outbox_max_bytes, server.settings.slow_consumer_grace_s
         )
-        self.log = logging.LoggerAdapter(
-            log, {"conn": cid, "user": session.user, "pod": server.settings.pod_name}
-        )
+        self._log: logging.LoggerAdapter[logging.Logger] | None = None
         self._flush_requested = False
         self._blocked = False  # the transport is over its high-water mark
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] | None = None  # made when first needed
         self._expiry: asyncio.TimerHandle | None = None
         self._pong: asyncio.Future[float] | None = None
         self._ping_sent = asyncio.get_running_loop().time()
@@ -102,9 +119,21 @@ class Connection:
         self.flush()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self._tasks is None:
+            self._tasks = set()
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """Logs with connection id, user and pod (made on first use: most never log)."""
+        if self._log is None:
+            self._log = logging.LoggerAdapter(log, self.log_fields())
+        return self._log
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"conn": self.id, "user": self.session.user, "pod": self.server.settings.pod_name}
 
     # -- keepalive ------------------------------------------------------------
 
@@ -155,7 +184,7 @@ class Connection:
             self._closing = True
             if self._expiry is not None:
                 self._expiry.cancel()
-            for task in tuple(self._tasks):
+            for task in tuple(self._tasks or ()):
                 task.cancel()
             await self._leave_all()
 

@@ -480,7 +480,8 @@ class EdgeServer:
         conn = Connection(self, ws, session, secrets.token_hex(6))
         self.connections.add(conn)
         self.metrics.connections_total += 1
-        conn.log.info("connected")
+        if log.isEnabledFor(logging.INFO):
+            log.info("connected", extra=conn.log_fields())
         try:
             await conn.run()
         finally:
@@ -488,4 +489,5 @@ class EdgeServer:
             sent = ws.protocol.close_sent  # what we told the peer, else what it told us
             code = conn.closed_with or (sent.code if sent else None) or ws.close_code or 1006
             self.metrics.closes[code] += 1
-            conn.log.info("disconnected", extra={"code": code})
+            if log.isEnabledFor(logging.INFO):
+                log.info("disconnected", extra=conn.log_fields() | {"code": code})
