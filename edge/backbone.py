@@ -103,7 +103,9 @@ class NatsBackbone:
     async def _error(self, exc: Exception) -> None:
         log.warning("nats error: %s", exc)
 
-    async def subscribe(self, subject: str, handler: Callable[[Delivery], None]) -> _Handle:
+    async def subscribe(
+        self, subject: str, handler: Callable[[Delivery], None], *, confirm: bool = True
+    ) -> _Handle:
         async def on_msg(msg: Msg) -> None:
             handler(Delivery(msg.subject, msg.data, msg.headers, msg.reply or None))
 
@@ -113,7 +115,7 @@ class NatsBackbone:
         )
         # Round trip so the server has the interest before the client hears "subscribed":
         # a publish the client triggers right after its ack must reach it.
-        if self.connected:
+        if confirm and self.connected:
             try:
                 await self.flush(timeout_s=2)
             except (NatsTimeout, ConnectionClosedError):

@@ -65,23 +65,27 @@ class Hub:
         return len(topic.members) if topic else 0
 
     async def join_channel(self, channel: str, member: Member) -> None:
-        await self._join(channel_subject(self._prefix, channel), channel, member)
+        await self._join(channel_subject(self._prefix, channel), channel, member, confirm=True)
 
     async def leave_channel(self, channel: str, member: Member) -> None:
         await self._leave(channel_subject(self._prefix, channel), member)
 
     async def join_user(self, user: str, member: Member) -> None:
-        await self._join(user_subject(self._prefix, user), personal_channel(user), member)
+        # Not confirmed: nothing the client does depends on it being in place already,
+        # and it would cost every handshake two round trips to NATS.
+        await self._join(
+            user_subject(self._prefix, user), personal_channel(user), member, confirm=False
+        )
 
     async def leave_user(self, user: str, member: Member) -> None:
         await self._leave(user_subject(self._prefix, user), member)
 
-    async def _join(self, subject: str, channel: str, member: Member) -> None:
+    async def _join(self, subject: str, channel: str, member: Member, *, confirm: bool) -> None:
         async with self._lock:
             topic = self._topics.get(subject)
             if topic is None:
                 handle = await self._backbone.subscribe(
-                    subject, lambda d: self._deliver(channel, subject, d)
+                    subject, lambda d: self._deliver(channel, subject, d), confirm=confirm
                 )
                 topic = self._topics[subject] = _Topic(channel, handle)
             topic.members.add(member)

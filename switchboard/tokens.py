@@ -8,6 +8,7 @@ restrict; the channel's configuration decides".
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ class TokenVerifier:
         leeway_s: float = 5.0,
         audience: str | None = None,
         issuer: str | None = None,
+        cache_size: int = 10_000,
     ) -> None:
         algorithms = algorithms or ["HS256", "RS256", "ES256"]
         if public_key_file is not None:
@@ -74,8 +76,29 @@ class TokenVerifier:
         self._leeway = leeway_s
         self._audience = audience
         self._issuer = issuer
+        # Verified tokens, so a reconnect storm (a drain moves thousands of clients
+        # holding the same tokens) costs one signature check per token, not per try.
+        self._verified: OrderedDict[str, Claims] = OrderedDict()
+        self._cache_size = cache_size
 
-    def verify(self, token: str) -> Claims:
+    def verify(self, token: str, now: float | None = None) -> Claims:
+        """The token's claims, or TokenError; signatures are checked once per token."""
+        now = time.time() if now is None else now
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.exp + self._leeway < now:
+                del self._verified[token]
+                raise TokenError("token expired")
+            self._verified.move_to_end(token)
+            return cached
+        claims = self._verify_signature(token)
+        if self._cache_size > 0:
+            self._verified[token] = claims
+            if len(self._verified) > self._cache_size:
+                self._verified.popitem(last=False)
+        return claims
+
+    def _verify_signature(self, token: str) -> Claims:
         try:
             payload = jwt.decode(
                 token,

@@ -142,3 +142,20 @@ def test_audience_and_issuer() -> None:
         TokenVerifier(secret=secret, audience="billing").verify(with_aud)
     with pytest.raises(TokenError, match="another issuer"):
         TokenVerifier(secret=secret, issuer="evil").verify(with_aud)
+
+
+def test_verified_tokens_are_cached_but_still_expire() -> None:
+    secret = "s" * 32
+    verifier = TokenVerifier(secret=secret, leeway_s=0, cache_size=2)
+    now = time.time()
+    token = mint_token(secret, "bob", ttl_s=60, now=now)
+    assert verifier.verify(token, now=now).sub == "bob"
+    assert verifier.verify(token, now=now + 30).sub == "bob"  # from the cache
+    with pytest.raises(TokenError, match="token expired"):
+        verifier.verify(token, now=now + 61)  # a cached token expires all the same
+    others = [mint_token(secret, f"u{i}", ttl_s=60) for i in range(3)]
+    for other in others:
+        verifier.verify(other)
+    assert len(verifier._verified) == 2  # bounded
+    with pytest.raises(TokenError, match="invalid token"):
+        verifier.verify(token[:-2] + "xx")  # a forged variant is never a cache hit
