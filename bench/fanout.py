@@ -65,13 +65,18 @@ SUBSCRIBE = json.dumps(
 # --------------------------------------------------------------------------- process stats
 
 
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process, in seconds (from /proc/<pid>/stat)."""
+def proc_times_s(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process, in seconds (from /proc/<pid>/stat)."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
     fields = stat[stat.rindex(")") + 2 :].split()
     # fields[0] is field 3 (state); utime is field 14, stime field 15
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    return sum(proc_times_s(pid))
 
 
 def system_busy_s() -> float:
@@ -429,7 +434,6 @@ def start_edge(nats_url: str, clients: int, tmp: str) -> tuple[Proc, int]:
         "SB_EDGE_LOG_LEVEL": "WARNING",
     }
     edge = Proc([sys.executable, "-m", "switchboard", "edge"], env, os.path.join(tmp, "edge.log"))
-    wait_for_port(port, 30)
     deadline = time.monotonic() + 30
     while True:
         edge.check_alive("edge")
@@ -531,7 +535,7 @@ def measure(
     expected = [r["connected"] * args.messages for r in ready]
     lg_cpu0 = loadgen.reset()
     counter0 = server_counter()
-    cpu0 = proc_cpu_s(server_pid)
+    user0, kernel0 = proc_times_s(server_pid)
     extra0 = {k: proc_cpu_s(p) for k, p in extra_pids.items()}
     me0 = self_cpu_s()
     sys0 = system_busy_s()
@@ -541,7 +545,7 @@ def measure(
     results = loadgen.collect(expected, idle_s=3.0, deadline_s=args.messages / args.rate + 60)
 
     sys1 = system_busy_s()
-    cpu1 = proc_cpu_s(server_pid)
+    user1, kernel1 = proc_times_s(server_pid)
     extra1 = {k: proc_cpu_s(p) for k, p in extra_pids.items()}
     counter1 = server_counter()
     received = sum(r["messages"] for r in results)
@@ -549,7 +553,8 @@ def measure(
     lasts = [r["last_recv"] for r in results if r["last_recv"] is not None]
     last_recv = max(lasts) if lasts else t_pub1
     elapsed = max(last_recv - t_pub0, 1e-9)
-    cpu = cpu1 - cpu0
+    user, kernel = user1 - user0, kernel1 - kernel0
+    cpu = user + kernel
     loadgen_cpu = sum(r["cpu_s"] for r in results) - lg_cpu0
     extra_cpu = sum(extra1[k] - extra0[k] for k in extra0)
     machine_cpu = sys1 - sys0
@@ -572,6 +577,8 @@ def measure(
         "server_pid": server_pid,
         "server_cpu_s": round(cpu, 3),
         "server_cpu_us_per_delivery": round(cpu / received * 1e6, 3) if received else None,
+        "server_user_s": round(user, 3),
+        "server_kernel_s": round(kernel, 3),
         "server_cpu_share_of_one_core": round(cpu / elapsed, 3),
         "server_rss_kib_with_clients": rss_connected,
         "other_cpu_s": {k: round(extra1[k] - extra0[k], 3) for k in extra0},
@@ -672,6 +679,25 @@ def nats_server_version() -> str:
         return f"unknown ({exc})"
 
 
+def source_state() -> dict[str, Any]:
+    """Which code was measured: HEAD and uncommitted changes (read-only git calls)."""
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout
+        except Exception:
+            return ""
+
+    dirty = git("status", "--porcelain", "--", "edge", "switchboard", "pyproject.toml")
+    return {
+        "commit": git("rev-parse", "HEAD").strip() or None,
+        "uncommitted_changes": [line[3:] for line in dirty.splitlines()],
+        "otel_env": sorted(k for k in os.environ if k.startswith("OTEL_")),
+    }
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
@@ -699,6 +725,8 @@ def print_table(sb: dict[str, Any], ref: dict[str, Any], ratios: dict[str, Any])
         ("drain after last publish ms", "drain_after_last_publish_ms"),
         ("delivered msgs/s", "delivered_msgs_per_s"),
         ("server CPU s", "server_cpu_s"),
+        ("  user s", "server_user_s"),
+        ("  kernel (sys) s", "server_kernel_s"),
         ("server CPU us / delivery", "server_cpu_us_per_delivery"),
         ("server CPU (cores busy)", "server_cpu_share_of_one_core"),
         ("server RSS idle KiB", "server_rss_kib_idle"),
@@ -725,7 +753,10 @@ def print_table(sb: dict[str, Any], ref: dict[str, Any], ratios: dict[str, Any])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--clients", type=int, default=1000, help="WebSocket subscribers")
     parser.add_argument("--messages", type=int, default=200, help="messages published per target")
     parser.add_argument("--size", type=int, default=100, help="payload bytes (JSON)")
@@ -743,8 +774,10 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)  # also when started in the background (SIG_IGN)
 
     started = dt.datetime.now(dt.UTC)
+    source = source_state()  # before the edge starts: the code it will import
     cleanup: list[Any] = []
     results: dict[str, Any] = {}
     tmp = tempfile.mkdtemp(prefix="sb-bench-")
@@ -792,6 +825,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "nats_server": nats_server_version(),
         },
+        "source": source,
         "results": results,
         "ratios_switchboard_over_reference": ratios,
     }
