@@ -84,25 +84,29 @@ class Connection:
 
     # -- Member ---------------------------------------------------------------
 
-    def deliver(self, text: str) -> None:
+    def deliver(self, frame: bytes) -> None:
         if self._closing:
             return
-        if not self.outbox.push(text, self._now()):
+        if not self.outbox.push(frame, self._now()):
             self.evict("outbound buffer full")
         elif not self._flush_requested and not self._blocked:
             self._flush_requested = True
             self.server.flusher.request(self)
+
+    def send(self, text: str) -> None:
+        """Queue a frame made for this connection only (acks, errors, welcome)."""
+        self.deliver(text.encode())
 
     def flush(self) -> None:
         """Write pending frames into the transport until it pushes back."""
         self._flush_requested = False
         ws = self.ws
         while not self._blocked and not self._closing:
-            text = self.outbox.take(self._now())
-            if text is None:
+            data = self.outbox.take(self._now())
+            if data is None:
                 return
             try:
-                ws.protocol.send_text(text.encode())
+                ws.protocol.send_text(data)
             except InvalidState:  # closing: the close handshake owns the socket now
                 return
             ws.send_data()
@@ -161,7 +165,7 @@ class Connection:
 
     async def run(self) -> None:
         hub = self.server.hub
-        self.deliver(
+        self.send(
             self.session.welcome(
                 self.id, self.server.settings.pod_name, self.server.settings.ping_interval_s
             ).text
@@ -214,8 +218,8 @@ class Connection:
         self._closing = True
         try:
             async with asyncio.timeout(2.0):
-                while (text := self.outbox.take()) is not None:
-                    await self.ws.send(text)
+                while (data := self.outbox.take()) is not None:
+                    await self.ws.send(data, text=True)
                 await self.ws.close(code, reason)
         except (TimeoutError, ConnectionClosed):
             self.ws.transport.abort()
@@ -248,14 +252,14 @@ class Connection:
         for action in actions:
             match action:
                 case Send(text):
-                    self.deliver(text)
+                    self.send(text)
                 case Close(code, reason):
                     await self.close(code, reason)
                 case Subscribe():
                     await self._subscribe(action)
                 case Unsubscribe(request_id, channel):
                     await self.server.hub.leave_channel(channel, self)
-                    self.deliver(protocol.ack(request_id, {"channel": channel}))
+                    self.send(protocol.ack(request_id, {"channel": channel}))
                 case Publish():
                     await self._publish(action)
                 case Rpc():
@@ -264,7 +268,7 @@ class Connection:
     def _error(self, request_id: str | None, code: ErrorCode, message: str) -> None:
         for action in self.session.refuse(request_id, code, message, self._now()):
             if isinstance(action, Send):
-                self.deliver(action.text)
+                self.send(action.text)
 
     async def _subscribe(self, action: Subscribe) -> None:
         try:
@@ -274,7 +278,7 @@ class Connection:
             self._error(action.request_id, ErrorCode.UNAVAILABLE, str(exc))
             return
         payload = {"channel": action.channel, "offset": None, "epoch": None, "recovered": False}
-        self.deliver(protocol.ack(action.request_id, payload))
+        self.send(protocol.ack(action.request_id, payload))
 
     async def _publish(self, action: Publish) -> None:
         headers = {HEADER_FROM: self.session.user, HEADER_TS: str(int(time.time() * 1000))}
@@ -292,7 +296,7 @@ class Connection:
                 self._error(action.request_id, ErrorCode.UNAVAILABLE, f"not accepted: {exc}")
                 return
         self.server.metrics.publishes += 1
-        self.deliver(protocol.ack(action.request_id, {"channel": action.channel}))
+        self.send(protocol.ack(action.request_id, {"channel": action.channel}))
 
     def _span_attributes(self, subject: str) -> dict[str, str]:
         return {
@@ -320,7 +324,7 @@ class Connection:
             error_code = (reply.headers or {}).get("Sb-Error")
             if error_code:
                 self.server.record_error(error_code)
-                self.deliver(
+                self.send(
                     protocol.frame(
                         "error",
                         {
@@ -333,7 +337,7 @@ class Connection:
                 )
             else:
                 data = decode_data(reply.data) if reply.data else None
-                self.deliver(protocol.frame("rpc_response", {"data": data}, action.request_id))
+                self.send(protocol.frame("rpc_response", {"data": data}, action.request_id))
         except NoResponders:
             self._error(action.request_id, ErrorCode.NOT_FOUND, f"no backend for '{action.method}'")
         except RequestTimeout:

@@ -107,11 +107,11 @@ class Hub:
         published while this edge was cut off (DESIGN: gaps are always reported).
         """
         for topic in self._topics.values():
-            text = protocol.frame(
+            frame = protocol.frame(
                 "gap", {"channel": topic.channel, "since_ts": since_ms, "until_ts": until_ms}
-            )
+            ).encode()
             for member in tuple(topic.members):
-                member.deliver(text)
+                member.deliver(frame)
 
     def _deliver(self, channel: str, subject: str, delivery: Delivery) -> None:
         topic = self._topics.get(subject)
@@ -127,9 +127,9 @@ class Hub:
                 span.set_attribute("sb.error", "not utf-8")
                 span.end()
             return
-        text = self.encode_event(channel, data, delivery.headers)
+        frame = self.encode_event(channel, data, delivery.headers).encode()  # once per edge
         for member in tuple(topic.members):
-            member.deliver(text)
+            member.deliver(frame)
         self.delivered += len(topic.members)
         if span is not None:
             span.set_attribute("sb.recipients", len(topic.members))

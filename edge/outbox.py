@@ -15,7 +15,7 @@ class Outbox:
 
     def __init__(self, max_bytes: int, grace_s: float) -> None:
         # a list, not a deque: an empty deque costs ~760 bytes, an empty list 56
-        self._frames: list[str] = []
+        self._frames: list[bytes] = []
         self._head = 0  # frames before this index were taken
         self._bytes = 0
         self._max = max_bytes
@@ -23,23 +23,23 @@ class Outbox:
         self.pending_since: float | None = None
         self.overflowed = False
 
-    def push(self, text: str, now: float) -> bool:
+    def push(self, frame: bytes, now: float) -> bool:
         """Queue a frame; False when the buffer is full (the connection must go)."""
         if self.overflowed:
             return False
-        size = len(text) + 1
+        size = len(frame) + 1
         if self._bytes + size > self._max:
             self.overflowed = True
             self.clear()
             return False
         if self._head >= len(self._frames):
             self.pending_since = now
-        self._frames.append(text)
+        self._frames.append(frame)
         self._bytes += size
         return True
 
-    def take(self, now: float = 0.0, max_frame: int = 65536) -> str | None:
-        """Pending frames joined into one text of about `max_frame` at most, or None.
+    def take(self, now: float = 0.0, max_frame: int = 65536) -> bytes | None:
+        """Pending frames joined into one frame of about `max_frame` bytes at most, or None.
 
         Bounding the coalesced frame keeps it under common client `max_size`
         defaults (1 MiB) whatever the backlog. Taking counts as progress: what
@@ -52,14 +52,14 @@ class Outbox:
         while end < len(frames) and size + len(frames[end]) + 1 <= max_frame:
             size += len(frames[end]) + 1
             end += 1
-        text = frames[start] if end == start + 1 else "\n".join(frames[start:end])
+        data = frames[start] if end == start + 1 else b"\n".join(frames[start:end])
         self._bytes -= size
         if end == len(frames):
             self.clear()
         else:
             self._head = end
             self.pending_since = now
-        return text
+        return data
 
     def clear(self) -> None:
         self._frames = []

@@ -69,4 +69,6 @@ class Backbone(Protocol):
 class Member(Protocol):
     """A local connection as the hub sees it: something to hand frames to."""
 
-    def deliver(self, text: str) -> None: ...
+    def deliver(self, frame: bytes) -> None:
+        """Queue one encoded server frame (UTF-8 JSON); shared, never modified."""
+        ...

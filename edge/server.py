@@ -222,7 +222,7 @@ class EdgeServer:
 
     async def _move(self, conn: Connection, reason: str) -> None:
         after_ms = reconnect_after_ms(self.settings.reconnect_jitter_ms)
-        conn.deliver(
+        conn.send(
             protocol.frame(
                 "reconnect", {"resume_token": None, "after_ms": after_ms, "reason": reason}
             )

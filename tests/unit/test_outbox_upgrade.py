@@ -12,27 +12,27 @@ from edge.upgrade import Credential, find_credential, origin_allowed
 def test_outbox_coalesces_pending_frames_with_newlines() -> None:
     box = Outbox(max_bytes=1000, grace_s=2)
     assert box.take() is None
-    box.push('{"a":1}', 0)
-    assert box.take() == '{"a":1}'
-    box.push('{"a":1}', 0)
-    box.push('{"b":2}', 0)
-    assert box.take() == '{"a":1}\n{"b":2}'
+    box.push(b'{"a":1}', 0)
+    assert box.take() == b'{"a":1}'
+    box.push(b'{"a":1}', 0)
+    box.push(b'{"b":2}', 0)
+    assert box.take() == b'{"a":1}\n{"b":2}'
     assert box.pending_bytes == 0
 
 
 def test_outbox_overflow_refuses_and_frees() -> None:
     box = Outbox(max_bytes=100, grace_s=2)
-    assert box.push("x" * 60, 0)
-    assert not box.push("y" * 60, 0)
+    assert box.push(b"x" * 60, 0)
+    assert not box.push(b"y" * 60, 0)
     assert box.overflowed
     assert box.pending_bytes == 0
-    assert not box.push("z", 0)  # once over, the connection is on its way out
+    assert not box.push(b"z", 0)  # once over, the connection is on its way out
 
 
 def test_outbox_stalls_after_grace() -> None:
     box = Outbox(max_bytes=100, grace_s=2)
     assert not box.stalled(50)
-    box.push("x", 10)
+    box.push(b"x", 10)
     assert not box.stalled(11.9)
     assert box.stalled(12.1)
     box.take()
@@ -86,10 +86,10 @@ def test_origin_allowed(origin: str | None, host: str, allowed: list[str], ok: b
 def test_outbox_frames_are_bounded_and_progress_restarts_grace() -> None:
     box = Outbox(max_bytes=10_000, grace_s=2)
     for _ in range(30):
-        box.push("x" * 99, 0)  # 100 bytes each with the separator
+        box.push(b"x" * 99, 0)  # 100 bytes each with the separator
     first = box.take(now=5, max_frame=1000)
     assert first is not None
-    assert first.count("\n") == 9  # ten frames fit in 1000
+    assert first.count(b"\n") == 9  # ten frames fit in 1000
     assert box.pending_bytes == 2000
     assert not box.stalled(6.9)  # the rest waits from the moment of progress
     assert box.stalled(7.1)
