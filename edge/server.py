@@ -246,7 +246,8 @@ class EdgeServer:
         return granted_rate(reply, self.settings.drain_reconnects_per_s)
 
     async def listen_for_control(self) -> None:
-        """`sb.edge.<pod>.ctl`: {"command": "drain"} or {"command": "rate", "rate": N}."""
+        """`sb.edge.<pod>.ctl`: `{"command": "drain"}` or
+        `{"command": "rate", "reconnects_per_second": N}`."""
         subject = f"{self.settings.subject_prefix}.edge.{self.settings.pod_name}.ctl"
         self._ctl = await self.backbone.subscribe(subject, self._on_control)
 
@@ -301,6 +302,8 @@ class EdgeServer:
                 )
             except Unavailable as exc:
                 log.debug("stats not written: %s", exc)
+            except Exception:  # a background loop must outlive any one failure
+                log.exception("stats not written")
             await asyncio.sleep(self.settings.stats_interval_s)
 
     async def _sweep(self) -> None:
@@ -312,10 +315,13 @@ class EdgeServer:
             await asyncio.sleep(period)
             now = loop.time()
             for conn in tuple(self.connections):
-                if conn.outbox.stalled(now):
-                    conn.evict("peer not reading")
-                else:
-                    conn.keepalive(now, settings.ping_interval_s, settings.ping_timeout_s)
+                try:
+                    if conn.outbox.stalled(now):
+                        conn.evict("peer not reading")
+                    else:
+                        conn.keepalive(now, settings.ping_interval_s, settings.ping_timeout_s)
+                except Exception:  # one broken connection must not stop the sweep
+                    conn.log.exception("sweep failed for this connection")
 
     # -- the upgrade --------------------------------------------------------
 
