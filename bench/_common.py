@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks in bench/ (idle_memory, handshakes, latency).
+"""Shared pieces of the benchmarks in bench/ (fanout, idle_memory, handshakes, latency).
 
 Servers under test:
 
@@ -16,6 +16,7 @@ kind of machine they share the cores with the server under test.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import datetime as dt
@@ -31,7 +32,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,70 @@ def wait_quiet(max_busy: float = 0.3, max_wait_s: float = 30.0) -> float:
     return busy
 
 
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds used since a `CpuMeter` started, and the wall time since then."""
+
+    user: float  # the server under test
+    kernel: float
+    extra: dict[str, float]  # other processes of the run, by name (e.g. the backbone)
+    machine: float  # the whole machine (all cores, all processes)
+    softirq: float  # machine-wide irq + softirq
+    wall: float
+
+    @property
+    def server(self) -> float:
+        return self.user + self.kernel
+
+    @property
+    def extra_total(self) -> float:
+        return sum(self.extra.values())
+
+    def machine_cores(self, loadgen_cores: float) -> dict[str, float]:
+        """Where the machine's CPU went in the window, in cores (JSON fields; MACHINE_ROWS)."""
+        return {
+            "machine_busy_cores": round(self.machine / self.wall, 3),
+            # loopback TCP work is mostly irq/softirq time, charged to no process
+            "irq_softirq_cores": round(self.softirq / self.wall, 3),
+            # CPU used in the window by processes that are not part of this run
+            "other_processes_cores": round(
+                (self.machine - self.softirq - self.server - self.extra_total) / self.wall
+                - loadgen_cores,
+                3,
+            ),
+        }
+
+
+class CpuMeter:
+    """CPU of the server under test, other processes of the run and the whole machine."""
+
+    def __init__(self, pid: int, extra_pids: dict[str, int]) -> None:
+        self.pid = pid
+        self.extra_pids = extra_pids
+        self.start = self._sample()
+
+    def _sample(self) -> tuple[tuple[float, float], dict[str, float], float, float, float]:
+        return (
+            proc_times_s(self.pid),
+            {k: proc_cpu_s(p) for k, p in self.extra_pids.items()},
+            system_busy_s(),
+            system_softirq_s(),
+            time.monotonic(),
+        )
+
+    def read(self) -> CpuUse:
+        (u0, k0), extra0, busy0, irq0, t0 = self.start
+        (u1, k1), extra1, busy1, irq1, t1 = self._sample()
+        return CpuUse(
+            user=u1 - u0,
+            kernel=k1 - k0,
+            extra={k: extra1[k] - extra0[k] for k in extra0},
+            machine=busy1 - busy0,
+            softirq=irq1 - irq0,
+            wall=max(t1 - t0, 1e-9),
+        )
+
+
 def http_get(url: str, timeout: float = 5.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return str(resp.read().decode())
@@ -230,8 +296,64 @@ def edge_metrics(port: int) -> str:
     return http_get(f"http://127.0.0.1:{port}/metrics")
 
 
+class Switchboard:
+    """The Switchboard target: a backbone nats-server and one edge process."""
+
+    name = "switchboard"  # in progress lines
+    mode = "switchboard"  # the load generators' client protocol
+
+    def __init__(self, backbone: NatsServer, edge: Proc, port: int) -> None:
+        self.backbone = backbone
+        self.edge = edge
+        self.port = port
+
+    @property
+    def pid(self) -> int:
+        return self.edge.pid
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    @property
+    def nats_url(self) -> str:
+        """Where a publisher publishes (the backbone)."""
+        return self.backbone.url
+
+    @property
+    def extra_pids(self) -> dict[str, int]:
+        """Other processes of this target whose CPU is reported on its own."""
+        assert self.backbone.process is not None
+        return {"backbone_nats_server": self.backbone.process.pid}
+
+    def metrics(self) -> str:
+        return edge_metrics(self.port)
+
+    def slow_consumers(self) -> dict[str, float]:
+        """Clients dropped for not keeping up, so far (JSON field: its value)."""
+        total = prom_value(self.metrics(), "sb_edge_slow_consumer_evictions_total")
+        return {"slow_consumer_evictions": total}
+
+    def check_and_stop(self, cleanup: list[Callable[[], None]]) -> None:
+        """Fail if the edge died during the measurement, then stop both processes now."""
+        self.edge.check_alive("edge")
+        run_step(cleanup, self.edge.stop)
+        run_step(cleanup, self.backbone.stop)
+
+
+def start_switchboard(
+    tmp: str, cleanup: list[Callable[[], None]], *, max_connections: int
+) -> Switchboard:
+    backbone = start_backbone(tmp, cleanup)
+    edge, port = start_edge(backbone.url, tmp, cleanup, max_connections=max_connections)
+    return Switchboard(backbone, edge, port)
+
+
 class Reference:
     """nats-server with its own WebSocket listener (the reference)."""
+
+    name = "nats-server ws"
+    mode = "nats"
 
     def __init__(self, proc: Proc, port: int, http_port: int, ws_port: int) -> None:
         self.proc = proc
@@ -251,8 +373,24 @@ class Reference:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.ws_port}"
 
+    @property
+    def extra_pids(self) -> dict[str, int]:
+        return {}
+
     def varz(self) -> dict[str, Any]:
         return dict(json.loads(http_get(f"http://127.0.0.1:{self.http_port}/varz")))
+
+    def slow_consumers(self) -> dict[str, float]:
+        """Clients flagged as slow consumers, so far (JSON field: its value)."""
+        return {"slow_consumers": int(self.varz().get("slow_consumers", 0))}
+
+    def check_and_stop(self, cleanup: list[Callable[[], None]]) -> None:
+        """Fail if the server died during the measurement, then stop it now."""
+        self.proc.check_alive("reference nats-server")
+        run_step(cleanup, self.proc.stop)
+
+
+Target = Switchboard | Reference
 
 
 def start_reference(tmp: str, cleanup: list[Callable[[], None]]) -> Reference:
@@ -289,10 +427,11 @@ def nats_server_version() -> str:
         return f"unknown ({exc})"
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """What the run ran on; only `keys` (in this order) when given."""
     import websockets
 
-    return {
+    info = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "websockets": websockets.__version__,
@@ -300,9 +439,21 @@ def machine_info() -> dict[str, Any]:
         "nats_server": nats_server_version(),
         "nofile_soft_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     }
+    return info if keys is None else {k: info[k] for k in keys}
 
 
 # --------------------------------------------------------------------------- clients
+
+
+def mint_token(subject: str) -> str:
+    from switchboard.tokens import mint_token as mint
+
+    return mint(SECRET, subject, ttl_s=3600)
+
+
+def mint_tokens(prefix: str, index: int, count: int) -> list[str]:
+    """`count` tokens of distinct users `<prefix>-<index>-<i>` (index: the worker's)."""
+    return [mint_token(f"{prefix}-{index}-{i}") for i in range(count)]
 
 
 def sb_subprotocols(token: str) -> list[Any]:
@@ -372,6 +523,90 @@ async def nats_ws_open(url: str, *, subject: str | None, open_timeout: float = 6
         ws.transport.abort()
         raise
     return ws
+
+
+async def open_subscriber(mode: str, url: str, token: str, channel: str, subject: str) -> Any:
+    """A subscribed client: Switchboard (`channel`) or NATS over WebSocket (`subject`)."""
+    if mode != "switchboard":
+        return await nats_ws_open(url, subject=subject)
+    ws = await sb_open(url, token)
+    try:
+        await sb_subscribe(ws, channel)
+    except BaseException:
+        ws.transport.abort()
+        raise
+    return ws
+
+
+async def open_clients(
+    conn: Any,
+    spec: dict[str, Any],
+    tokens: list[str] | None,
+    channel: str,
+    subject: str,
+    reader: Callable[[Any], Coroutine[Any, Any, None]] | None = None,
+) -> tuple[list[Any], list[asyncio.Task[None]]]:
+    """Open spec["clients"] subscribers, spec["concurrency"] handshakes at a time.
+
+    A task `reader(ws)` is started for each one as it is ready. Then the worker's
+    ("ready", info) goes to the parent (see `report_ready`): connected = the clients
+    still open by then (without a reader, close_code is set on EOF). (sockets, readers)
+    """
+    sem = asyncio.Semaphore(spec["concurrency"])
+    sockets: list[Any] = []
+    readers: list[asyncio.Task[None]] = []
+    errors: list[str] = []
+
+    async def one(i: int) -> None:
+        async with sem:
+            token = tokens[i] if tokens else ""
+            try:
+                ws = await open_subscriber(spec["mode"], spec["url"], token, channel, subject)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return
+            sockets.append(ws)
+            if reader is not None:
+                readers.append(asyncio.create_task(reader(ws)))
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(spec["clients"])))
+    info = {
+        "connected": sum(1 for ws in sockets if ws.close_code is None),
+        "failed": len(errors),
+        "errors": sorted(set(errors))[:5],
+        "connect_s": time.monotonic() - t0,
+    }
+    conn.send(("ready", info))
+    return sockets, readers
+
+
+def report_ready(
+    name: str, ready: list[dict[str, Any]], what: str
+) -> tuple[int, int, list[str], float]:
+    """Sum the workers' "ready" infos (`open_clients`), print one line.
+
+    (connected, failed, errors, seconds)
+    """
+    connected = sum(r["connected"] for r in ready)
+    failed = sum(r["failed"] for r in ready)
+    errors = sorted({e for r in ready for e in r["errors"]})[:5]
+    connect_s = max(r["connect_s"] for r in ready)
+    print(
+        f"  [{name}] {connected} {what} in {connect_s:.1f}s"
+        + (f", {failed} failed: {errors}" if failed else ""),
+        flush=True,
+    )
+    return connected, failed, errors, connect_s
+
+
+async def connect_publisher(url: str, name: str) -> Any:
+    """A nats-py connection (in the parent process), connected and flushed."""
+    import nats
+
+    nc = await nats.connect(url, name=name)
+    await nc.flush()
+    return nc
 
 
 def abort_all(sockets: list[Any]) -> None:
@@ -473,7 +708,98 @@ def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def client_specs(
+    target: Target, clients: int, procs: int, concurrency: int = 1, **extra: Any
+) -> list[dict[str, Any]]:
+    """One worker spec per process: `clients` spread over `procs`, for `open_clients`."""
+    return [
+        {
+            "mode": target.mode,
+            "url": target.ws_url,
+            "clients": n,
+            "index": i,
+            "concurrency": concurrency,
+            **extra,
+        }
+        for i, n in enumerate(split(clients, procs))
+    ]
+
+
+def start_workers(
+    target: Callable[[Any, dict[str, Any]], Any],
+    specs: list[Any],
+    cleanup: list[Callable[[], None]],
+) -> Workers:
+    workers = Workers(target, specs)
+    cleanup.append(workers.close)
+    return workers
+
+
+def percentile(sorted_values: Any, q: float) -> Any:
+    """The q-th percentile (nearest rank) of an ascending sequence; None if it is empty."""
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
 # --------------------------------------------------------------------------- running
+
+
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+    """A script's parser: its docstring's first paragraph, defaults shown in --help."""
+    return argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None, *, quiet_wait: float | None = None
+) -> argparse.Namespace:
+    """Add the options every script ends with ([--quiet-wait], --only, --out) and parse."""
+    if quiet_wait is not None:
+        parser.add_argument(
+            "--quiet-wait", type=float, default=quiet_wait, help="max s to wait for an idle machine"
+        )
+    parser.add_argument(
+        "--only", choices=["switchboard", "reference"], help="measure one target only"
+    )
+    parser.add_argument("--out", default=str(RESULTS), help="JSON directory")
+    return parser.parse_args(argv)
+
+
+MeasureTarget = Callable[[Target, argparse.Namespace, list[Callable[[], None]]], dict[str, Any]]
+
+
+def run_targets(
+    name: str,
+    args: argparse.Namespace,
+    banner: str,
+    measure: MeasureTarget,
+    *,
+    max_connections: int,
+    pause_s: float = 0.0,
+) -> dict[str, Any]:
+    """Print `banner`, then start, measure and stop switchboard and the reference in turn.
+
+    `measure(target, args, cleanup)` gives a target's results; --only picks one target;
+    `pause_s` between the two. Results by target ("switchboard", "reference").
+    """
+    results: dict[str, Any] = {}
+    with bench_run(name) as (tmp, cleanup):
+        print(banner, flush=True)
+        if args.only != "reference":
+            sb = start_switchboard(tmp, cleanup, max_connections=max_connections)
+            results["switchboard"] = measure(sb, args, cleanup)
+            sb.check_and_stop(cleanup)
+        if args.only is None and pause_s:
+            time.sleep(pause_s)  # let the machine settle
+        if args.only != "switchboard":
+            ref = start_reference(tmp, cleanup)
+            results["reference"] = measure(ref, args, cleanup)
+            ref.check_and_stop(cleanup)
+    return results
 
 
 @contextlib.contextmanager
@@ -484,6 +810,7 @@ def bench_run(name: str) -> Iterator[tuple[str, list[Callable[[], None]]]]:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)  # also when started in the background (SIG_IGN)
     raise_nofile()
     tmp = tempfile.mkdtemp(prefix=f"sb-bench-{name}-")
     cleanup: list[Callable[[], None]] = []
@@ -520,10 +847,10 @@ def run_step(cleanup: list[Callable[[], None]], fn: Callable[[], None]) -> None:
     fn()
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
+def ratio(a: float | None, b: float | None, ndigits: int = 3) -> float | None:
     if a is None or b is None or b == 0:
         return None
-    return round(a / b, 3)
+    return round(a / b, ndigits)
 
 
 def fmt(v: Any) -> str:
@@ -540,6 +867,15 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+# print_table rows of the `CpuUse.machine_cores` fields (and the load generator's cores)
+MACHINE_ROWS = [
+    ("load generator CPU (cores)", "loadgen_cpu_cores", True),
+    ("whole machine busy (cores)", "machine_busy_cores", True),
+    ("  of which irq+softirq (loopback TCP)", "irq_softirq_cores", False),
+    ("  of which other processes", "other_processes_cores", False),
+]
+
+
 def keyed_rows(
     sb: dict[str, Any], ref: dict[str, Any], spec: list[tuple[str, str, bool]]
 ) -> list[tuple[str, Any, Any, bool]]:
@@ -548,32 +884,54 @@ def keyed_rows(
 
 
 def print_table(
-    title: str,
+    title: str | None,
     rows: list[tuple[str, Any, Any, bool]],
     headers: tuple[str, str] = ("switchboard", "nats-server ws"),
+    *,
+    widths: tuple[int, int] = (16, 16),
+    ratios: bool = True,
 ) -> None:
-    """rows: (label, switchboard value, reference value, show the ratio)."""
+    """rows: (label, switchboard value, reference value, show the ratio).
+
+    Without `ratios` there is no "sb / ref" column (and the flags are not read).
+    """
     w = max(len(r[0]) for r in rows) + 2
+    wa, wb = widths
     print()
-    print(title)
-    print(f"{'':<{w}}{headers[0]:>16}{headers[1]:>16}{'sb / ref':>10}")
+    if title is not None:
+        print(title)
+    print(
+        f"{'':<{w}}{headers[0]:>{wa}}{headers[1]:>{wb}}" + (f"{'sb / ref':>10}" if ratios else "")
+    )
     for label, a, b, show_ratio in rows:
-        r = ratio(a, b) if show_ratio and isinstance(a, int | float) else None
-        print(f"{label:<{w}}{fmt(a):>16}{fmt(b):>16}{fmt(r) if show_ratio else '':>10}")
+        line = f"{label:<{w}}{fmt(a):>{wa}}{fmt(b):>{wb}}"
+        if ratios:
+            r = ratio(a, b) if show_ratio and isinstance(a, int | float) else None
+            line += f"{fmt(r) if show_ratio else '':>10}"
+        print(line)
     print()
 
 
-def write_report(name: str, started: dt.datetime, report: dict[str, Any], out: str) -> Path:
+def save_report(
+    name: str, started: dt.datetime, report: dict[str, Any], out: str, *, header: bool = True
+) -> Path:
+    """Write `<out>/<name>-<started>.json` and print where it went.
+
+    With `header`, the machine and the load-generator note go ahead of `report` (and
+    the note is printed first); without, `report` brings its own.
+    """
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    full = {
+    full: dict[str, Any] = {
         "benchmark": name,
         "started_utc": started.isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "note": LOADGEN_NOTE,
-    } | report
-    path.write_text(json.dumps(full, indent=2) + "\n")
+    }
+    if header:
+        print(f"note: {LOADGEN_NOTE}")
+        full |= {"machine": machine_info(), "note": LOADGEN_NOTE}
+    path.write_text(json.dumps(full | report, indent=2) + "\n")
+    print(f"results: {path}")
     return path
 
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import _common as c
@@ -46,12 +47,7 @@ async def _nats_handshake(url: str, token: str) -> Any:
 async def worker(conn: Any, spec: dict[str, Any]) -> None:
     tokens: list[str] = [""]
     if spec["mode"] == "switchboard":
-        from switchboard.tokens import mint_token
-
-        tokens = [
-            mint_token(c.SECRET, f"hs-{spec['index']}-{i}", ttl_s=3600)
-            for i in range(spec["tokens"])
-        ]
+        tokens = c.mint_tokens("hs", spec["index"], spec["tokens"])
     handshake = _sb_handshake if spec["mode"] == "switchboard" else _nats_handshake
     conn.send(("ready", None))
     cmd = await c.pipe_recv(conn)
@@ -112,48 +108,29 @@ async def worker(conn: Any, spec: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- measurement
 
 
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    k = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
-    return sorted_values[k]
-
-
 def measure(
-    name: str,
-    mode: str,
-    url: str,
-    pid: int,
-    args: argparse.Namespace,
-    cleanup: list[Any],
-    extra_pids: dict[str, int],
+    target: c.Target, args: argparse.Namespace, cleanup: list[Callable[[], None]]
 ) -> dict[str, Any]:
     specs = [
         {
-            "mode": mode,
-            "url": url,
+            "mode": target.mode,
+            "url": target.ws_url,
             "index": i,
             "concurrency": args.concurrency,
             "tokens": args.tokens,
         }
         for i in range(args.procs)
     ]
-    workers = c.Workers(worker, specs)
-    cleanup.append(workers.close)
+    workers = c.start_workers(worker, specs, cleanup)
     workers.wait("ready", timeout=60)
     quiet = c.wait_quiet(max_wait_s=args.quiet_wait)
     start_at = time.time() + 0.5
     workers.send("go", start_at, args.duration)
     time.sleep(max(0.0, start_at - time.time()))
-    cpu0 = c.proc_times_s(pid)
-    extra0 = {k: c.proc_cpu_s(p) for k, p in extra_pids.items()}
-    busy0, irq0 = c.system_busy_s(), c.system_softirq_s()
-    t0 = time.monotonic()
+    meter = c.CpuMeter(target.pid, target.extra_pids)
     time.sleep(args.duration)
-    cpu1 = c.proc_times_s(pid)
-    extra1 = {k: c.proc_cpu_s(p) for k, p in extra_pids.items()}
-    busy1, irq1 = c.system_busy_s(), c.system_softirq_s()
-    window = time.monotonic() - t0
+    use = meter.read()
+    window = use.wall
     done = workers.wait("done", timeout=args.duration + 60)
     c.run_step(cleanup, workers.close)
 
@@ -163,13 +140,12 @@ def measure(
     for d in done:
         for k, v in d["errors"].items():
             errors[k] = errors.get(k, 0) + v
-    user, kernel = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
-    server_cpu = user + kernel
+    server_cpu = use.server
     loadgen_cpu = sum(d["cpu_s"] for d in done)
     rate = handshakes / args.duration
-    p50, p99 = percentile(lat, 50), percentile(lat, 99)
+    p50, p99 = c.percentile(lat, 50), c.percentile(lat, 99)
     print(
-        f"  [{name}] {handshakes} handshakes in {args.duration:g}s = {rate:,.0f}/s, "
+        f"  [{target.name}] {handshakes} handshakes in {args.duration:g}s = {rate:,.0f}/s, "
         f"server CPU {server_cpu / window:.2f} cores"
         + (f", {sum(errors.values())} failed" if errors else ""),
         flush=True,
@@ -182,44 +158,34 @@ def measure(
         "close_errors": sum(d["close_errors"] for d in done),
         "latency_ms_p50": round(p50, 2) if p50 is not None else None,
         "latency_ms_p99": round(p99, 2) if p99 is not None else None,
-        "server_pid": pid,
+        "server_pid": target.pid,
         "server_cpu_s": round(server_cpu, 2),
-        "server_user_s": round(user, 2),
-        "server_kernel_s": round(kernel, 2),
+        "server_user_s": round(use.user, 2),
+        "server_kernel_s": round(use.kernel, 2),
         "server_cpu_cores": round(server_cpu / window, 3),
         "handshakes_per_server_cpu_s": round(handshakes / server_cpu, 1) if server_cpu else None,
-        "other_server_cpu_s": {k: round(extra1[k] - extra0[k], 2) for k in extra0},
+        "other_server_cpu_s": {k: round(v, 2) for k, v in use.extra.items()},
         "loadgen_cpu_s": round(loadgen_cpu, 2),
         "loadgen_cpu_cores": round(loadgen_cpu / args.duration, 3),
-        "machine_busy_cores": round((busy1 - busy0) / window, 3),
-        # loopback TCP work is mostly irq/softirq time, charged to no process
-        "irq_softirq_cores": round((irq1 - irq0) / window, 3),
-        # CPU used in the window by processes that are not part of this run
-        "other_processes_cores": round(
-            (busy1 - busy0 - (irq1 - irq0) - server_cpu) / window
-            - sum(extra1[k] - extra0[k] for k in extra0) / window
-            - loadgen_cpu / args.duration,
-            3,
-        ),
+        **use.machine_cores(loadgen_cpu / args.duration),
         "machine_busy_cores_before": quiet,
     }
 
 
-def run_switchboard(args: argparse.Namespace, tmp: str, cleanup: list[Any]) -> dict[str, Any]:
-    backbone = c.start_backbone(tmp, cleanup)
-    assert backbone.process is not None
-    edge, port = c.start_edge(backbone.url, tmp, cleanup, max_connections=100_000)
-    m0 = c.edge_metrics(port)
-    out = measure(
-        "switchboard",
-        "switchboard",
-        f"ws://127.0.0.1:{port}/v1/ws",
-        edge.pid,
-        args,
-        cleanup,
-        {"backbone_nats_server": backbone.process.pid},
-    )
-    m1 = c.edge_metrics(port)
+def measure_target(
+    target: c.Target, args: argparse.Namespace, cleanup: list[Callable[[], None]]
+) -> dict[str, Any]:
+    """`measure`, with the server's own count of the connections it accepted meanwhile."""
+    if isinstance(target, c.Reference):
+        total0 = target.varz().get("total_connections")
+        out = measure(target, args, cleanup)
+        total1 = target.varz().get("total_connections")
+        if isinstance(total0, int) and isinstance(total1, int):
+            out["varz_total_connections_delta"] = total1 - total0
+        return out
+    m0 = target.metrics()
+    out = measure(target, args, cleanup)
+    m1 = target.metrics()
     out["edge_connections_total_delta"] = c.prom_value(
         m1, "sb_edge_connections_total"
     ) - c.prom_value(m0, "sb_edge_connections_total")
@@ -228,74 +194,49 @@ def run_switchboard(args: argparse.Namespace, tmp: str, cleanup: list[Any]) -> d
             line for line in m1.splitlines() if line.startswith("sb_edge_upgrade_refusals_total{")
         ]
         out["edge_upgrade_refusals"] = refusals
-    edge.check_alive("edge")
-    c.run_step(cleanup, edge.stop)
-    c.run_step(cleanup, backbone.stop)
     return out
 
 
-def run_reference(args: argparse.Namespace, tmp: str, cleanup: list[Any]) -> dict[str, Any]:
-    ref = c.start_reference(tmp, cleanup)
-    total0 = ref.varz().get("total_connections")
-    out = measure("nats-server ws", "nats", ref.ws_url, ref.pid, args, cleanup, {})
-    total1 = ref.varz().get("total_connections")
-    if isinstance(total0, int) and isinstance(total1, int):
-        out["varz_total_connections_delta"] = total1 - total0
-    ref.proc.check_alive("reference nats-server")
-    c.run_step(cleanup, ref.proc.stop)
-    return out
+TABLE = [
+    ("handshakes completed", "handshakes", True),
+    ("handshakes/s", "handshakes_per_s", True),
+    ("  failed", "failed", False),
+    ("handshake latency p50 ms", "latency_ms_p50", True),
+    ("handshake latency p99 ms", "latency_ms_p99", True),
+    ("server CPU (cores busy)", "server_cpu_cores", True),
+    ("  user s", "server_user_s", True),
+    ("  kernel s", "server_kernel_s", True),
+    ("handshakes per server CPU-s", "handshakes_per_server_cpu_s", True),
+    *c.MACHINE_ROWS,
+]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = c.arg_parser(__doc__)
     parser.add_argument("--procs", type=int, default=4, help="load-generator processes")
     parser.add_argument("--concurrency", type=int, default=50, help="loops per process")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per target")
     parser.add_argument("--tokens", type=int, default=1000, help="distinct users per process")
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between targets")
-    parser.add_argument(
-        "--quiet-wait", type=float, default=20.0, help="max s to wait for an idle machine"
-    )
-    parser.add_argument("--only", choices=["switchboard", "reference"])
-    parser.add_argument("--out", default=str(c.RESULTS), help="JSON directory")
-    args = parser.parse_args(argv)
+    args = c.parse_args(parser, argv, quiet_wait=20.0)
 
     started = c.now_utc()
-    results: dict[str, Any] = {}
-    with c.bench_run("handshakes") as (tmp, cleanup):
-        print(
-            f"handshakes: {args.procs} load-generator processes x {args.concurrency} loops, "
-            f"{args.duration:g}s per target; {c.LOADGEN_NOTE}",
-            flush=True,
-        )
-        if args.only != "reference":
-            results["switchboard"] = run_switchboard(args, tmp, cleanup)
-        if args.only is None:
-            time.sleep(args.pause)  # let the machine settle
-        if args.only != "switchboard":
-            results["reference"] = run_reference(args, tmp, cleanup)
+    banner = (
+        f"handshakes: {args.procs} load-generator processes x {args.concurrency} loops, "
+        f"{args.duration:g}s per target; {c.LOADGEN_NOTE}"
+    )
+    results = c.run_targets(
+        "handshakes",
+        args,
+        banner,
+        measure_target,
+        max_connections=100_000,
+        pause_s=args.pause,
+    )
 
     sb, ref = results.get("switchboard", {}), results.get("reference", {})
-    rows = c.keyed_rows(
-        sb,
-        ref,
-        [
-            ("handshakes completed", "handshakes", True),
-            ("handshakes/s", "handshakes_per_s", True),
-            ("  failed", "failed", False),
-            ("handshake latency p50 ms", "latency_ms_p50", True),
-            ("handshake latency p99 ms", "latency_ms_p99", True),
-            ("server CPU (cores busy)", "server_cpu_cores", True),
-            ("  user s", "server_user_s", True),
-            ("  kernel s", "server_kernel_s", True),
-            ("handshakes per server CPU-s", "handshakes_per_server_cpu_s", True),
-            ("load generator CPU (cores)", "loadgen_cpu_cores", True),
-            ("whole machine busy (cores)", "machine_busy_cores", True),
-            ("  of which irq+softirq (loopback TCP)", "irq_softirq_cores", False),
-            ("  of which other processes", "other_processes_cores", False),
-        ],
-    )
-    c.print_table(f"handshakes over {args.duration:g}s (upgrade ... first frame, then close)", rows)
+    title = f"handshakes over {args.duration:g}s (upgrade ... first frame, then close)"
+    c.print_table(title, c.keyed_rows(sb, ref, TABLE))
     rate = sb.get("handshakes_per_s")
     verdict = None
     if rate is not None:
@@ -305,25 +246,19 @@ def main(argv: list[str] | None = None) -> int:
             f"({sb.get('handshakes_per_server_cpu_s') or 0:,.0f} per edge CPU-second); "
             f"target >= {TARGET_PER_S:,.0f}/s per edge process: {'met' if verdict else 'NOT met'}"
         )
-    print(f"note: {c.LOADGEN_NOTE}")
-    path = c.write_report(
-        "handshakes",
-        started,
-        {
-            "params": vars(args),
-            "results": results,
-            "ratios_switchboard_over_reference": {
-                "handshakes_per_s": c.ratio(rate, ref.get("handshakes_per_s")),
-                "handshakes_per_server_cpu_s": c.ratio(
-                    sb.get("handshakes_per_server_cpu_s"), ref.get("handshakes_per_server_cpu_s")
-                ),
-            },
-            "target_handshakes_per_s": TARGET_PER_S,
-            "target_met": verdict,
+    report = {
+        "params": vars(args),
+        "results": results,
+        "ratios_switchboard_over_reference": {
+            "handshakes_per_s": c.ratio(rate, ref.get("handshakes_per_s")),
+            "handshakes_per_server_cpu_s": c.ratio(
+                sb.get("handshakes_per_server_cpu_s"), ref.get("handshakes_per_server_cpu_s")
+            ),
         },
-        args.out,
-    )
-    print(f"results: {path}")
+        "target_handshakes_per_s": TARGET_PER_S,
+        "target_met": verdict,
+    }
+    c.save_report("handshakes", started, report, args.out)
     return 0
 
 

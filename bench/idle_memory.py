@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import _common as c
@@ -37,49 +38,13 @@ CHANNEL = "idle"
 
 
 async def worker(conn: Any, spec: dict[str, Any]) -> None:
-    sockets: list[Any] = []
-    errors: list[str] = []
-    tokens: list[str] = []
+    tokens: list[str] | None = None
     if spec["mode"] == "switchboard":
-        from switchboard.tokens import mint_token
-
         if spec["shared_user"]:
-            tokens = [mint_token(c.SECRET, "idle-shared", ttl_s=3600)] * spec["clients"]
+            tokens = [c.mint_token("idle-shared")] * spec["clients"]
         else:
-            tokens = [
-                mint_token(c.SECRET, f"idle-{spec['index']}-{i}", ttl_s=3600)
-                for i in range(spec["clients"])
-            ]
-    sem = asyncio.Semaphore(spec["concurrency"])
-
-    async def one(i: int) -> None:
-        async with sem:
-            try:
-                if spec["mode"] == "switchboard":
-                    ws = await c.sb_open(spec["url"], tokens[i])
-                    sockets.append(ws)
-                    await c.sb_subscribe(ws, CHANNEL)
-                else:
-                    ws = await c.nats_ws_open(spec["url"], subject=CHANNEL)
-                    sockets.append(ws)
-            except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-
-    t0 = time.monotonic()
-    await asyncio.gather(*(one(i) for i in range(spec["clients"])))
-    open_s = time.monotonic() - t0
-    ok = len(sockets) - sum(1 for ws in sockets if ws.close_code is not None)
-    conn.send(
-        (
-            "ready",
-            {
-                "connected": ok,
-                "failed": len(errors),
-                "errors": sorted(set(errors))[:5],
-                "open_s": open_s,
-            },
-        )
-    )
+            tokens = c.mint_tokens("idle", spec["index"], spec["clients"])
+    sockets, _ = await c.open_clients(conn, spec, tokens, CHANNEL, CHANNEL)
     while True:
         cmd = await c.pipe_recv(conn)
         if cmd[0] == "check":  # still open? (reader-less: close_code is set on EOF)
@@ -102,34 +67,19 @@ def settled_rss(pid: int, settle_s: float) -> int:
 
 
 def measure(
-    name: str, mode: str, url: str, pid: int, args: argparse.Namespace, cleanup: list[Any]
+    target: c.Target, args: argparse.Namespace, cleanup: list[Callable[[], None]]
 ) -> dict[str, Any]:
+    pid = target.pid
     rss_before = settled_rss(pid, args.settle)
-    specs = [
-        {
-            "mode": mode,
-            "url": url,
-            "clients": n,
-            "index": i,
-            "concurrency": max(1, args.concurrency // args.procs),
-            "shared_user": args.shared_user,
-        }
-        for i, n in enumerate(c.split(args.connections, args.procs))
-    ]
-    workers = c.Workers(worker, specs)
-    cleanup.append(workers.close)
+    concurrency = max(1, args.concurrency // args.procs)
+    specs = c.client_specs(
+        target, args.connections, args.procs, concurrency, shared_user=args.shared_user
+    )
+    workers = c.start_workers(worker, specs, cleanup)
     cpu0 = c.proc_cpu_s(pid)
     ready = workers.wait("ready", timeout=180)
     cpu1 = c.proc_cpu_s(pid)
-    connected = sum(r["connected"] for r in ready)
-    failed = sum(r["failed"] for r in ready)
-    errors = sorted({e for r in ready for e in r["errors"]})[:5]
-    open_s = max(r["open_s"] for r in ready)
-    print(
-        f"  [{name}] {connected} idle connections open in {open_s:.1f}s"
-        + (f", {failed} failed: {errors}" if failed else ""),
-        flush=True,
-    )
+    connected, failed, errors, open_s = c.report_ready(target.name, ready, "idle connections open")
     rss_peak_open = c.proc_rss_kib(pid)
     rss_after = settled_rss(pid, args.settle)
     still_open = sum(workers.ask(("check",), "checked", 30))
@@ -152,33 +102,37 @@ def measure(
     }
 
 
-def run_switchboard(args: argparse.Namespace, tmp: str, cleanup: list[Any]) -> dict[str, Any]:
-    backbone = c.start_backbone(tmp, cleanup)
-    edge, port = c.start_edge(backbone.url, tmp, cleanup, max_connections=args.connections + 1000)
-    url = f"ws://127.0.0.1:{port}/v1/ws"
-    out = measure("switchboard", "switchboard", url, edge.pid, args, cleanup)
-    metrics = c.edge_metrics(port)
-    out["edge_metric_connections_after"] = c.prom_value(metrics, "sb_edge_connections")
-    out["edge_metric_subscriptions_after"] = c.prom_value(metrics, "sb_edge_subscriptions")
-    edge.check_alive("edge")
-    c.run_step(cleanup, edge.stop)
-    c.run_step(cleanup, backbone.stop)
+def measure_target(
+    target: c.Target, args: argparse.Namespace, cleanup: list[Callable[[], None]]
+) -> dict[str, Any]:
+    """`measure`, then the server's own connection and subscription counts."""
+    out = measure(target, args, cleanup)
+    if isinstance(target, c.Switchboard):
+        metrics = target.metrics()
+        out["edge_metric_connections_after"] = c.prom_value(metrics, "sb_edge_connections")
+        out["edge_metric_subscriptions_after"] = c.prom_value(metrics, "sb_edge_subscriptions")
+    else:
+        varz = target.varz()
+        out["varz_connections_after"] = varz.get("connections")
+        out["varz_subscriptions_after"] = varz.get("subscriptions")
     return out
 
 
-def run_reference(args: argparse.Namespace, tmp: str, cleanup: list[Any]) -> dict[str, Any]:
-    ref = c.start_reference(tmp, cleanup)
-    out = measure("nats-server ws", "nats", ref.ws_url, ref.pid, args, cleanup)
-    varz = ref.varz()
-    out["varz_connections_after"] = varz.get("connections")
-    out["varz_subscriptions_after"] = varz.get("subscriptions")
-    ref.proc.check_alive("reference nats-server")
-    c.run_step(cleanup, ref.proc.stop)
-    return out
+TABLE = [
+    ("connections open", "connections_open", False),
+    ("  failed", "connections_failed", False),
+    ("  still open after settle", "connections_still_open_after_settle", False),
+    ("time to open s", "open_s", True),
+    ("server CPU s while opening", "server_cpu_s_while_opening", True),
+    ("server RSS before KiB", "rss_kib_before", True),
+    ("server RSS after KiB", "rss_kib_after", True),
+    ("RSS delta KiB", "rss_delta_kib", True),
+    ("KiB per idle connection", "kib_per_connection", True),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = c.arg_parser(__doc__)
     parser.add_argument("--connections", type=int, default=10_000, help="idle connections")
     parser.add_argument("--procs", type=int, default=4, help="load-generator processes")
     parser.add_argument("--concurrency", type=int, default=200, help="handshakes in flight")
@@ -189,46 +143,25 @@ def main(argv: list[str] | None = None) -> int:
         help="one JWT subject for all connections (one sb.user.<id> subscription on the "
         "edge instead of one per connection)",
     )
-    parser.add_argument("--only", choices=["switchboard", "reference"])
-    parser.add_argument("--out", default=str(c.RESULTS), help="JSON directory")
-    args = parser.parse_args(argv)
+    args = c.parse_args(parser, argv)
 
     started = c.now_utc()
-    results: dict[str, Any] = {}
-    with c.bench_run("idle_memory") as (tmp, cleanup):
-        nofile = c.raise_nofile()
-        busy = c.busy_cores(1.0)
-        users = "one shared user" if args.shared_user else "a distinct user each"
-        print(
-            f"idle memory: {args.connections} connections ({users}) over {args.procs} "
-            f"load-generator processes, {c.LOADGEN_NOTE}; RLIMIT_NOFILE {nofile}; "
-            f"machine busy before start: {busy} cores",
-            flush=True,
-        )
-        if args.connections + 100 > nofile:
-            print(f"warning: {args.connections} connections need more than {nofile} fds")
-        if args.only != "reference":
-            results["switchboard"] = run_switchboard(args, tmp, cleanup)
-        if args.only != "switchboard":
-            results["reference"] = run_reference(args, tmp, cleanup)
+    nofile = c.raise_nofile()
+    busy = c.busy_cores(1.0)
+    users = "one shared user" if args.shared_user else "a distinct user each"
+    banner = (
+        f"idle memory: {args.connections} connections ({users}) over {args.procs} "
+        f"load-generator processes, {c.LOADGEN_NOTE}; RLIMIT_NOFILE {nofile}; "
+        f"machine busy before start: {busy} cores"
+    )
+    if args.connections + 100 > nofile:
+        banner += f"\nwarning: {args.connections} connections need more than {nofile} fds"
+    results = c.run_targets(
+        "idle_memory", args, banner, measure_target, max_connections=args.connections + 1000
+    )
 
     sb, ref = results.get("switchboard", {}), results.get("reference", {})
-    rows = c.keyed_rows(
-        sb,
-        ref,
-        [
-            ("connections open", "connections_open", False),
-            ("  failed", "connections_failed", False),
-            ("  still open after settle", "connections_still_open_after_settle", False),
-            ("time to open s", "open_s", True),
-            ("server CPU s while opening", "server_cpu_s_while_opening", True),
-            ("server RSS before KiB", "rss_kib_before", True),
-            ("server RSS after KiB", "rss_kib_after", True),
-            ("RSS delta KiB", "rss_delta_kib", True),
-            ("KiB per idle connection", "kib_per_connection", True),
-        ],
-    )
-    c.print_table("idle connections: server RSS (VmRSS)", rows)
+    c.print_table("idle connections: server RSS (VmRSS)", c.keyed_rows(sb, ref, TABLE))
     kib = sb.get("kib_per_connection")
     verdict = None
     if kib is not None:
@@ -240,22 +173,16 @@ def main(argv: list[str] | None = None) -> int:
             f"target <= "
             f"{TARGET_KIB:g} KiB: {'met' if verdict else 'NOT met'}"
         )
-    print(f"note: {c.LOADGEN_NOTE}")
-    path = c.write_report(
-        "idle_memory",
-        started,
-        {
-            "params": vars(args),
-            "results": results,
-            "ratios_switchboard_over_reference": {
-                "kib_per_connection": c.ratio(kib, ref.get("kib_per_connection")),
-            },
-            "target_kib_per_connection": TARGET_KIB,
-            "target_met": verdict,
+    report = {
+        "params": vars(args),
+        "results": results,
+        "ratios_switchboard_over_reference": {
+            "kib_per_connection": c.ratio(kib, ref.get("kib_per_connection")),
         },
-        args.out,
-    )
-    print(f"results: {path}")
+        "target_kib_per_connection": TARGET_KIB,
+        "target_met": verdict,
+    }
+    c.save_report("idle_memory", started, report, args.out)
     return 0
 
 

@@ -29,6 +29,7 @@ import contextlib
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import _common as c
@@ -105,30 +106,12 @@ async def _nats_reader(ws: Any, rec: Recorder) -> None:
 
 async def worker(conn: Any, spec: dict[str, Any]) -> None:
     rec = Recorder()
-    sockets: list[Any] = []
-    readers: list[asyncio.Task[None]] = []
-    errors: list[str] = []
     sb = spec["mode"] == "switchboard"
-    if sb:
-        from switchboard.tokens import mint_token
-
-        tokens = [
-            mint_token(c.SECRET, f"lat-{spec['index']}-{i}", ttl_s=3600)
-            for i in range(spec["clients"])
-        ]
-    for i in range(spec["clients"]):
-        try:
-            if sb:
-                ws = await c.sb_open(spec["url"], tokens[i])
-                await c.sb_subscribe(ws, CHANNEL)
-                readers.append(asyncio.create_task(_sb_reader(ws, rec)))
-            else:
-                ws = await c.nats_ws_open(spec["url"], subject=SUBJECT)
-                readers.append(asyncio.create_task(_nats_reader(ws, rec)))
-            sockets.append(ws)
-        except Exception as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
-    conn.send(("ready", {"connected": len(sockets), "errors": sorted(set(errors))[:5]}))
+    reader = _sb_reader if sb else _nats_reader
+    tokens = c.mint_tokens("lat", spec["index"], spec["clients"]) if sb else None
+    sockets, readers = await c.open_clients(
+        conn, spec, tokens, CHANNEL, SUBJECT, lambda ws: reader(ws, rec)
+    )
     while True:
         cmd = await c.pipe_recv(conn)
         if cmd[0] == "arm":
@@ -172,14 +155,6 @@ def payload(stamp_ns: int, size: int) -> bytes:
     return head + b"x" * max(0, size - len(head) - 2) + b'"}'
 
 
-async def connect_publisher(url: str) -> Any:
-    import nats
-
-    nc = await nats.connect(url, name="bench-latency-publisher")
-    await nc.flush()
-    return nc
-
-
 async def run_publisher(
     nc: Any, rate: float, start_ns: int, lo: int, hi: int, size: int
 ) -> dict[str, Any]:
@@ -213,52 +188,42 @@ async def run_publisher(
 
 
 def pct(sorted_ns: array.array[int], q: float) -> float | None:
-    if not sorted_ns:
-        return None
-    k = min(len(sorted_ns) - 1, max(0, round(q / 100 * (len(sorted_ns) - 1))))
-    return round(sorted_ns[k] / 1e6, 3)
+    """The q-th percentile of nanosecond samples, in ms."""
+    ns = c.percentile(sorted_ns, q)
+    return None if ns is None else round(ns / 1e6, 3)
 
 
 def one_rate(
-    name: str,
+    target: c.Target,
     rate: float,
     workers: c.Workers,
     subscribers: int,
-    publish_url: str,
-    server_pid: int,
-    extra_pids: dict[str, int],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     msg_rate = rate / subscribers
 
     async def go() -> tuple[dict[str, int], dict[str, Any]]:
-        nc = await connect_publisher(publish_url)
+        nc = await c.connect_publisher(target.nats_url, "bench-latency-publisher")
         try:
             start_ns = time.time_ns() + 300_000_000
             lo = start_ns + int(args.warmup * 1e9)
             window = {"start_ns": start_ns, "lo": lo, "hi": lo + int(args.measure * 1e9)}
             workers.ask(("arm", window["lo"], window["hi"]), "armed", 30)
-            pub = await run_publisher(nc, msg_rate, *window.values(), args.size)
+            pub = await run_publisher(nc, msg_rate, start_ns, lo, window["hi"], args.size)
         finally:
             await nc.close()
         return window, pub
 
-    cpu0 = c.proc_times_s(server_pid)
-    extra0 = {k: c.proc_cpu_s(p) for k, p in extra_pids.items()}
+    meter = c.CpuMeter(target.pid, target.extra_pids)
     lg0 = workers.cpu_s()
-    busy0, irq0 = c.system_busy_s(), c.system_softirq_s()
-    t0 = time.monotonic()
     setup, pub = asyncio.run(go())
-    t_pub_end = time.monotonic()
-    cpu_pub = c.proc_times_s(server_pid)
+    while_publishing = meter.read()
     in_window_sent = pub["in_window"]
     drain_until = time.time() + args.drain
     done = workers.ask(("collect", in_window_sent, drain_until), "collected", args.drain + 30)
-    busy1, irq1 = c.system_busy_s(), c.system_softirq_s()
-    cpu1 = c.proc_times_s(server_pid)
-    extra1 = {k: c.proc_cpu_s(p) for k, p in extra_pids.items()}
+    use = meter.read()
     lg1 = workers.cpu_s()
-    wall = time.monotonic() - t0
+    wall = use.wall
 
     samples: array.array[int] = array.array("q")
     for d in done:
@@ -271,8 +236,6 @@ def one_rate(
     span_s = (last_recv - setup["lo"]) / 1e9 if received else None
     achieved = received / span_s if span_s else 0.0
     sorted_samples = array.array("q", sorted(samples))
-    pub_s = t_pub_end - t0
-    server_cpu_pub = sum(cpu_pub) - sum(cpu0)
     out = {
         "target_deliveries_per_s": rate,
         "published_msgs_per_s": round(msg_rate, 2),
@@ -291,35 +254,20 @@ def one_rate(
         "latency_ms_p90": pct(sorted_samples, 90),
         "latency_ms_p99": pct(sorted_samples, 99),
         "latency_ms_max": pct(sorted_samples, 100),
-        "server_cpu_cores_while_publishing": round(server_cpu_pub / pub_s, 3),
-        "server_cpu_s": round(sum(cpu1) - sum(cpu0), 2),
-        "server_cpu_us_per_delivery": round((sum(cpu1) - sum(cpu0)) / received * 1e6, 2)
-        if received
-        else None,
-        "other_server_cpu_s": {k: round(extra1[k] - extra0[k], 2) for k in extra0},
-        "loadgen_cpu_cores": round((lg1 - lg0) / wall, 3),
-        "machine_busy_cores": round((busy1 - busy0) / wall, 3),
-        # loopback TCP work is mostly irq/softirq time, charged to no process
-        "irq_softirq_cores": round((irq1 - irq0) / wall, 3),
-        # CPU used in the window by processes that are not part of this run (the
-        # publisher, this process, is counted as "other" too: it is small)
-        "other_processes_cores": round(
-            (
-                busy1
-                - busy0
-                - (irq1 - irq0)
-                - (sum(cpu1) - sum(cpu0))
-                - sum(extra1[k] - extra0[k] for k in extra0)
-                - (lg1 - lg0)
-            )
-            / wall,
-            3,
+        "server_cpu_cores_while_publishing": round(
+            while_publishing.server / while_publishing.wall, 3
         ),
+        "server_cpu_s": round(use.server, 2),
+        "server_cpu_us_per_delivery": round(use.server / received * 1e6, 2) if received else None,
+        "other_server_cpu_s": {k: round(v, 2) for k, v in use.extra.items()},
+        "loadgen_cpu_cores": round((lg1 - lg0) / wall, 3),
+        # the publisher (this process) counts among the other processes: it is small
+        **use.machine_cores((lg1 - lg0) / wall),
         "clients_open_after": sum(d["open"] for d in done),
         "client_close_codes": sorted({x for d in done for x in d["close_codes"]}),
     }
     print(
-        f"  [{name} @ {rate:,.0f}/s] {received:,}/{expected:,} deliveries, achieved "
+        f"  [{target.name} @ {rate:,.0f}/s] {received:,}/{expected:,} deliveries, achieved "
         f"{achieved:,.0f}/s, p50 {out['latency_ms_p50']} ms, p99 {out['latency_ms_p99']} ms, "
         f"server {out['server_cpu_cores_while_publishing']} cores",
         flush=True,
@@ -328,22 +276,11 @@ def one_rate(
 
 
 def measure_system(
-    name: str,
-    mode: str,
-    url: str,
-    publish_url: str,
-    server_pid: int,
-    extra_pids: dict[str, int],
-    args: argparse.Namespace,
-    cleanup: list[Any],
-    after_rate: Any = None,
+    target: c.Target, args: argparse.Namespace, cleanup: list[Callable[[], None]]
 ) -> dict[str, Any]:
-    specs = [
-        {"mode": mode, "url": url, "clients": n, "index": i}
-        for i, n in enumerate(c.split(args.subscribers, args.procs))
-    ]
-    workers = c.Workers(worker, specs)
-    cleanup.append(workers.close)
+    name = target.name
+    specs = c.client_specs(target, args.subscribers, args.procs)
+    workers = c.start_workers(worker, specs, cleanup)
     ready = workers.wait("ready", timeout=120)
     connected = sum(r["connected"] for r in ready)
     errors = sorted({e for r in ready for e in r["errors"]})
@@ -354,64 +291,38 @@ def measure_system(
     if connected == 0:
         raise RuntimeError(f"{name}: no subscriber connected: {errors}")
     out: dict[str, Any] = {"subscribers": connected, "connect_errors": errors, "rates": {}}
+    slow = target.slow_consumers()
     for rate in args.rate_list:
         quiet = c.wait_quiet(max_wait_s=args.quiet_wait)
-        r = one_rate(name, rate, workers, connected, publish_url, server_pid, extra_pids, args)
+        r = one_rate(target, rate, workers, connected, args)
         r["machine_busy_cores_before"] = quiet
-        if after_rate is not None:
-            r |= after_rate()
+        slow, before = target.slow_consumers(), slow
+        r |= {k: v - before[k] for k, v in slow.items()}  # during this rate
         out["rates"][str(int(rate))] = r
     c.run_step(cleanup, workers.close)
     return out
 
 
-def run_switchboard(args: argparse.Namespace, tmp: str, cleanup: list[Any]) -> dict[str, Any]:
-    backbone = c.start_backbone(tmp, cleanup)
-    assert backbone.process is not None
-    edge, port = c.start_edge(backbone.url, tmp, cleanup, max_connections=args.subscribers + 100)
-    last = {"ev": 0.0}
-
-    def evictions() -> dict[str, Any]:
-        total = c.prom_value(c.edge_metrics(port), "sb_edge_slow_consumer_evictions_total")
-        delta, last["ev"] = total - last["ev"], total
-        return {"slow_consumer_evictions": delta}
-
-    out = measure_system(
-        "switchboard",
-        "switchboard",
-        f"ws://127.0.0.1:{port}/v1/ws",
-        backbone.url,
-        edge.pid,
-        {"backbone_nats_server": backbone.process.pid},
-        args,
-        cleanup,
-        evictions,
-    )
-    edge.check_alive("edge")
-    c.run_step(cleanup, edge.stop)
-    c.run_step(cleanup, backbone.stop)
-    return out
-
-
-def run_reference(args: argparse.Namespace, tmp: str, cleanup: list[Any]) -> dict[str, Any]:
-    ref = c.start_reference(tmp, cleanup)
-    last = {"sc": 0}
-
-    def slow() -> dict[str, Any]:
-        total = int(ref.varz().get("slow_consumers", 0))
-        delta, last["sc"] = total - last["sc"], total
-        return {"slow_consumers": delta}
-
-    out = measure_system(
-        "nats-server ws", "nats", ref.ws_url, ref.nats_url, ref.pid, {}, args, cleanup, slow
-    )
-    ref.proc.check_alive("reference nats-server")
-    c.run_step(cleanup, ref.proc.stop)
-    return out
+TABLE = [
+    ("published msgs/s (one channel)", "published_msgs_per_s", False),
+    ("deliveries expected (window)", "deliveries_expected", False),
+    ("deliveries received", "deliveries_received", True),
+    ("  lost or later than --drain", "deliveries_lost_or_late", False),
+    ("achieved deliveries/s", "achieved_deliveries_per_s", True),
+    ("deliveries per WS frame", "deliveries_per_frame", True),
+    ("latency p50 ms", "latency_ms_p50", True),
+    ("latency p90 ms", "latency_ms_p90", True),
+    ("latency p99 ms", "latency_ms_p99", True),
+    ("latency max ms", "latency_ms_max", True),
+    ("server CPU (cores, publishing)", "server_cpu_cores_while_publishing", True),
+    ("server CPU us / delivery", "server_cpu_us_per_delivery", True),
+    *c.MACHINE_ROWS,
+    ("publisher max send lag ms", "publisher_max_send_lag_ms", False),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = c.arg_parser(__doc__)
     parser.add_argument("--subscribers", type=int, default=100, help="WebSocket subscribers")
     parser.add_argument(
         "--rates", default="20000,100000", help="target deliveries/s, comma-separated"
@@ -421,63 +332,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=6.0, help="max s to wait after publishing")
     parser.add_argument("--size", type=int, default=100, help="payload bytes (JSON)")
     parser.add_argument("--procs", type=int, default=4, help="load-generator processes")
-    parser.add_argument(
-        "--quiet-wait", type=float, default=10.0, help="max s to wait for an idle machine"
-    )
-    parser.add_argument("--only", choices=["switchboard", "reference"])
-    parser.add_argument("--out", default=str(c.RESULTS), help="JSON directory")
-    args = parser.parse_args(argv)
+    args = c.parse_args(parser, argv, quiet_wait=10.0)
     args.rate_list = [float(x) for x in args.rates.split(",") if x.strip()]
 
     started = c.now_utc()
-    results: dict[str, Any] = {}
-    with c.bench_run("latency") as (tmp, cleanup):
-        print(
-            f"latency: {args.subscribers} subscribers on one channel over {args.procs} "
-            f"load-generator processes, target rates {args.rates}/s, {args.size} B payloads, "
-            f"{args.warmup:g}s warm-up + {args.measure:g}s measured; {c.LOADGEN_NOTE}",
-            flush=True,
-        )
-        if args.only != "reference":
-            results["switchboard"] = run_switchboard(args, tmp, cleanup)
-        if args.only != "switchboard":
-            results["reference"] = run_reference(args, tmp, cleanup)
+    banner = (
+        f"latency: {args.subscribers} subscribers on one channel over {args.procs} "
+        f"load-generator processes, target rates {args.rates}/s, {args.size} B payloads, "
+        f"{args.warmup:g}s warm-up + {args.measure:g}s measured; {c.LOADGEN_NOTE}"
+    )
+    results = c.run_targets(
+        "latency", args, banner, measure_system, max_connections=args.subscribers + 100
+    )
 
     ratios: dict[str, Any] = {}
     for rate in args.rate_list:
         key = str(int(rate))
         sb = results.get("switchboard", {}).get("rates", {}).get(key, {})
         ref = results.get("reference", {}).get("rates", {}).get(key, {})
-        rows = c.keyed_rows(
-            sb,
-            ref,
-            [
-                ("published msgs/s (one channel)", "published_msgs_per_s", False),
-                ("deliveries expected (window)", "deliveries_expected", False),
-                ("deliveries received", "deliveries_received", True),
-                ("  lost or later than --drain", "deliveries_lost_or_late", False),
-                ("achieved deliveries/s", "achieved_deliveries_per_s", True),
-                ("deliveries per WS frame", "deliveries_per_frame", True),
-                ("latency p50 ms", "latency_ms_p50", True),
-                ("latency p90 ms", "latency_ms_p90", True),
-                ("latency p99 ms", "latency_ms_p99", True),
-                ("latency max ms", "latency_ms_max", True),
-                ("server CPU (cores, publishing)", "server_cpu_cores_while_publishing", True),
-                ("server CPU us / delivery", "server_cpu_us_per_delivery", True),
-                ("load generator CPU (cores)", "loadgen_cpu_cores", True),
-                ("whole machine busy (cores)", "machine_busy_cores", True),
-                ("  of which irq+softirq (loopback TCP)", "irq_softirq_cores", False),
-                ("  of which other processes", "other_processes_cores", False),
-                ("publisher max send lag ms", "publisher_max_send_lag_ms", False),
-            ],
-        )
         evicted = (
             "slow consumers evicted",
             sb.get("slow_consumer_evictions"),
             ref.get("slow_consumers"),
             False,
         )
-        c.print_table(f"target {rate:,.0f} deliveries/s", [*rows, evicted])
+        c.print_table(f"target {rate:,.0f} deliveries/s", [*c.keyed_rows(sb, ref, TABLE), evicted])
         ratios[key] = {
             k: c.ratio(sb.get(k), ref.get(k))
             for k in ("achieved_deliveries_per_s", "latency_ms_p50", "latency_ms_p99")
@@ -486,15 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         "latency = subscriber's time.time_ns() at frame arrival - publisher's time.time_ns() "
         "before publish; includes the load generator's own queueing"
     )
-    print(f"note: {c.LOADGEN_NOTE}")
     params = {k: v for k, v in vars(args).items() if k != "rate_list"}
-    path = c.write_report(
-        "latency",
-        started,
-        {"params": params, "results": results, "ratios_switchboard_over_reference": ratios},
-        args.out,
-    )
-    print(f"results: {path}")
+    report = {"params": params, "results": results, "ratios_switchboard_over_reference": ratios}
+    c.save_report("latency", started, report, args.out)
     return 0
 
 
