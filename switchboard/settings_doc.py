@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -31,7 +31,7 @@ def _default(field: FieldInfo) -> str:
     return f"`{json.dumps(value) if not isinstance(value, str | int | float) else value}`"
 
 
-def _is_model(annotation: Any) -> bool:
+def _is_model(annotation: object) -> TypeGuard[type[BaseModel]]:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
@@ -40,8 +40,8 @@ def markdown() -> str:
     nested: list[str] = []
     for name, field in EdgeSettings.model_fields.items():
         env = f"{ENV_PREFIX}{name.upper()}"
-        if field.annotation is not None and _is_model(field.annotation):
-            model: type[BaseModel] = field.annotation
+        model = field.annotation
+        if _is_model(model):
             doc = (model.__doc__ or "").strip()
             rows.append(f"| `{env}` | JSON object | {doc} Keys below. |")
             for sub, subfield in model.model_fields.items():
