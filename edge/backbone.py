@@ -6,6 +6,7 @@ NATS failures onto the small exceptions of edge.ports.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
@@ -26,6 +27,7 @@ log = logging.getLogger("switchboard.edge.backbone")
 
 TICKETS_BUCKET = "sb_tickets"
 EDGES_BUCKET = "sb_edges"
+CHANNELS_BUCKET = "sb_channels"
 
 
 class _Handle:
@@ -168,6 +170,26 @@ class NatsBackbone:
             await (await self._bucket(EDGES_BUCKET, self._stats_ttl_s)).put(pod, value)
         except (nats.errors.Error, TimeoutError) as exc:
             raise Unavailable(f"stats store: {exc}") from None
+
+    async def watch_channels(self, on_change: Callable[[str, bytes | None], None]) -> None:
+        """Feed every `sb_channels` entry, then each change, to `on_change` (None: deleted).
+
+        Runs until cancelled; a broken watch (e.g. NATS restarted without its
+        store) starts over from the current entries.
+        """
+        while True:
+            try:
+                kv = await self._bucket(CHANNELS_BUCKET, 0)
+                watcher = await kv.watchall()
+                async for entry in watcher:
+                    if entry is None:
+                        continue  # "all current entries delivered"
+                    deleted = entry.operation in ("DEL", "PURGE")
+                    on_change(entry.key, None if deleted else entry.value)
+            except (nats.errors.Error, TimeoutError, Unavailable) as exc:
+                log.warning("channel config watch restarting: %s", exc)
+                self._buckets.pop(CHANNELS_BUCKET, None)
+                await asyncio.sleep(1)
 
     async def put_ticket(self, ticket: str, value: bytes) -> None:
         if not self.connected:

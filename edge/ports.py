@@ -61,6 +61,10 @@ class Backbone(Protocol):
 
     async def put_edge_stats(self, pod: str, value: bytes) -> None: ...
 
+    async def watch_channels(self, on_change: Callable[[str, bytes | None], None]) -> None:
+        """Every channel config, then each change (None: deleted); runs until cancelled."""
+        ...
+
     async def take_ticket(self, ticket: str) -> bytes | None:
         """The ticket's value exactly once across all edges; None if unknown or used."""
         ...

@@ -18,6 +18,7 @@ from websockets.typing import Subprotocol
 
 from edge import protocol, tracing
 from edge.connection import Connection, EdgeConnection
+from edge.directory import ChannelDirectory
 from edge.drain import granted_rate, reconnect_after_ms
 from edge.flusher import Flusher
 from edge.hub import Hub
@@ -100,6 +101,7 @@ class EdgeServer:
             rpc_timeout_ms=settings.rpc_timeout_ms,
             rpc_max_timeout_ms=settings.rpc_max_timeout_ms,
         )
+        self.directory = ChannelDirectory(settings.default_channel)
         self.connections: set[Connection] = set()
         self.accepting = True
         self.metrics = EdgeMetrics()
@@ -111,6 +113,7 @@ class EdgeServer:
         self._background: set[asyncio.Task[None]] = set()
         self._ctl: SubscriptionHandle | None = None
         self._reporter: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._server: Server | None = None
         self._down_since_ms: int | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -139,6 +142,7 @@ class EdgeServer:
         )
         self._sweeper = asyncio.create_task(self._sweep())
         self._reporter = asyncio.create_task(self._report_stats())
+        self._watcher = asyncio.create_task(self.backbone.watch_channels(self.directory.apply))
 
     @property
     def port(self) -> int:
@@ -147,7 +151,7 @@ class EdgeServer:
         return int(sock.getsockname()[1])
 
     def policy_for(self, channel: str) -> ChannelPolicy:
-        return self.settings.default_channel
+        return self.directory.policy_for(channel)
 
     def on_backbone_state(self, connected: bool) -> None:
         """NATS went away or came back; on return, report the gap to clients."""
@@ -276,7 +280,7 @@ class EdgeServer:
     async def shutdown(self, reason: str = "shutdown") -> None:
         """Drain (if not already draining), then stop listening."""
         await self.start_drain(reason)
-        for task in (self._sweeper, self._reporter):
+        for task in (self._sweeper, self._reporter, self._watcher):
             if task is not None:
                 task.cancel()
         if self._server is not None:

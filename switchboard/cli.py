@@ -7,9 +7,13 @@ import asyncio
 import json
 import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from switchboard.settings import SettingsError, load_edge_settings
+
+if TYPE_CHECKING:
+    from switchboard.channel_config import ChannelSpec
 
 
 def _csv(value: str) -> list[str]:
@@ -38,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--roles", type=_csv)
     token.add_argument("--channels", type=_csv, help="glob patterns the user may subscribe to")
     token.add_argument("--publish", type=_csv, help="glob patterns the user may publish to")
+
+    channel = sub.add_parser("channel", help="apply / delete / list Channel configs (sb_channels)")
+    channel.add_argument("--nats-url", help="default: $SB_NATS_URL, else the running dev tier")
+    channel_actions = channel.add_subparsers(dest="action", required=True)
+    apply_ = channel_actions.add_parser("apply", help="write Channel manifests (YAML)")
+    apply_.add_argument("-f", "--filename", required=True, help="YAML file, or - for stdin")
+    remove = channel_actions.add_parser("delete", help="remove a Channel config")
+    remove.add_argument("name")
+    channel_actions.add_parser("list", help="print the Channel configs")
 
     settings = sub.add_parser("settings", help="print the edge settings reference")
     settings.add_argument("--markdown", action="store_true", help="as the docs' Markdown table")
@@ -103,6 +116,41 @@ async def _client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _channel(args: argparse.Namespace) -> int:
+    from switchboard.channel_config import ManifestError, load_manifests
+
+    manifests: list[tuple[str, ChannelSpec]] = []
+    if args.action == "apply":
+        try:
+            text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
+            manifests = list(load_manifests(text))
+        except (ManifestError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    return asyncio.run(_channel_store(args, manifests))
+
+
+async def _channel_store(args: argparse.Namespace, manifests: list[tuple[str, ChannelSpec]]) -> int:
+    from switchboard import channelstore
+
+    url = args.nats_url or channelstore.default_nats_url()
+    try:
+        if args.action == "apply":
+            for name, spec in manifests:
+                await channelstore.put_channel(url, name, spec)
+                print(f"channel/{name} configured")
+        elif args.action == "delete":
+            await channelstore.delete_channel(url, args.name)
+            print(f"channel/{args.name} deleted")
+        else:
+            for name, spec in sorted((await channelstore.list_channels(url)).items()):
+                print(f"{name}\t{spec.to_json().decode()}")
+    except OSError as exc:
+        print(f"error: cannot reach NATS at {url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -120,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             logs.configure(settings.log_level)
             asyncio.run(run_edge(settings))
             return 0
+        if args.command == "channel":
+            return _channel(args)
         if args.command == "settings":
             from switchboard.settings_doc import markdown
 

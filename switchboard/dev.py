@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+from switchboard.channelstore import DEV_STATE
 from switchboard.natsserver import NatsServer, port_is_free, wait_for_port
 from switchboard.tokens import mint_token
 
@@ -43,6 +44,7 @@ def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None
         for port in ports:
             wait_for_port(port, 20, host)
         token = mint_token(secret, "dev-user", ttl_s=24 * 3600)
+        DEV_STATE.write_text(json.dumps({"nats_url": nats.url, "ports": ports}))
         print(_banner(ports, host, nats, secret, token), flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while all(e.poll() is None for e in edges):
@@ -61,6 +63,7 @@ def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None
             except subprocess.TimeoutExpired:
                 edge.kill()
         nats.stop()
+        DEV_STATE.unlink(missing_ok=True)
         print("switchboard dev stopped", file=sys.stderr)
 
 
@@ -95,4 +98,5 @@ Try it from a terminal:
   {cmd} client --url ws://localhost:{ports[-1]}/v1/ws subscribe chat:lobby
   {cmd} client --url ws://localhost:{ports[0]}/v1/ws publish chat:lobby '{{"text":"hi"}}'
   wscat -c ws://localhost:{ports[-1]}/v1/ws -s switchboard.v1 -s bearer.$SB_TOKEN
+  {cmd} channel apply -f deploy/examples/channel-chat.yaml   (policy, live on every edge)
 """

@@ -1,0 +1,42 @@
+"""The channel policies this edge enforces, kept current from `sb_channels`."""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+
+from switchboard.channel_config import ChannelSpec, governing
+from switchboard.settings import ChannelPolicy
+
+log = logging.getLogger("switchboard.edge.directory")
+
+
+class ChannelDirectory:
+    """Channel name → policy; channels no Channel governs get the default."""
+
+    def __init__(self, default: ChannelPolicy) -> None:
+        self._default = default
+        self._policies: dict[str, ChannelPolicy] = {}
+        self.specs: dict[str, ChannelSpec] = {}
+
+    def apply(self, name: str, value: bytes | None) -> None:
+        """An update from the KV bucket: a spec, or None when the Channel is gone."""
+        if value is None:
+            self._policies.pop(name, None)
+            self.specs.pop(name, None)
+            log.info("channel config removed", extra={"channel": name})
+            return
+        try:
+            spec = ChannelSpec.from_json(value)
+        except ValidationError as exc:
+            log.warning(
+                "ignored invalid channel config", extra={"channel": name, "error": str(exc)}
+            )
+            return
+        self.specs[name] = spec
+        self._policies[name] = spec.policy()
+        log.info("channel config applied", extra={"channel": name})
+
+    def policy_for(self, channel: str) -> ChannelPolicy:
+        return governing(channel, self._policies) or self._default

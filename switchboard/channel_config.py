@@ -1,0 +1,109 @@
+"""Channel configuration: the `Channel` resource's spec (DESIGN §7), as data.
+
+The same YAML a user `kubectl apply`s is what `switchboard channel apply -f`
+writes to the NATS KV bucket `sb_channels` in dev mode (the operator writes the
+same entry in a cluster), and what every edge reads to enforce policy. A
+Channel named `chat` governs `chat` and every `chat:*` below it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from switchboard.channels import is_valid_channel
+from switchboard.settings import ChannelPolicy
+
+API_VERSION = "switchboard.dev/v1alpha1"
+KIND = "Channel"
+BUCKET = "sb_channels"
+
+T = TypeVar("T")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class HistorySpec(_Spec):
+    size: int = Field(100, ge=1, description="Messages kept.")
+    ttl: str = Field("10m", pattern=r"^\d+[smhd]$", description="How long messages are kept.")
+
+
+class PublishSpec(_Spec):
+    clients: bool = Field(True, description="Clients may publish (else backends only).")
+    roles: list[str] = Field(default_factory=list, description="Roles allowed (empty: any).")
+
+
+class SubscribeSpec(_Spec):
+    roles: list[str] = Field(default_factory=list, description="Roles allowed (empty: any).")
+
+
+class ChannelSpec(_Spec):
+    history: HistorySpec | None = Field(None, description="Omit for fire-and-forget.")
+    presence: bool = Field(False, description="Track who is subscribed.")
+    publish: PublishSpec = Field(default_factory=PublishSpec)
+    subscribe: SubscribeSpec = Field(default_factory=SubscribeSpec)
+    max_message_bytes: int = Field(16384, ge=1, alias="maxMessageBytes")
+
+    def policy(self) -> ChannelPolicy:
+        return ChannelPolicy(
+            client_publish=self.publish.clients,
+            subscribe_roles=list(self.subscribe.roles),
+            publish_roles=list(self.publish.roles),
+            max_message_bytes=self.max_message_bytes,
+        )
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ChannelSpec:
+        return cls.model_validate_json(data)
+
+
+class ManifestError(ValueError):
+    """A manifest that is not a valid Channel; the message names the field."""
+
+
+def load_manifests(text: str) -> Iterator[tuple[str, ChannelSpec]]:
+    """(name, spec) of every Channel document in a YAML stream."""
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"not YAML: {exc}") from None
+    for index, doc in enumerate(documents):
+        yield _manifest(doc, index)
+
+
+def _manifest(doc: Any, index: int) -> tuple[str, ChannelSpec]:
+    where = f"document {index + 1}"
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{where}: expected a mapping")
+    if doc.get("apiVersion") != API_VERSION or doc.get("kind") != KIND:
+        raise ManifestError(f"{where}: expected apiVersion {API_VERSION}, kind {KIND}")
+    name = (doc.get("metadata") or {}).get("name")
+    if not isinstance(name, str) or not is_valid_channel(name):
+        raise ManifestError(f"{where}: metadata.name must be a channel name ([A-Za-z0-9_-])")
+    try:
+        spec = ChannelSpec.model_validate(doc.get("spec") or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        raise ManifestError(f"{where} ({name}): spec.{path}: {first['msg']}") from None
+    return name, spec
+
+
+def governing(channel: str, configs: Mapping[str, T]) -> T | None:
+    """The config of the nearest Channel at or above `channel` (`a:b:c`, `a:b`, `a`)."""
+    name = channel
+    while True:
+        if name in configs:
+            return configs[name]
+        head, sep, _ = name.rpartition(":")
+        if not sep:
+            return None
+        name = head

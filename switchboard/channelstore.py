@@ -1,0 +1,83 @@
+"""Writes Channel configs to the `sb_channels` KV bucket (the CLI's side of NATS).
+
+In a cluster the operator writes these entries; in dev mode
+`switchboard channel apply -f` does, so both paths produce the same entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+from nats.js.api import KeyValueConfig
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from switchboard.channel_config import BUCKET, ChannelSpec
+
+CONNECT_TIMEOUT_S = 5
+DEV_STATE = Path(tempfile.gettempdir()) / f"switchboard-dev-{os.getuid()}.json"
+
+
+def default_nats_url() -> str:
+    """$SB_NATS_URL, else the running `switchboard dev`'s NATS, else localhost:4222."""
+    if url := os.environ.get("SB_NATS_URL"):
+        return url
+    try:
+        return str(json.loads(DEV_STATE.read_text())["nats_url"])
+    except (OSError, ValueError, KeyError):
+        return "nats://127.0.0.1:4222"
+
+
+async def _bucket(nats_url: str) -> tuple[Client, KeyValue]:
+    async def quiet(exc: Exception) -> None:
+        """The CLI reports the failure itself, once."""
+
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):  # nats-py would retry for minutes
+            nc = await nats.connect(
+                nats_url, connect_timeout=2, allow_reconnect=False, error_cb=quiet
+            )
+    except TimeoutError:
+        raise ConnectionError(f"no NATS server answered within {CONNECT_TIMEOUT_S} s") from None
+    except (nats.errors.Error, OSError) as exc:
+        raise ConnectionError(f"{exc.__class__.__name__}: {exc}") from None
+    js = nc.jetstream()
+    try:
+        kv = await js.key_value(BUCKET)
+    except (NotFoundError, BucketNotFoundError):
+        kv = await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1))
+    return nc, kv
+
+
+async def put_channel(nats_url: str, name: str, spec: ChannelSpec) -> int:
+    nc, kv = await _bucket(nats_url)
+    try:
+        return await kv.put(name, spec.to_json())
+    finally:
+        await nc.close()
+
+
+async def delete_channel(nats_url: str, name: str) -> None:
+    nc, kv = await _bucket(nats_url)
+    try:
+        await kv.delete(name)
+    finally:
+        await nc.close()
+
+
+async def list_channels(nats_url: str) -> dict[str, ChannelSpec]:
+    nc, kv = await _bucket(nats_url)
+    try:
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return {}
+        return {k: ChannelSpec.from_json((await kv.get(k)).value or b"{}") for k in keys}
+    finally:
+        await nc.close()
