@@ -1,0 +1,130 @@
+"""A client that stays connected: it follows DESIGN §4's close-code table by itself.
+
+`reconnect` + 1001 → wait `after_ms`, then connect again (to the next URL);
+1008/1011/1013/abnormal drops → full-jitter backoff; 4001 → ask for a fresh
+token, then connect; 1000/1003/1007/1009/4003 → stop. After each reconnect it
+subscribes to its channels again. Events from every connection come out of one
+`events()` stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from websockets.exceptions import InvalidStatus
+
+from switchboard.backoff import full_jitter
+from switchboard.client import Client, Closed
+from switchboard.codes import ReconnectAdvice, close_advice
+
+log = logging.getLogger("switchboard.client")
+
+TokenSource = Callable[[], Awaitable[str]]
+
+
+class ResilientClient:
+    def __init__(
+        self,
+        urls: list[str],
+        token: TokenSource,
+        *,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._urls = itertools.cycle(urls)
+        self._token = token
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self.channels: list[str] = []
+        self.client: Client | None = None
+        self.connections = 0  # how many times a connection was made
+        self.stopped_with: int | None = None
+        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._connected = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._runner = asyncio.create_task(self._run())
+        await self._connected.wait()
+
+    async def subscribe(self, channel: str) -> Any:
+        if channel not in self.channels:
+            self.channels.append(channel)
+        return await (await self._current()).subscribe(channel)
+
+    async def publish(self, channel: str, data: Any) -> Any:
+        return await (await self._current()).publish(channel, data)
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        while (msg := await self._events.get()) is not None:
+            yield msg
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self.client is not None:
+            await self.client.close()
+        self._events.put_nowait(None)
+
+    async def _current(self) -> Client:
+        await self._connected.wait()
+        assert self.client is not None
+        return self.client
+
+    async def _run(self) -> None:
+        attempt = 0
+        token = await self._token()
+        while True:
+            url = next(self._urls)
+            try:
+                client = await Client.connect(url, token=token)
+            except (InvalidStatus, OSError, TimeoutError) as exc:
+                status = exc.response.status_code if isinstance(exc, InvalidStatus) else None
+                if status == 401:
+                    token = await self._token()
+                delay = full_jitter(attempt, self._rng)
+                log.info("connect to %s failed (%s); retrying in %.2fs", url, status or exc, delay)
+                attempt += 1
+                await self._sleep(delay)
+                continue
+            attempt = 0
+            self.client = client
+            self.connections += 1
+            for channel in self.channels:
+                await client.subscribe(channel)
+            self._connected.set()
+            after_ms = await self._pump(client)
+            self._connected.clear()
+            code = client.close_code
+            advice = close_advice(code if code is not None else 1006)
+            if advice is ReconnectAdvice.NEVER:
+                self.stopped_with = code
+                self._events.put_nowait(None)
+                return
+            if advice is ReconnectAdvice.NEW_TOKEN:
+                token = await self._token()
+            if advice is ReconnectAdvice.AFTER_MS and after_ms is not None:
+                await self._sleep(after_ms / 1000)
+            else:
+                await self._sleep(full_jitter(attempt, self._rng))
+                attempt += 1
+
+    async def _pump(self, client: Client) -> int | None:
+        """Forward events until the connection ends; the `after_ms` of a `reconnect`."""
+        after_ms: int | None = None
+        try:
+            async for msg in client.events():
+                if msg.get("type") == "reconnect":
+                    after_ms = int(msg["payload"].get("after_ms", 0))
+                self._events.put_nowait(msg)
+        except Closed:
+            pass
+        return after_ms
