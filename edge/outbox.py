@@ -1,6 +1,6 @@
 """A connection's bounded outbound buffer.
 
-`websockets.broadcast()` and `send()` alone would let a peer that never reads
+`websockets`' broadcast helper and a bare `send()` would let a peer that never reads
 hold unbounded memory. Every frame for a connection goes through its Outbox:
 at most `max_bytes` wait; a push that would exceed it, or frames left pending
 longer than `grace_s`, mark the connection for eviction (1013). Pending frames
