@@ -21,7 +21,11 @@ GC_GEN0_THRESHOLD = 20_000
 async def connect_backbone(settings: EdgeSettings) -> NatsBackbone:
     """Connect, retrying until NATS answers: an edge never gives up on its backbone."""
     backbone = NatsBackbone(
-        settings.nats_url, f"sb-edge:{settings.pod_name}", settings.ticket_ttl_s
+        settings.nats_url,
+        f"sb-edge:{settings.pod_name}",
+        ticket_ttl_s=settings.ticket_ttl_s,
+        stats_ttl_s=settings.stats_ttl_s,
+        presence_ttl_s=settings.presence_ttl_s,
     )
     delay = 0.2
     while True:

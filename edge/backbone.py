@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -28,6 +28,7 @@ log = logging.getLogger("switchboard.edge.backbone")
 TICKETS_BUCKET = "sb_tickets"
 EDGES_BUCKET = "sb_edges"
 CHANNELS_BUCKET = "sb_channels"
+PRESENCE_BUCKET = "sb_presence"
 
 
 class _Handle:
@@ -45,13 +46,20 @@ class NatsBackbone:
     """nats-py client configured for an edge."""
 
     def __init__(
-        self, servers: str, name: str, ticket_ttl_s: int, stats_ttl_s: float = 10.0
+        self,
+        servers: str,
+        name: str,
+        *,
+        ticket_ttl_s: int,
+        stats_ttl_s: float,
+        presence_ttl_s: float,
     ) -> None:
         self._servers = [s.strip() for s in servers.split(",") if s.strip()]
         self._name = name
         self._ticket_ttl_s = ticket_ttl_s
         self._nc: Client | None = None
         self._stats_ttl_s = stats_ttl_s
+        self._presence_ttl_s = presence_ttl_s
         self._buckets: dict[str, KeyValue] = {}
         self.on_state_change: Callable[[bool], None] = lambda connected: None
 
@@ -170,6 +178,39 @@ class NatsBackbone:
             await (await self._bucket(EDGES_BUCKET, self._stats_ttl_s)).put(pod, value)
         except (nats.errors.Error, TimeoutError) as exc:
             raise Unavailable(f"stats store: {exc}") from None
+
+    async def presence_put(self, key: str) -> None:
+        await self._presence_op(lambda kv: kv.put(key, b"1"))
+
+    async def presence_delete(self, key: str) -> None:
+        await self._presence_op(lambda kv: kv.delete(key))
+
+    async def presence_keys(self, pattern: str) -> list[str]:
+        """Keys of `sb_presence` matching a subject-style pattern (`chat.*.*`)."""
+        keys: list[str] = []
+
+        async def read(kv: KeyValue) -> None:
+            # kv.keys() would scan the whole bucket and match its filters as substrings;
+            # a watch on the pattern lets the server select the keys.
+            watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=True)
+            try:
+                async for entry in watcher:
+                    if entry is None:  # everything current has been delivered
+                        break
+                    keys.append(entry.key)
+            finally:
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+        await self._presence_op(read)
+        return keys
+
+    async def _presence_op(self, op: Callable[[KeyValue], Awaitable[object]]) -> None:
+        if not self.connected:
+            raise Unavailable("backbone disconnected")
+        try:
+            await op(await self._bucket(PRESENCE_BUCKET, self._presence_ttl_s))
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"presence store: {exc}") from None
 
     async def watch_channels(self, on_change: Callable[[str, bytes | None], None]) -> None:
         """Feed every `sb_channels` entry, then each change, to `on_change` (None: deleted).

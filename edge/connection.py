@@ -22,7 +22,17 @@ from edge import protocol, tracing
 from edge.hub import HEADER_FROM, HEADER_TS, decode_data
 from edge.outbox import Outbox
 from edge.ports import NoResponders, RequestTimeout, Unavailable
-from edge.session import Action, Close, Publish, Rpc, Send, Session, Subscribe, Unsubscribe
+from edge.session import (
+    Action,
+    Close,
+    PresenceQuery,
+    Publish,
+    Rpc,
+    Send,
+    Session,
+    Subscribe,
+    Unsubscribe,
+)
 from edge.tracing import SpanKind
 from switchboard.channels import channel_subject, rpc_subject
 from switchboard.codes import CloseCode, ErrorCode
@@ -53,6 +63,7 @@ class Connection:
         "_now",
         "_ping_sent",
         "_pong",
+        "_present",
         "_tasks",
         "closed_with",
         "id",
@@ -79,6 +90,7 @@ class Connection:
         self._ping_sent = asyncio.get_running_loop().time()
         self._closing = False
         self._joined_user = False
+        self._present: set[str] | None = None  # presence channels this connection is in
         self.closed_with: int | None = None
         self._now: Callable[[], float] = asyncio.get_running_loop().time
 
@@ -195,7 +207,7 @@ class Connection:
     async def _leave_all(self) -> None:
         hub = self.server.hub
         for channel in tuple(self.session.subscriptions):
-            await hub.leave_channel(channel, self)
+            await self._leave_channel(channel)
         self.session.subscriptions.clear()
         if self._joined_user:
             await hub.leave_user(self.session.user, self)
@@ -258,8 +270,10 @@ class Connection:
                 case Subscribe():
                     await self._subscribe(action)
                 case Unsubscribe(request_id, channel):
-                    await self.server.hub.leave_channel(channel, self)
+                    await self._leave_channel(channel)
                     self.send(protocol.ack(request_id, {"channel": channel}))
+                case PresenceQuery(request_id, channel):
+                    await self._presence_query(request_id, channel)
                 case Publish():
                     await self._publish(action)
                 case Rpc():
@@ -279,6 +293,32 @@ class Connection:
             return
         payload = {"channel": action.channel, "offset": None, "epoch": None, "recovered": False}
         self.send(protocol.ack(action.request_id, payload))
+        if self.server.policy_for(action.channel).presence:
+            await self._enter_presence(action.channel)
+
+    async def _enter_presence(self, channel: str) -> None:
+        if self._present is None:
+            self._present = set()
+        if channel in self._present:
+            return
+        self._present.add(channel)
+        await self.server.hub.join_presence_feed(channel, self)
+        await self.server.presence.enter(channel, self.session.user)
+
+    async def _leave_channel(self, channel: str) -> None:
+        await self.server.hub.leave_channel(channel, self)
+        if self._present and channel in self._present:
+            self._present.discard(channel)
+            await self.server.hub.leave_presence_feed(channel, self)
+            await self.server.presence.leave(channel, self.session.user)
+
+    async def _presence_query(self, request_id: str | None, channel: str) -> None:
+        try:
+            users = await self.server.presence.users(channel)
+        except Unavailable as exc:
+            self._error(request_id, ErrorCode.UNAVAILABLE, str(exc))
+            return
+        self.send(protocol.ack(request_id, {"channel": channel, "users": users}))
 
     async def _publish(self, action: Publish) -> None:
         headers = {HEADER_FROM: self.session.user, HEADER_TS: str(int(time.time() * 1000))}

@@ -16,6 +16,7 @@ from typing import Any
 
 from edge import protocol, tracing
 from edge.ports import Backbone, Delivery, Member, SubscriptionHandle
+from edge.presence import feed_subject
 from switchboard.channels import channel_subject, personal_channel, user_subject
 
 log = logging.getLogger("switchboard.edge.hub")
@@ -80,12 +81,24 @@ class Hub:
     async def leave_user(self, user: str, member: Member) -> None:
         await self._leave(user_subject(self._prefix, user), member)
 
-    async def _join(self, subject: str, channel: str, member: Member, *, confirm: bool) -> None:
+    async def join_presence_feed(self, channel: str, member: Member) -> None:
+        """`join`/`leave` frames of a presence channel (edges publish them ready-made)."""
+        await self._join(
+            feed_subject(self._prefix, channel), channel, member, confirm=True, raw=True
+        )
+
+    async def leave_presence_feed(self, channel: str, member: Member) -> None:
+        await self._leave(feed_subject(self._prefix, channel), member)
+
+    async def _join(
+        self, subject: str, channel: str, member: Member, *, confirm: bool, raw: bool = False
+    ) -> None:
         async with self._lock:
             topic = self._topics.get(subject)
             if topic is None:
+                deliver = self._forward if raw else self._deliver
                 handle = await self._backbone.subscribe(
-                    subject, lambda d: self._deliver(channel, subject, d), confirm=confirm
+                    subject, lambda d: deliver(channel, subject, d), confirm=confirm
                 )
                 topic = self._topics[subject] = _Topic(channel, handle)
             topic.members.add(member)
@@ -112,6 +125,19 @@ class Hub:
             ).encode()
             for member in tuple(topic.members):
                 member.deliver(frame)
+
+    def _forward(self, channel: str, subject: str, delivery: Delivery) -> None:
+        """Hand an already-encoded server frame to every member as it is."""
+        topic = self._topics.get(subject)
+        if topic is None:
+            return
+        try:
+            protocol.loads(delivery.data)  # only well-formed frames reach clients
+        except (ValueError, RecursionError):
+            log.warning("dropped a malformed presence frame", extra={"subject": subject})
+            return
+        for member in tuple(topic.members):
+            member.deliver(delivery.data)
 
     def _deliver(self, channel: str, subject: str, delivery: Delivery) -> None:
         topic = self._topics.get(subject)

@@ -31,6 +31,7 @@ from edge.ports import (
     SubscriptionHandle,
     Unavailable,
 )
+from edge.presence import Presence
 from edge.ratelimit import TokenBucket
 from edge.session import Limits, Session
 from edge.tracing import SpanKind
@@ -102,6 +103,9 @@ class EdgeServer:
             rpc_max_timeout_ms=settings.rpc_max_timeout_ms,
         )
         self.directory = ChannelDirectory(settings.default_channel)
+        self.presence = Presence(
+            backbone, settings.subject_prefix, settings.pod_name, settings.presence_ttl_s
+        )
         self.connections: set[Connection] = set()
         self.accepting = True
         self.metrics = EdgeMetrics()
@@ -114,6 +118,7 @@ class EdgeServer:
         self._ctl: SubscriptionHandle | None = None
         self._reporter: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._presence_refresher: asyncio.Task[None] | None = None
         self._server: Server | None = None
         self._down_since_ms: int | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -143,6 +148,7 @@ class EdgeServer:
         self._sweeper = asyncio.create_task(self._sweep())
         self._reporter = asyncio.create_task(self._report_stats())
         self._watcher = asyncio.create_task(self.backbone.watch_channels(self.directory.apply))
+        self._presence_refresher = asyncio.create_task(self.presence.refresh_forever())
 
     @property
     def port(self) -> int:
@@ -280,7 +286,7 @@ class EdgeServer:
     async def shutdown(self, reason: str = "shutdown") -> None:
         """Drain (if not already draining), then stop listening."""
         await self.start_drain(reason)
-        for task in (self._sweeper, self._reporter, self._watcher):
+        for task in (self._sweeper, self._reporter, self._watcher, self._presence_refresher):
             if task is not None:
                 task.cancel()
         if self._server is not None:

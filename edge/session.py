@@ -53,6 +53,12 @@ class Publish:
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceQuery:
+    request_id: str | None
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
 class Rpc:
     request_id: str | None
     method: str
@@ -60,7 +66,7 @@ class Rpc:
     timeout_s: float
 
 
-Action = Send | Close | Subscribe | Unsubscribe | Publish | Rpc
+Action = Send | Close | Subscribe | Unsubscribe | Publish | Rpc | PresenceQuery
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +190,7 @@ class Session:
             case "refresh":
                 return self._refresh(request, now)
             case "presence":
-                channel = self._channel(request)
-                return self.refuse(
-                    request.id, ErrorCode.NOT_ENABLED, f"presence is off for '{channel}'", now
-                )
+                return self._presence(request, now)
         raise AssertionError(request.type)  # parse() admits only CLIENT_TYPES
 
     def _channel(self, request: Request) -> str:
@@ -215,6 +218,18 @@ class Session:
                 )
             self.subscriptions.add(channel)
         return [Subscribe(request.id, channel)]
+
+    def _presence(self, request: Request, now: float) -> list[Action]:
+        channel = self._channel(request)
+        policy = self._policy_for(channel)
+        if not policy.presence:
+            return self.refuse(
+                request.id, ErrorCode.NOT_ENABLED, f"presence is off for '{channel}'", now
+            )
+        refusal = subscribe_refusal(self.claims, channel, policy)
+        if refusal:  # who is in a channel is visible to those who may subscribe to it
+            return self.refuse(request.id, ErrorCode.FORBIDDEN, refusal, now)
+        return [PresenceQuery(request.id, channel)]
 
     def _publish(self, request: Request, now: float) -> list[Action]:
         channel = self._channel(request)

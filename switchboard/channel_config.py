@@ -55,6 +55,7 @@ class ChannelSpec(_Spec):
             subscribe_roles=list(self.subscribe.roles),
             publish_roles=list(self.publish.roles),
             max_message_bytes=self.max_message_bytes,
+            presence=self.presence,
         )
 
     def to_json(self) -> bytes:

@@ -34,6 +34,7 @@ class ChannelPolicy(BaseModel):
         default_factory=list, description="Roles allowed to publish (empty: any user)."
     )
     max_message_bytes: int = Field(16384, ge=1, description="Largest publish `data`, encoded.")
+    presence: bool = Field(False, description="Track who is subscribed (join/leave, query).")
 
 
 class EdgeSettings(BaseSettings):
@@ -102,6 +103,9 @@ class EdgeSettings(BaseSettings):
     stats_interval_s: float = Field(2.0, gt=0, description="How often stats go to `sb_edges`.")
     stats_ttl_s: float = Field(
         10.0, gt=0, description="`sb_edges` entry lifetime: a dead edge vanishes after this."
+    )
+    presence_ttl_s: float = Field(
+        15.0, ge=2, description="`sb_presence` entry lifetime: a dead edge's users vanish after it."
     )
     ticket_ttl_s: int = Field(30, ge=1, description="Lifetime of a `?ticket=`.")
     default_channel: ChannelPolicy = Field(default_factory=ChannelPolicy)

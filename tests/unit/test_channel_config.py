@@ -84,3 +84,13 @@ def test_directory_applies_and_removes_configs() -> None:
     assert not directory.policy_for("quiet").client_publish
     directory.apply("quiet", None)
     assert directory.policy_for("quiet:room") is default
+
+
+def test_presence_keys_survive_any_user_id_and_pod_name() -> None:
+    from edge.presence import channel_key, entry_key, user_of
+
+    key = entry_key("room:1", "a@b+c", "edge-7.example")
+    assert key.startswith("room.1.")
+    assert key.count(".") == 3  # channel segments, user, pod: one token each
+    assert user_of(key) == "a@b+c"
+    assert channel_key("a:b:c") == "a.b.c"

@@ -7,7 +7,17 @@ from typing import Any
 
 import pytest
 
-from edge.session import Close, Limits, Publish, Rpc, Send, Session, Subscribe, Unsubscribe
+from edge.session import (
+    Close,
+    Limits,
+    PresenceQuery,
+    Publish,
+    Rpc,
+    Send,
+    Session,
+    Subscribe,
+    Unsubscribe,
+)
 from switchboard.codes import ErrorCode
 from switchboard.settings import ChannelPolicy
 from switchboard.tokens import Claims, TokenError
@@ -334,3 +344,13 @@ def test_welcome_frame() -> None:
     assert frame["payload"]["ping_interval_s"] == 30
     assert frame["payload"]["limits"]["max_message_bytes"] == 65536
     assert frame["payload"]["limits"]["rate_per_s"] == 100
+
+
+def test_presence_query_where_enabled_and_allowed() -> None:
+    on = ChannelPolicy(presence=True)
+    assert make_session(policy=on).receive(msg("presence", {"channel": "room"}), NOW) == [
+        PresenceQuery("1", "room")
+    ]
+    outsider = make_session(Claims("eve", NOW + 60, channels=("other",)), policy=on)
+    frame = only_error(outsider.receive(msg("presence", {"channel": "room"}), NOW))
+    assert frame["payload"]["code"] == "forbidden"
