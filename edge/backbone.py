@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import KeyValueConfig
+from nats.js.api import DeliverPolicy, KeyValueConfig
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -178,6 +178,54 @@ class NatsBackbone:
             await (await self._bucket(EDGES_BUCKET, self._stats_ttl_s)).put(pod, value)
         except (nats.errors.Error, TimeoutError) as exc:
             raise Unavailable(f"stats store: {exc}") from None
+
+    async def stream_publish(
+        self, subject: str, data: bytes, headers: dict[str, str], stream: str
+    ) -> int:
+        if not self.connected:
+            raise Unavailable("backbone disconnected")
+        try:
+            ack = await self.client.jetstream().publish(
+                subject, data, headers=headers or None, stream=stream, timeout=5
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"history store: {exc}") from None
+        return int(ack.seq)
+
+    async def stream_epoch(self, stream: str) -> str:
+        try:
+            info = await self.client.jetstream().stream_info(stream)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"history store: {exc}") from None
+        return str(info.created.isoformat() if info.created else info.config.name)
+
+    async def stream_last_offset(self, stream: str, subject: str) -> int:
+        try:
+            msg = await self.client.jetstream().get_last_msg(stream, subject)
+        except NotFoundError:
+            return 0
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"history store: {exc}") from None
+        return int(msg.seq or 0)
+
+    async def subscribe_stream(
+        self, subject: str, stream: str, handler: Callable[[Delivery], None]
+    ) -> _Handle:
+        async def on_msg(msg: Msg) -> None:
+            offset = msg.metadata.sequence.stream
+            handler(Delivery(msg.subject, msg.data, msg.headers, None, offset))
+
+        try:
+            sub = await self.client.jetstream().subscribe(
+                subject,
+                stream=stream,
+                cb=on_msg,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.NEW,
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"history store: {exc}") from None
+        return _Handle(sub)
 
     async def presence_put(self, key: str) -> None:
         await self._presence_op(lambda kv: kv.put(key, b"1"))

@@ -285,13 +285,21 @@ class Connection:
                 self.send(action.text)
 
     async def _subscribe(self, action: Subscribe) -> None:
+        hub = self.server.hub
         try:
-            await self.server.hub.join_channel(action.channel, self)
+            epoch = await hub.join_channel(action.channel, self)
+            offset = None
+            if epoch is not None:  # a channel with history: tell the client where it is
+                stream = self.server.directory.stream_for(action.channel)
+                assert stream is not None
+                subject = channel_subject(self.server.settings.subject_prefix, action.channel)
+                offset = await self.server.backbone.stream_last_offset(stream, subject)
         except Unavailable as exc:
             self.session.subscribe_failed(action.channel)
+            await hub.leave_channel(action.channel, self)
             self._error(action.request_id, ErrorCode.UNAVAILABLE, str(exc))
             return
-        payload = {"channel": action.channel, "offset": None, "epoch": None, "recovered": False}
+        payload = {"channel": action.channel, "offset": offset, "epoch": epoch, "recovered": False}
         self.send(protocol.ack(action.request_id, payload))
         if self.server.policy_for(action.channel).presence:
             await self._enter_presence(action.channel)
@@ -329,14 +337,22 @@ class Connection:
             "sb.publish", kind=SpanKind.PRODUCER, attributes=self._span_attributes(subject)
         ) as span:
             tracing.inject(headers, span)
+            ack: dict[str, Any] = {"channel": action.channel}
+            stream = self.server.directory.stream_for(action.channel)
             try:
-                await self.server.backbone.publish(subject, action.body, headers)
+                if stream is None:
+                    await self.server.backbone.publish(subject, action.body, headers)
+                else:  # stored; a repeated msg_id is acked with the original offset
+                    ack["offset"] = await self.server.backbone.stream_publish(
+                        subject, action.body, headers, stream
+                    )
+                    ack["epoch"] = await self.server.hub.epoch(stream)
             except Unavailable as exc:
                 span.set_attribute("sb.error", "unavailable")
                 self._error(action.request_id, ErrorCode.UNAVAILABLE, f"not accepted: {exc}")
                 return
         self.server.metrics.publishes += 1
-        self.send(protocol.ack(action.request_id, {"channel": action.channel}))
+        self.send(protocol.ack(action.request_id, ack))
 
     def _span_attributes(self, subject: str) -> dict[str, str]:
         return {

@@ -6,7 +6,7 @@ import logging
 
 from pydantic import ValidationError
 
-from switchboard.channel_config import ChannelSpec, governing
+from switchboard.channel_config import ChannelSpec, governing, governing_name, stream_name
 from switchboard.settings import ChannelPolicy
 
 log = logging.getLogger("switchboard.edge.directory")
@@ -40,3 +40,10 @@ class ChannelDirectory:
 
     def policy_for(self, channel: str) -> ChannelPolicy:
         return governing(channel, self._policies) or self._default
+
+    def stream_for(self, channel: str) -> str | None:
+        """The history stream of the Channel governing `channel`, if it keeps history."""
+        name = governing_name(channel, self.specs)
+        if name is None or self.specs[name].history is None:
+            return None
+        return stream_name(name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from edge import protocol, tracing
@@ -26,11 +26,12 @@ HEADER_TS = "Sb-Ts"
 
 
 class _Topic:
-    __slots__ = ("channel", "handle", "members")
+    __slots__ = ("channel", "epoch", "handle", "members")
 
-    def __init__(self, channel: str, handle: SubscriptionHandle) -> None:
+    def __init__(self, channel: str, handle: SubscriptionHandle, epoch: str | None) -> None:
         self.channel = channel
         self.handle = handle
+        self.epoch = epoch  # set for channels with history
         self.members: set[Member] = set()
 
 
@@ -46,12 +47,20 @@ def decode_data(data: bytes) -> Any:
 
 class Hub:
     def __init__(
-        self, backbone: Backbone, prefix: str, *, expose_publisher: bool, pod: str = ""
+        self,
+        backbone: Backbone,
+        prefix: str,
+        *,
+        expose_publisher: bool,
+        pod: str = "",
+        stream_for: Callable[[str], str | None] = lambda channel: None,
     ) -> None:
         self._backbone = backbone
         self._prefix = prefix
         self._expose_publisher = expose_publisher
         self._pod = pod
+        self._stream_for = stream_for
+        self.epochs: dict[str, str] = {}  # stream -> epoch, as last read
         self._topics: dict[str, _Topic] = {}
         self._lock = asyncio.Lock()
         self.delivered = 0
@@ -65,8 +74,17 @@ class Hub:
         topic = self._topics.get(channel_subject(self._prefix, channel))
         return len(topic.members) if topic else 0
 
-    async def join_channel(self, channel: str, member: Member) -> None:
-        await self._join(channel_subject(self._prefix, channel), channel, member, confirm=True)
+    async def join_channel(self, channel: str, member: Member) -> str | None:
+        """Join; for a channel with history, its epoch."""
+        subject = channel_subject(self._prefix, channel)
+        stream = self._stream_for(channel)
+        await self._join(subject, channel, member, confirm=True, stream=stream)
+        return self._topics[subject].epoch
+
+    async def epoch(self, stream: str) -> str:
+        if stream not in self.epochs:
+            self.epochs[stream] = await self._backbone.stream_epoch(stream)
+        return self.epochs[stream]
 
     async def leave_channel(self, channel: str, member: Member) -> None:
         await self._leave(channel_subject(self._prefix, channel), member)
@@ -91,16 +109,30 @@ class Hub:
         await self._leave(feed_subject(self._prefix, channel), member)
 
     async def _join(
-        self, subject: str, channel: str, member: Member, *, confirm: bool, raw: bool = False
+        self,
+        subject: str,
+        channel: str,
+        member: Member,
+        *,
+        confirm: bool,
+        raw: bool = False,
+        stream: str | None = None,
     ) -> None:
         async with self._lock:
             topic = self._topics.get(subject)
             if topic is None:
                 deliver = self._forward if raw else self._deliver
-                handle = await self._backbone.subscribe(
-                    subject, lambda d: deliver(channel, subject, d), confirm=confirm
-                )
-                topic = self._topics[subject] = _Topic(channel, handle)
+                epoch: str | None = None
+                if stream is not None:  # offsets come from JetStream
+                    epoch = await self.epoch(stream)
+                    handle = await self._backbone.subscribe_stream(
+                        subject, stream, lambda d: deliver(channel, subject, d)
+                    )
+                else:
+                    handle = await self._backbone.subscribe(
+                        subject, lambda d: deliver(channel, subject, d), confirm=confirm
+                    )
+                topic = self._topics[subject] = _Topic(channel, handle, epoch)
             topic.members.add(member)
 
     async def _leave(self, subject: str, member: Member) -> None:
@@ -153,7 +185,10 @@ class Hub:
                 span.set_attribute("sb.error", "not utf-8")
                 span.end()
             return
-        frame = self.encode_event(channel, data, delivery.headers).encode()  # once per edge
+        extra = None
+        if delivery.offset is not None:
+            extra = {"offset": delivery.offset, "epoch": topic.epoch}
+        frame = self.encode_event(channel, data, delivery.headers, extra).encode()  # once/edge
         for member in tuple(topic.members):
             member.deliver(frame)
         self.delivered += len(topic.members)
@@ -161,11 +196,17 @@ class Hub:
             span.set_attribute("sb.recipients", len(topic.members))
             span.end()
 
-    def encode_event(self, channel: str, data: Any, headers: Mapping[str, str] | None) -> str:
+    def encode_event(
+        self,
+        channel: str,
+        data: Any,
+        headers: Mapping[str, str] | None,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
         headers = headers or {}
         try:
             ts = int(headers.get(HEADER_TS, ""))
         except ValueError:
             ts = int(time.time() * 1000)
         sender = headers.get(HEADER_FROM) if self._expose_publisher else None
-        return protocol.event_frame(channel, data, ts=ts, sender=sender)
+        return protocol.event_frame(channel, data, ts=ts, sender=sender, extra=extra)

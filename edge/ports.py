@@ -15,6 +15,7 @@ class Delivery:
     data: bytes
     headers: Mapping[str, str] | None
     reply: str | None = None
+    offset: int | None = None  # stream sequence, for channels with history
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,26 @@ class Backbone(Protocol):
     async def put_ticket(self, ticket: str, value: bytes) -> None: ...
 
     async def put_edge_stats(self, pod: str, value: bytes) -> None: ...
+
+    async def stream_publish(
+        self, subject: str, data: bytes, headers: dict[str, str], stream: str
+    ) -> int:
+        """Publish into a history stream; the message's offset (the original's if a dup)."""
+        ...
+
+    async def stream_epoch(self, stream: str) -> str:
+        """Changes whenever the stream's history was lost (recreated)."""
+        ...
+
+    async def stream_last_offset(self, stream: str, subject: str) -> int:
+        """Offset of the newest message on `subject`, 0 if none."""
+        ...
+
+    async def subscribe_stream(
+        self, subject: str, stream: str, handler: Callable[[Delivery], None]
+    ) -> SubscriptionHandle:
+        """New messages of `subject` in `stream`, with their offsets."""
+        ...
 
     async def presence_put(self, key: str) -> None: ...
 

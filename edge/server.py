@@ -85,11 +85,13 @@ class EdgeServer:
         self.settings = settings
         self.backbone = backbone
         self.verifier = verifier
+        self.directory = ChannelDirectory(settings.default_channel)
         self.hub = Hub(
             backbone,
             settings.subject_prefix,
             expose_publisher=settings.expose_publisher,
             pod=settings.pod_name,
+            stream_for=self.directory.stream_for,
         )
         self.limits = Limits(
             max_message_bytes=settings.max_message_bytes,
@@ -102,7 +104,6 @@ class EdgeServer:
             rpc_timeout_ms=settings.rpc_timeout_ms,
             rpc_max_timeout_ms=settings.rpc_max_timeout_ms,
         )
-        self.directory = ChannelDirectory(settings.default_channel)
         self.presence = Presence(
             backbone, settings.subject_prefix, settings.pod_name, settings.presence_ttl_s
         )

@@ -32,6 +32,20 @@ class HistorySpec(_Spec):
     size: int = Field(100, ge=1, description="Messages kept.")
     ttl: str = Field("10m", pattern=r"^\d+[smhd]$", description="How long messages are kept.")
 
+    @property
+    def ttl_seconds(self) -> int:
+        return int(self.ttl[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[self.ttl[-1]]
+
+
+def stream_name(channel_config: str) -> str:
+    """The JetStream stream holding the history of a Channel (and of its sub-channels)."""
+    return f"SB_CH_{channel_config}"
+
+
+def stream_subjects(prefix: str, channel_config: str) -> list[str]:
+    base = f"{prefix}.ch.{channel_config}"
+    return [base, f"{base}.>"]
+
 
 class PublishSpec(_Spec):
     clients: bool = Field(True, description="Clients may publish (else backends only).")
@@ -98,13 +112,19 @@ def _manifest(doc: Any, index: int) -> tuple[str, ChannelSpec]:
     return name, spec
 
 
-def governing(channel: str, configs: Mapping[str, T]) -> T | None:
-    """The config of the nearest Channel at or above `channel` (`a:b:c`, `a:b`, `a`)."""
+def governing_name(channel: str, configs: Mapping[str, object]) -> str | None:
+    """The nearest Channel at or above `channel` (`a:b:c`, then `a:b`, then `a`)."""
     name = channel
     while True:
         if name in configs:
-            return configs[name]
+            return name
         head, sep, _ = name.rpartition(":")
         if not sep:
             return None
         name = head
+
+
+def governing(channel: str, configs: Mapping[str, T]) -> T | None:
+    """The config of the nearest Channel at or above `channel`."""
+    name = governing_name(channel, configs)
+    return None if name is None else configs[name]

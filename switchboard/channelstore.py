@@ -7,6 +7,7 @@ In a cluster the operator writes these entries; in dev mode
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
@@ -14,13 +15,14 @@ from pathlib import Path
 
 import nats
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from switchboard.channel_config import BUCKET, ChannelSpec
+from switchboard.channel_config import BUCKET, ChannelSpec, stream_name, stream_subjects
 
 CONNECT_TIMEOUT_S = 5
+DUPLICATE_WINDOW_S = 120  # how long a `msg_id` is remembered
 DEV_STATE = Path(tempfile.gettempdir()) / f"switchboard-dev-{os.getuid()}.json"
 
 
@@ -55,9 +57,27 @@ async def _bucket(nats_url: str) -> tuple[Client, KeyValue]:
     return nc, kv
 
 
-async def put_channel(nats_url: str, name: str, spec: ChannelSpec) -> int:
+async def put_channel(nats_url: str, name: str, spec: ChannelSpec, prefix: str = "sb") -> int:
+    """Write the config; with `history`, create or update its stream first."""
     nc, kv = await _bucket(nats_url)
     try:
+        js = nc.jetstream()
+        if spec.history is not None:
+            config = StreamConfig(
+                name=stream_name(name),
+                subjects=stream_subjects(prefix, name),
+                max_msgs_per_subject=spec.history.size,
+                max_age=spec.history.ttl_seconds,
+                duplicate_window=min(DUPLICATE_WINDOW_S, spec.history.ttl_seconds),
+                storage=StorageType.FILE,
+            )
+            try:
+                await js.update_stream(config)
+            except NotFoundError:
+                await js.add_stream(config)
+        else:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(stream_name(name))
         return await kv.put(name, spec.to_json())
     finally:
         await nc.close()
@@ -67,6 +87,8 @@ async def delete_channel(nats_url: str, name: str) -> None:
     nc, kv = await _bucket(nats_url)
     try:
         await kv.delete(name)
+        with contextlib.suppress(NotFoundError):
+            await nc.jetstream().delete_stream(stream_name(name))
     finally:
         await nc.close()
 

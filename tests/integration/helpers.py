@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import urllib.request
 from typing import Any
 
@@ -42,3 +44,15 @@ async def settle(nc: NatsClient) -> None:
     commands still in its pending buffer, so one flush is not enough."""
     await nc.flush()
     await nc.flush()
+
+
+def channel_cli(nats: NatsServer, *args: str, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "switchboard", "channel", "--nats-url", nats.url, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return result.stdout

@@ -13,6 +13,7 @@ import pytest
 from switchboard.client import Client, SwitchboardError
 from switchboard.natsserver import NatsServer
 from tests.conftest import Edge, token
+from tests.integration.helpers import channel_cli
 
 MANIFEST = """\
 apiVersion: switchboard.dev/v1alpha1
@@ -24,18 +25,6 @@ spec:
   subscribe: {{roles: [{roles}]}}
   maxMessageBytes: 64
 """
-
-
-def channel_cli(nats: NatsServer, *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "switchboard", "channel", "--nats-url", nats.url, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    return result.stdout
 
 
 async def until_refused(client: Client, channel: str, code: str, deadline: float) -> float:
