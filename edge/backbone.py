@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import DeliverPolicy, KeyValueConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -29,6 +29,7 @@ TICKETS_BUCKET = "sb_tickets"
 EDGES_BUCKET = "sb_edges"
 CHANNELS_BUCKET = "sb_channels"
 PRESENCE_BUCKET = "sb_presence"
+REPLAY_TIMEOUT_S = 5.0
 
 
 class _Handle:
@@ -207,6 +208,45 @@ class NatsBackbone:
         except (nats.errors.Error, TimeoutError) as exc:
             raise Unavailable(f"history store: {exc}") from None
         return int(msg.seq or 0)
+
+    async def stream_first_offset(self, stream: str) -> int:
+        try:
+            info = await self.client.jetstream().stream_info(stream)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"history store: {exc}") from None
+        return int(info.state.first_seq)
+
+    async def stream_replay(
+        self, stream: str, subject: str, start: int, end: int
+    ) -> list[Delivery]:
+        found: list[Delivery] = []
+        done = asyncio.Event()
+
+        async def on_msg(msg: Msg) -> None:
+            offset = msg.metadata.sequence.stream
+            if offset <= end:
+                found.append(Delivery(msg.subject, msg.data, msg.headers, None, offset))
+            if offset >= end or msg.metadata.num_pending == 0:
+                done.set()
+
+        try:
+            sub = await self.client.jetstream().subscribe(
+                subject,
+                stream=stream,
+                cb=on_msg,
+                ordered_consumer=True,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+                ),
+            )
+            try:
+                async with asyncio.timeout(REPLAY_TIMEOUT_S):
+                    await done.wait()
+            finally:
+                await sub.unsubscribe()
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"history replay: {exc!r}") from None
+        return found
 
     async def subscribe_stream(
         self, subject: str, stream: str, handler: Callable[[Delivery], None]

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("switchboard.edge.connection")
 
+MAX_HELD = 10_000  # live events kept back per channel while its history is replayed
+
 
 class EdgeConnection(ServerConnection):
     """websockets' connection, plus the claims established during the upgrade."""
@@ -58,6 +60,7 @@ class Connection:
         "_closing",
         "_expiry",
         "_flush_requested",
+        "_held",
         "_joined_user",
         "_log",
         "_now",
@@ -91,6 +94,8 @@ class Connection:
         self._closing = False
         self._joined_user = False
         self._present: set[str] | None = None  # presence channels this connection is in
+        self._held: dict[str, list[tuple[int, bytes]]] | None = None  # live events held back
+        # while a channel's history is replayed
         self.closed_with: int | None = None
         self._now: Callable[[], float] = asyncio.get_running_loop().time
 
@@ -104,6 +109,15 @@ class Connection:
         elif not self._flush_requested and not self._blocked:
             self._flush_requested = True
             self.server.flusher.request(self)
+
+    def deliver_stored(self, channel: str, offset: int, frame: bytes) -> None:
+        held = self._held.get(channel) if self._held else None
+        if held is None:
+            self.deliver(frame)
+        elif len(held) < MAX_HELD:
+            held.append((offset, frame))
+        else:  # cannot keep the order without unbounded memory: the client must start over
+            self.evict("too many live events while recovering")
 
     def send(self, text: str) -> None:
         """Queue a frame made for this connection only (acks, errors, welcome)."""
@@ -285,24 +299,77 @@ class Connection:
                 self.send(action.text)
 
     async def _subscribe(self, action: Subscribe) -> None:
-        hub = self.server.hub
+        hub, channel = self.server.hub, action.channel
+        stream = self.server.directory.stream_for(channel)
+        if stream is not None and action.since is not None:
+            self._hold(channel)  # from joining on, live events wait for the replay
         try:
-            epoch = await hub.join_channel(action.channel, self)
-            offset = None
-            if epoch is not None:  # a channel with history: tell the client where it is
-                stream = self.server.directory.stream_for(action.channel)
-                assert stream is not None
-                subject = channel_subject(self.server.settings.subject_prefix, action.channel)
-                offset = await self.server.backbone.stream_last_offset(stream, subject)
+            epoch = await hub.join_channel(channel, self)
+            payload: dict[str, Any] = {
+                "channel": channel,
+                "offset": None,
+                "epoch": epoch,
+                "recovered": False,
+            }
+            replay: list[bytes] = []
+            if stream is not None and epoch is not None:
+                replay = await self._recover(stream, channel, epoch, action, payload)
         except Unavailable as exc:
-            self.session.subscribe_failed(action.channel)
-            await hub.leave_channel(action.channel, self)
+            self._release(channel, None)
+            self.session.subscribe_failed(channel)
+            await hub.leave_channel(channel, self)
             self._error(action.request_id, ErrorCode.UNAVAILABLE, str(exc))
             return
-        payload = {"channel": action.channel, "offset": offset, "epoch": epoch, "recovered": False}
         self.send(protocol.ack(action.request_id, payload))
+        for frame in replay:
+            self.deliver(frame)
+        self._release(channel, payload["offset"])
         if self.server.policy_for(action.channel).presence:
             await self._enter_presence(action.channel)
+
+    async def _recover(
+        self, stream: str, channel: str, epoch: str, action: Subscribe, payload: dict[str, Any]
+    ) -> list[bytes]:
+        """Fill in the ack's position; the stored events the client missed, if any.
+
+        `recovered` is true only when everything after `since` is still stored
+        under the same epoch; otherwise the client is told (never a silent gap).
+        """
+        backbone = self.server.backbone
+        subject = channel_subject(self.server.settings.subject_prefix, channel)
+        last = await backbone.stream_last_offset(stream, subject)
+        payload["offset"] = last
+        since = action.since
+        if since is None or since.epoch != epoch:
+            return []
+        if since.offset + 1 < await backbone.stream_first_offset(stream):
+            return []  # part of what followed `since` is gone
+        payload["recovered"] = True
+        if since.offset >= last:
+            return []
+        frames = []
+        for delivery in await backbone.stream_replay(stream, subject, since.offset + 1, last):
+            try:
+                data = decode_data(delivery.data)
+            except UnicodeDecodeError:
+                continue
+            frames.append(self.server.hub.stored_event(channel, data, delivery, epoch))
+        return frames
+
+    def _hold(self, channel: str) -> None:
+        if self._held is None:
+            self._held = {}
+        self._held[channel] = []
+
+    def _release(self, channel: str, replayed_to: int | None) -> None:
+        """Deliver the live events held during the replay that it did not cover."""
+        if not self._held or channel not in self._held:
+            return
+        for offset, frame in self._held.pop(channel):
+            if replayed_to is not None and offset > replayed_to:
+                self.deliver(frame)
+        if not self._held:
+            self._held = None
 
     async def _enter_presence(self, channel: str) -> None:
         if self._present is None:

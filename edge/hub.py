@@ -185,16 +185,23 @@ class Hub:
                 span.set_attribute("sb.error", "not utf-8")
                 span.end()
             return
-        extra = None
-        if delivery.offset is not None:
-            extra = {"offset": delivery.offset, "epoch": topic.epoch}
-        frame = self.encode_event(channel, data, delivery.headers, extra).encode()  # once/edge
-        for member in tuple(topic.members):
-            member.deliver(frame)
+        if delivery.offset is None:
+            frame = self.encode_event(channel, data, delivery.headers).encode()  # once per edge
+            for member in tuple(topic.members):
+                member.deliver(frame)
+        else:
+            frame = self.stored_event(channel, data, delivery, topic.epoch)
+            for member in tuple(topic.members):
+                member.deliver_stored(channel, delivery.offset, frame)
         self.delivered += len(topic.members)
         if span is not None:
             span.set_attribute("sb.recipients", len(topic.members))
             span.end()
+
+    def stored_event(self, channel: str, data: Any, delivery: Delivery, epoch: str | None) -> bytes:
+        """An event of a channel with history: it carries its offset and epoch."""
+        extra = {"offset": delivery.offset, "epoch": epoch}
+        return self.encode_event(channel, data, delivery.headers, extra).encode()
 
     def encode_event(
         self,

@@ -76,6 +76,16 @@ class Backbone(Protocol):
         """Offset of the newest message on `subject`, 0 if none."""
         ...
 
+    async def stream_first_offset(self, stream: str) -> int:
+        """The oldest offset still stored in the stream (older ones are gone)."""
+        ...
+
+    async def stream_replay(
+        self, stream: str, subject: str, start: int, end: int
+    ) -> list[Delivery]:
+        """Stored messages of `subject` with offsets in [start, end], in order."""
+        ...
+
     async def subscribe_stream(
         self, subject: str, stream: str, handler: Callable[[Delivery], None]
     ) -> SubscriptionHandle:
@@ -102,4 +112,8 @@ class Member(Protocol):
 
     def deliver(self, frame: bytes) -> None:
         """Queue one encoded server frame (UTF-8 JSON); shared, never modified."""
+        ...
+
+    def deliver_stored(self, channel: str, offset: int, frame: bytes) -> None:
+        """An event of a channel with history (the member may hold it while recovering)."""
         ...

@@ -36,6 +36,15 @@ class Close:
 class Subscribe:
     request_id: str | None
     channel: str
+    since: Position | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a client stands in a channel's history."""
+
+    offset: int
+    epoch: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +214,7 @@ class Session:
 
     def _subscribe(self, request: Request, now: float) -> list[Action]:
         channel = self._channel(request)
+        since = _position(request)
         refusal = subscribe_refusal(self.claims, channel, self._policy_for(channel))
         if refusal:
             return self.refuse(request.id, ErrorCode.FORBIDDEN, refusal, now)
@@ -217,7 +227,7 @@ class Session:
                     now,
                 )
             self.subscriptions.add(channel)
-        return [Subscribe(request.id, channel)]
+        return [Subscribe(request.id, channel, since)]
 
     def _presence(self, request: Request, now: float) -> list[Action]:
         channel = self._channel(request)
@@ -294,6 +304,20 @@ class Session:
     def _close(self, code: int, reason: str) -> list[Action]:
         self.closed = True
         return [Close(code, reason)]
+
+
+def _position(request: Request) -> Position | None:
+    since = protocol.field(request, "since", dict, required=False)
+    if since is None:
+        return None
+    offset, epoch = since.get("offset"), since.get("epoch")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, "'since.offset' must be an integer >= 0", request.id
+        )
+    if not isinstance(epoch, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'since.epoch' must be a string", request.id)
+    return Position(offset, epoch)
 
 
 def _encode_data(data: Any) -> bytes:

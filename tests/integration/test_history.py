@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import nats
+import pytest
 
 from switchboard.client import Client
 from switchboard.natsserver import NatsServer
@@ -70,3 +71,46 @@ async def test_history_channel_offsets_epoch_and_idempotent_publish(
         await client.close()
     await asyncio.to_thread(channel_cli, nats_server, "delete", "hist")
     await nc.close()
+
+
+async def test_subscribe_since_recovers_what_was_missed_without_gap_or_duplicate(
+    nats_server: NatsServer, edge1: Edge, edge2: Edge
+) -> None:
+    manifest = HIST.replace("name: hist", "name: rec")
+    await asyncio.to_thread(channel_cli, nats_server, "apply", "-f", "-", stdin=manifest)
+    await asyncio.sleep(0.5)
+    pub = await Client.connect(edge1.ws_url, token=token("alice"))
+    sub = await Client.connect(edge2.ws_url, token=token("bob"))
+    start = await sub.subscribe("rec:room")
+    for i in range(5):
+        await pub.publish("rec:room", i)
+    seen = [(await next_event(sub))["payload"] for _ in range(5)]
+    position = {"offset": seen[2]["offset"], "epoch": start["epoch"]}  # it missed 3 and 4
+    await sub.close()
+
+    # meanwhile more is published, and more keeps coming while it recovers
+    for i in range(5, 8):
+        await pub.publish("rec:room", i)
+    back = await Client.connect(edge1.ws_url, token=token("bob"))
+    live = asyncio.create_task(_publish_range(pub, range(8, 40)))
+    ack = await back.subscribe("rec:room", since=position)
+    assert ack["recovered"] is True
+    assert ack["epoch"] == start["epoch"]
+    await live
+    got = [(await next_event(back))["payload"]["data"] for _ in range(40 - 3)]
+    assert got == list(range(3, 40))  # no gap, no duplicate, in order
+    with pytest.raises(TimeoutError):
+        await next_event(back, timeout=0.3)
+
+    # another epoch, or a position older than what is kept: told, never silently skipped
+    other = await back.subscribe("rec:lobby", since={"offset": 1, "epoch": "1999-01-01"})
+    assert other["recovered"] is False
+    assert other["offset"] == 0
+    for client in (pub, back):
+        await client.close()
+    await asyncio.to_thread(channel_cli, nats_server, "delete", "rec")
+
+
+async def _publish_range(client: Client, numbers: range) -> None:
+    for n in numbers:
+        await client.publish("rec:room", n)

@@ -118,6 +118,24 @@ def only_error(actions: list[Any]) -> dict[str, Any]:
             "'payload' must be an object",
             "1",
         ),
+        (
+            msg("subscribe", {"channel": "c", "since": 5}),
+            "bad_request",
+            "field 'since' must be dict",
+            "1",
+        ),
+        (
+            msg("subscribe", {"channel": "c", "since": {"offset": -1, "epoch": "e"}}),
+            "bad_request",
+            "'since.offset' must be an integer >= 0",
+            "1",
+        ),
+        (
+            msg("subscribe", {"channel": "c", "since": {"offset": 3}}),
+            "bad_request",
+            "'since.epoch' must be a string",
+            "1",
+        ),
         # values that could not be sent on again are refused at the door, not crashed on
         (
             '{"type":"publish","payload":{"channel":"c","data":NaN}}',
