@@ -96,6 +96,9 @@ def parse(text: str) -> Request:
     return Request(kind, request_id, payload)
 
 
+JSON_TYPES: dict[type, str] = {str: "a string", int: "an integer", dict: "an object"}
+
+
 def field(request: Request, name: str, kind: type, *, required: bool = True) -> Any:
     """A payload field of the given JSON type, or ProtocolError naming it."""
     value = request.payload.get(name)
@@ -105,7 +108,7 @@ def field(request: Request, name: str, kind: type, *, required: bool = True) -> 
         return None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ProtocolError(
-            ErrorCode.BAD_REQUEST, f"field '{name}' must be {kind.__name__}", request.id
+            ErrorCode.BAD_REQUEST, f"field '{name}' must be {JSON_TYPES[kind]}", request.id
         )
     return value
 

@@ -72,7 +72,7 @@ def only_error(actions: list[Any]) -> dict[str, Any]:
             None,
         ),
         (msg("subscribe", {}), "bad_request", "missing field 'channel'", "1"),
-        (msg("subscribe", {"channel": 5}), "bad_request", "field 'channel' must be str", "1"),
+        (msg("subscribe", {"channel": 5}), "bad_request", "field 'channel' must be a string", "1"),
         (
             msg("subscribe", {"channel": "a.b"}),
             "bad_request",
@@ -108,7 +108,7 @@ def only_error(actions: list[Any]) -> dict[str, Any]:
         (
             msg("rpc", {"method": "m", "timeout_ms": True}),
             "bad_request",
-            "field 'timeout_ms' must be int",
+            "field 'timeout_ms' must be an integer",
             "1",
         ),
         (msg("refresh", {}), "bad_request", "missing field 'token'", "1"),
@@ -121,7 +121,7 @@ def only_error(actions: list[Any]) -> dict[str, Any]:
         (
             msg("subscribe", {"channel": "c", "since": 5}),
             "bad_request",
-            "field 'since' must be dict",
+            "field 'since' must be an object",
             "1",
         ),
         (
