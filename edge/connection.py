@@ -337,6 +337,8 @@ class Connection:
         """
         backbone = self.server.backbone
         subject = channel_subject(self.server.settings.subject_prefix, channel)
+        epoch = await self.server.hub.refresh_epoch(stream)  # recreated since? ask now
+        payload["epoch"] = epoch
         last = await backbone.stream_last_offset(stream, subject)
         payload["offset"] = last
         since = action.since

@@ -81,6 +81,16 @@ class Hub:
         await self._join(subject, channel, member, confirm=True, stream=stream)
         return self._topics[subject].epoch
 
+    async def refresh_epoch(self, stream: str) -> str:
+        """Read the stream's epoch again (it changes when the stream was recreated)."""
+        epoch = await self._backbone.stream_epoch(stream)
+        if self.epochs.get(stream) != epoch:
+            self.epochs[stream] = epoch
+            for topic in self._topics.values():
+                if topic.epoch is not None and self._stream_for(topic.channel) == stream:
+                    topic.epoch = epoch
+        return epoch
+
     async def epoch(self, stream: str) -> str:
         if stream not in self.epochs:
             self.epochs[stream] = await self._backbone.stream_epoch(stream)

@@ -114,3 +114,24 @@ async def test_subscribe_since_recovers_what_was_missed_without_gap_or_duplicate
 async def _publish_range(client: Client, numbers: range) -> None:
     for n in numbers:
         await client.publish("rec:room", n)
+
+
+async def test_recreated_stream_means_recovered_false(nats_server: NatsServer, edge1: Edge) -> None:
+    manifest = HIST.replace("name: hist", "name: again")
+    await asyncio.to_thread(channel_cli, nats_server, "apply", "-f", "-", stdin=manifest)
+    await asyncio.sleep(0.5)
+    client = await Client.connect(edge1.ws_url, token=token("erin"))
+    first = await client.subscribe("again:x")
+    ack = await client.publish("again:x", "kept")
+    position = {"offset": ack["offset"], "epoch": first["epoch"]}
+    await client.unsubscribe("again:x")
+    nc = await nats.connect(nats_server.url)  # history lost: the stream is recreated
+    await nc.jetstream().delete_stream("SB_CH_again")
+    await asyncio.sleep(0.01)
+    await asyncio.to_thread(channel_cli, nats_server, "apply", "-f", "-", stdin=manifest)
+    answer = await client.subscribe("again:x", since=position)
+    assert answer["recovered"] is False
+    assert answer["epoch"] != first["epoch"]
+    await client.close()
+    await nc.close()
+    await asyncio.to_thread(channel_cli, nats_server, "delete", "again")
