@@ -3,8 +3,9 @@
 `reconnect` + 1001 → wait `after_ms`, then connect again (to the next URL);
 1008/1011/1013/abnormal drops → full-jitter backoff; 4001 → ask for a fresh
 token, then connect; 1000/1003/1007/1009/4003 → stop. After each reconnect it
-subscribes to its channels again. Events from every connection come out of one
-`events()` stream.
+subscribes to its channels again, from the last offset it saw on channels with
+history, and drops events it already had (by offset). Events from every
+connection come out of one `events()` stream.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class ResilientClient:
         self._rng = rng or random.Random()
         self._sleep = sleep
         self.channels: list[str] = []
+        self.positions: dict[str, dict[str, Any]] = {}  # channel -> {offset, epoch} last seen
+        self.recoveries: list[dict[str, Any]] = []  # acks of re-subscriptions with `since`
         self.client: Client | None = None
         self.connections = 0  # how many times a connection was made
         self.stopped_with: int | None = None
@@ -56,7 +59,10 @@ class ResilientClient:
     async def subscribe(self, channel: str) -> Any:
         if channel not in self.channels:
             self.channels.append(channel)
-        return await (await self._current()).subscribe(channel)
+        ack = await (await self._current()).subscribe(channel)
+        if ack.get("offset") is not None and channel not in self.positions:
+            self.positions[channel] = {"offset": ack["offset"], "epoch": ack["epoch"]}
+        return ack
 
     async def publish(self, channel: str, data: Any) -> Any:
         return await (await self._current()).publish(channel, data)
@@ -99,7 +105,12 @@ class ResilientClient:
             self.client = client
             self.connections += 1
             for channel in self.channels:
-                await client.subscribe(channel)
+                since = self.positions.get(channel)
+                ack = await client.subscribe(channel, since=since)
+                if since is not None:
+                    self.recoveries.append(ack)
+                    if not ack.get("recovered"):  # a gap: start counting from here
+                        self.positions[channel] = {"offset": ack["offset"], "epoch": ack["epoch"]}
             self._connected.set()
             after_ms = await self._pump(client)
             self._connected.clear()
@@ -117,6 +128,17 @@ class ResilientClient:
                 await self._sleep(full_jitter(attempt, self._rng))
                 attempt += 1
 
+    def _seen_before(self, event: dict[str, Any]) -> bool:
+        """Track the position on channels with history; True for an event already had."""
+        offset, epoch = event.get("offset"), event.get("epoch")
+        if offset is None:
+            return False
+        last = self.positions.get(event["channel"])
+        if last is not None and last["epoch"] == epoch and offset <= last["offset"]:
+            return True
+        self.positions[event["channel"]] = {"offset": offset, "epoch": epoch}
+        return False
+
     async def _pump(self, client: Client) -> int | None:
         """Forward events until the connection ends; the `after_ms` of a `reconnect`."""
         after_ms: int | None = None
@@ -124,6 +146,8 @@ class ResilientClient:
             async for msg in client.events():
                 if msg.get("type") == "reconnect":
                     after_ms = int(msg["payload"].get("after_ms", 0))
+                if msg.get("type") == "event" and self._seen_before(msg["payload"]):
+                    continue
                 self._events.put_nowait(msg)
         except Closed:
             pass
