@@ -50,6 +50,7 @@ class EdgeConnection(ServerConnection):
     """websockets' connection, plus the claims established during the upgrade."""
 
     claims: Claims | None = None
+    resume: list[dict[str, Any]] | None = None  # subscriptions to restore (`?resume=`)
 
 
 class Connection:
@@ -200,6 +201,7 @@ class Connection:
         try:
             await hub.join_user(self.session.user, self)
             self._joined_user = True
+            await self._restore(self.ws.resume or [])
             async for message in self.ws:
                 if isinstance(message, bytes):
                     actions = self.session.receive_binary()
@@ -217,6 +219,23 @@ class Connection:
             for task in tuple(self._tasks or ()):
                 task.cancel()
             await self._leave_all()
+
+    async def _restore(self, subscriptions: list[dict[str, Any]]) -> None:
+        """Subscribe again to what a resume token lists, from its offsets.
+
+        Each goes through the same checks as a client's own `subscribe`; the
+        answers are acks (or errors) with id `resume:<channel>`.
+        """
+        for sub in subscriptions:
+            payload: dict[str, Any] = {"channel": sub.get("channel")}
+            if sub.get("offset") is not None:
+                payload["since"] = {"offset": sub["offset"], "epoch": sub.get("epoch")}
+            request = {
+                "type": "subscribe",
+                "id": f"resume:{sub.get('channel')}",
+                "payload": payload,
+            }
+            await self._execute(self.session.receive(protocol.encode(request), self._now()))
 
     async def _leave_all(self) -> None:
         hub = self.server.hub
@@ -320,6 +339,8 @@ class Connection:
             await hub.leave_channel(channel, self)
             self._error(action.request_id, ErrorCode.UNAVAILABLE, str(exc))
             return
+        if payload["offset"] is not None:
+            hub.note_offset(channel, payload["offset"])
         self.send(protocol.ack(action.request_id, payload))
         for frame in replay:
             self.deliver(frame)

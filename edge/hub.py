@@ -26,12 +26,13 @@ HEADER_TS = "Sb-Ts"
 
 
 class _Topic:
-    __slots__ = ("channel", "epoch", "handle", "members")
+    __slots__ = ("channel", "epoch", "handle", "last_offset", "members")
 
     def __init__(self, channel: str, handle: SubscriptionHandle, epoch: str | None) -> None:
         self.channel = channel
         self.handle = handle
         self.epoch = epoch  # set for channels with history
+        self.last_offset: int | None = None  # of the newest event handed to members
         self.members: set[Member] = set()
 
 
@@ -80,6 +81,19 @@ class Hub:
         stream = self._stream_for(channel)
         await self._join(subject, channel, member, confirm=True, stream=stream)
         return self._topics[subject].epoch
+
+    def note_offset(self, channel: str, offset: int) -> None:
+        """A subscriber was told `offset`: the topic's position is at least that."""
+        topic = self._topics.get(channel_subject(self._prefix, channel))
+        if topic is not None and (topic.last_offset is None or offset > topic.last_offset):
+            topic.last_offset = offset
+
+    def position(self, channel: str) -> dict[str, Any]:
+        """`{offset, epoch}` of the newest event members of `channel` were handed."""
+        topic = self._topics.get(channel_subject(self._prefix, channel))
+        if topic is None or topic.epoch is None:
+            return {"offset": None, "epoch": None}
+        return {"offset": topic.last_offset, "epoch": topic.epoch}
 
     async def refresh_epoch(self, stream: str) -> str:
         """Read the stream's epoch again (it changes when the stream was recreated)."""
@@ -200,6 +214,7 @@ class Hub:
             for member in tuple(topic.members):
                 member.deliver(frame)
         else:
+            topic.last_offset = delivery.offset
             frame = self.stored_event(channel, data, delivery, topic.epoch)
             for member in tuple(topic.members):
                 member.deliver_stored(channel, delivery.offset, frame)

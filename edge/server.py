@@ -37,6 +37,7 @@ from edge.session import Limits, Session
 from edge.tracing import SpanKind
 from edge.upgrade import SUBPROTOCOL, find_credential, origin_allowed, route
 from switchboard.codes import CloseCode
+from switchboard.resume import mint_resume, read_resume
 from switchboard.settings import ChannelPolicy, EdgeSettings
 from switchboard.tokens import Claims, TokenError, TokenVerifier, mint_token
 
@@ -231,13 +232,29 @@ class EdgeServer:
             extra={"pod": self.settings.pod_name, "seconds": round(loop.time() - started, 3)},
         )
 
+    @property
+    def resume_secret(self) -> str | None:
+        return self.settings.resume_secret or self.settings.jwt_secret
+
+    def resume_token(self, conn: Connection) -> str | None:
+        """Claims plus, per subscription, the last offset this edge handed it."""
+        secret = self.resume_secret
+        if secret is None:
+            return None
+        subscriptions = [
+            {"channel": channel, **self.hub.position(channel)}
+            for channel in sorted(conn.session.subscriptions)
+        ]
+        return mint_resume(
+            secret, conn.session.claims, subscriptions, ttl_s=self.settings.resume_ttl_s
+        )
+
     async def _move(self, conn: Connection, reason: str) -> None:
         after_ms = reconnect_after_ms(self.settings.reconnect_jitter_ms)
-        conn.send(
-            protocol.frame(
-                "reconnect", {"resume_token": None, "after_ms": after_ms, "reason": reason}
-            )
-        )
+        payload = {"resume_token": self.resume_token(conn), "after_ms": after_ms, "reason": reason}
+        conn.send(protocol.frame("reconnect", payload))
+        # No await since the token was minted: close() stops further deliveries at once,
+        # so the client has exactly what the token's offsets say.
         await conn.close(CloseCode.GOING_AWAY, reason)
 
     async def _ask_drain_grant(self, reason: str) -> float:
@@ -407,6 +424,16 @@ class EdgeServer:
         )
         if credential is None:
             return _response(401, "missing credentials\n")
+        assert isinstance(ws, EdgeConnection)
+        if credential.kind == "resume":
+            secret = self.resume_secret
+            if secret is None:
+                return _response(401, "resume tokens are not enabled\n")
+            try:
+                ws.claims, ws.resume = read_resume(secret, credential.value)
+            except TokenError as exc:
+                return _response(401, f"{exc}\n")
+            return None
         token = credential.value
         if credential.kind == "ticket":
             try:
@@ -423,7 +450,6 @@ class EdgeServer:
             claims = self.verifier.verify(token)
         except TokenError as exc:
             return _response(401, f"{exc}\n")
-        assert isinstance(ws, EdgeConnection)
         ws.claims = claims
         return None
 

@@ -14,7 +14,7 @@ BEARER_PREFIX = "bearer."
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    kind: Literal["jwt", "ticket"]
+    kind: Literal["jwt", "ticket", "resume"]
     value: str
 
 
@@ -25,10 +25,12 @@ def offered_subprotocols(header_values: Iterable[str]) -> list[str]:
 def find_credential(
     path: str, subprotocol_headers: Iterable[str], authorization: str | None
 ) -> Credential | None:
-    """Ticket in the query, bearer token in the subprotocol list, or Authorization."""
+    """Ticket or resume token in the query, bearer token in the subprotocols, or Authorization."""
     query = parse_qs(urlsplit(path).query)
     if tickets := query.get("ticket"):
         return Credential("ticket", tickets[0])
+    if resumes := query.get("resume"):
+        return Credential("resume", resumes[0])
     for proto in offered_subprotocols(subprotocol_headers):
         if proto.startswith(BEARER_PREFIX) and len(proto) > len(BEARER_PREFIX):
             return Credential("jwt", proto[len(BEARER_PREFIX) :])

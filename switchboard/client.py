@@ -55,6 +55,7 @@ class Client:
         *,
         token: str | None = None,
         ticket: str | None = None,
+        resume: str | None = None,
         header_token: bool = False,
         origin: str | None = None,
         open_timeout: float = 10,
@@ -65,8 +66,9 @@ class Client:
             headers["Authorization"] = f"Bearer {token}"
         elif token:
             subprotocols.append(Subprotocol(f"bearer.{token}"))
-        if ticket:
-            url += ("&" if "?" in url else "?") + urlencode({"ticket": ticket})
+        for name, value in (("ticket", ticket), ("resume", resume)):
+            if value:
+                url += ("&" if "?" in url else "?") + urlencode({name: value})
         ws = await connect(
             url,
             subprotocols=subprotocols,

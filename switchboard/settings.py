@@ -107,6 +107,10 @@ class EdgeSettings(BaseSettings):
     presence_ttl_s: float = Field(
         15.0, ge=2, description="`sb_presence` entry lifetime: a dead edge's users vanish after it."
     )
+    resume_secret: str | None = Field(
+        None, description="Signs resume tokens (cluster-wide); unset: the HS256 JWT secret."
+    )
+    resume_ttl_s: float = Field(120.0, gt=0, description="How long a resume token is valid.")
     ticket_ttl_s: int = Field(30, ge=1, description="Lifetime of a `?ticket=`.")
     default_channel: ChannelPolicy = Field(default_factory=ChannelPolicy)
     expose_publisher: bool = Field(True, description="Events carry `from` (publisher id).")

@@ -7,6 +7,7 @@ import asyncio
 
 import nats
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from switchboard.client import Client
 from switchboard.natsserver import NatsServer
@@ -211,3 +212,49 @@ async def test_cut_connection_recovers_the_missed_messages(
     await subscriber.close()
     await publisher.close()
     await asyncio.to_thread(channel_cli, nats_server, "delete", "cut")
+
+
+async def test_resume_token_restores_subscriptions_on_another_edge(
+    nats_server: NatsServer, edge_factory: EdgeFactory, edge2: Edge
+) -> None:
+    manifest = HIST.replace("name: hist", "name: res")
+    await asyncio.to_thread(channel_cli, nats_server, "apply", "-f", "-", stdin=manifest)
+    doomed = edge_factory.start("edge-resume", reconnect_jitter_ms="0")
+    await asyncio.sleep(0.5)
+    client = await Client.connect(doomed.ws_url, token=token("fay", roles=["vip"]))
+    await client.subscribe("res:room")
+    await client.subscribe("plain:room")
+    nc = await nats.connect(nats_server.url)
+    for i in range(3):
+        await nc.publish("sb.ch.res.room", str(i).encode())
+    assert [(await next_event(client))["payload"]["data"] for _ in range(3)] == [0, 1, 2]
+
+    assert doomed.process is not None
+    doomed.process.terminate()
+    reconnect = await client.next_message()
+    assert reconnect["type"] == "reconnect"
+    assert await client.wait_closed() == 1001
+    for i in range(3, 6):  # published while the client is away
+        await nc.publish("sb.ch.res.room", str(i).encode())
+
+    back = await Client.connect(edge2.ws_url, resume=reconnect["payload"]["resume_token"])
+    assert back.welcome["user"] == "fay"
+    acks: dict[str, dict[str, object]] = {}
+    events: list[object] = []
+    while len(acks) < 2 or len(events) < 3:
+        msg = await back.next_message()
+        if msg["type"] == "ack":
+            acks[msg["id"]] = msg["payload"]
+        elif msg["type"] == "event":
+            events.append(msg["payload"]["data"])
+    assert acks["resume:res:room"]["recovered"] is True
+    assert acks["resume:plain:room"]["channel"] == "plain:room"
+    assert events == [3, 4, 5]  # what it missed, nothing twice
+    await back.close()
+
+    # a resume token is no bearer token, and a forged one is refused before the upgrade
+    with pytest.raises(InvalidStatus) as forged:
+        await Client.connect(edge2.ws_url, resume=reconnect["payload"]["resume_token"] + "x")
+    assert forged.value.response.status_code == 401
+    await nc.close()
+    await asyncio.to_thread(channel_cli, nats_server, "delete", "res")
