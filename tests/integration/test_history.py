@@ -176,6 +176,7 @@ async def test_drained_subscriber_resumes_on_another_edge_with_nothing_lost(
     await asyncio.wait_for(asyncio.gather(publish_all(), receive_all()), 60)
     assert received == list(range(2000))  # all, exactly once, in order
     assert subscriber.connections == 2
+    assert subscriber.resumed == 1  # with the drain's resume token
     assert [r["recovered"] for r in subscriber.recoveries] == [True]
     await subscriber.close()
     await publisher.close()
