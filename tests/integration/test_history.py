@@ -105,6 +105,18 @@ async def test_subscribe_since_recovers_what_was_missed_without_gap_or_duplicate
         await next_event(back, timeout=0.3)
 
     # another epoch, or a position older than what is kept: told, never silently skipped
+    small = HIST.replace("name: hist", "name: tiny").replace("size: 50", "size: 3")
+    await asyncio.to_thread(channel_cli, nats_server, "apply", "-f", "-", stdin=small)
+    await asyncio.sleep(0.5)
+    tiny = await back.subscribe("tiny:x")
+    oldest = await pub.publish("tiny:x", "first")
+    for n in range(5):
+        await pub.publish("tiny:x", n)  # only the last 3 are kept
+    gone = await back.subscribe(
+        "tiny:x", since={"offset": oldest["offset"] - 1, "epoch": tiny["epoch"]}
+    )
+    assert gone["recovered"] is False
+    await asyncio.to_thread(channel_cli, nats_server, "delete", "tiny")
     other = await back.subscribe("rec:lobby", since={"offset": 1, "epoch": "1999-01-01"})
     assert other["recovered"] is False
     assert other["offset"] == 0
@@ -193,22 +205,28 @@ async def test_cut_connection_recovers_the_missed_messages(
     async def eve() -> str:
         return token("eve")
 
-    subscriber = ResilientClient([edge2.ws_url], eve)
+    async def five_second_outage(delay: float) -> None:
+        await asyncio.sleep(max(delay, 5.0))  # the network stays down for 5 s
+
+    subscriber = ResilientClient([edge2.ws_url], eve, sleep=five_second_outage)
     await subscriber.start()
     await subscriber.subscribe("cut:room")
     publisher = await Client.connect(edge2.ws_url, token=token("pat"))
     assert subscriber.client is not None
     subscriber.client.ws.transport.abort()  # the network goes away (no close frame)
-    for i in range(20):
+    cut = asyncio.get_running_loop().time()
+    for i in range(40):  # published during the 5 s the client is away (history keeps 50)
         await publisher.publish("cut:room", i)
+        await asyncio.sleep(0.1)
     got = []
     async with asyncio.timeout(30):
         async for msg in subscriber.events():
             if msg["type"] == "event":
                 got.append(msg["payload"]["data"])
-                if len(got) == 20:
+                if len(got) == 40:
                     break
-    assert got == list(range(20))
+    assert asyncio.get_running_loop().time() - cut >= 5.0
+    assert got == list(range(40))
     assert [r["recovered"] for r in subscriber.recoveries] == [True]
     await subscriber.close()
     await publisher.close()
