@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StreamInfo
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -193,11 +193,14 @@ class NatsBackbone:
             raise Unavailable(f"history store: {exc}") from None
         return int(ack.seq)
 
-    async def stream_epoch(self, stream: str) -> str:
+    async def _stream_info(self, stream: str) -> StreamInfo:
         try:
-            info = await self.client.jetstream().stream_info(stream)
+            return await self.client.jetstream().stream_info(stream)
         except (nats.errors.Error, TimeoutError) as exc:
             raise Unavailable(f"history store: {exc}") from None
+
+    async def stream_epoch(self, stream: str) -> str:
+        info = await self._stream_info(stream)  # the creation time: new when recreated
         return str(info.created.isoformat() if info.created else info.config.name)
 
     async def stream_last_offset(self, stream: str, subject: str) -> int:
@@ -210,11 +213,7 @@ class NatsBackbone:
         return int(msg.seq or 0)
 
     async def stream_first_offset(self, stream: str) -> int:
-        try:
-            info = await self.client.jetstream().stream_info(stream)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise Unavailable(f"history store: {exc}") from None
-        return int(info.state.first_seq)
+        return int((await self._stream_info(stream)).state.first_seq)
 
     async def stream_replay(
         self, stream: str, subject: str, start: int, end: int
