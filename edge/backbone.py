@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import nats
 from nats.aio.client import Client
@@ -156,6 +156,16 @@ class NatsBackbone:
             raise Unavailable("backbone closed") from None
         return Reply(msg.data, msg.headers)
 
+    @contextlib.contextmanager
+    def _store(self, what: str) -> Iterator[None]:
+        """Around a JetStream/KV call: any NATS failure becomes Unavailable naming `what`."""
+        if not self.connected:
+            raise Unavailable("backbone disconnected")
+        try:
+            yield
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"{what}: {exc!r}") from None
+
     async def _bucket(self, name: str, ttl_s: float) -> KeyValue:
         """A KV bucket, created with `ttl_s` if it does not exist yet."""
         if name not in self._buckets:
@@ -173,43 +183,32 @@ class NatsBackbone:
 
     async def put_edge_stats(self, pod: str, value: bytes) -> None:
         """Live stats in `sb_edges` for the operator; entries expire with the TTL."""
-        if not self.connected:
-            raise Unavailable("backbone disconnected")
-        try:
+        with self._store("stats store"):
             await (await self._bucket(EDGES_BUCKET, self._stats_ttl_s)).put(pod, value)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise Unavailable(f"stats store: {exc}") from None
 
     async def stream_publish(
         self, subject: str, data: bytes, headers: dict[str, str], stream: str
     ) -> int:
-        if not self.connected:
-            raise Unavailable("backbone disconnected")
-        try:
+        with self._store("history store"):
             ack = await self.client.jetstream().publish(
                 subject, data, headers=headers or None, stream=stream, timeout=5
             )
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise Unavailable(f"history store: {exc}") from None
         return int(ack.seq)
 
     async def _stream_info(self, stream: str) -> StreamInfo:
-        try:
+        with self._store("history store"):
             return await self.client.jetstream().stream_info(stream)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise Unavailable(f"history store: {exc}") from None
 
     async def stream_epoch(self, stream: str) -> str:
         info = await self._stream_info(stream)  # the creation time: new when recreated
         return str(info.created.isoformat() if info.created else info.config.name)
 
     async def stream_last_offset(self, stream: str, subject: str) -> int:
-        try:
-            msg = await self.client.jetstream().get_last_msg(stream, subject)
-        except NotFoundError:
-            return 0
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise Unavailable(f"history store: {exc}") from None
+        with self._store("history store"):
+            try:
+                msg = await self.client.jetstream().get_last_msg(stream, subject)
+            except NotFoundError:
+                return 0  # nothing stored on this subject yet
         return int(msg.seq or 0)
 
     async def stream_first_offset(self, stream: str) -> int:
@@ -228,7 +227,7 @@ class NatsBackbone:
             if offset >= end or msg.metadata.num_pending == 0:
                 done.set()
 
-        try:
+        with self._store("history replay"):
             sub = await self.client.jetstream().subscribe(
                 subject,
                 stream=stream,
@@ -243,8 +242,6 @@ class NatsBackbone:
                     await done.wait()
             finally:
                 await sub.unsubscribe()
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise Unavailable(f"history replay: {exc!r}") from None
         return found
 
     async def subscribe_stream(
@@ -254,7 +251,7 @@ class NatsBackbone:
             offset = msg.metadata.sequence.stream
             handler(Delivery(msg.subject, msg.data, msg.headers, None, offset))
 
-        try:
+        with self._store("history store"):
             sub = await self.client.jetstream().subscribe(
                 subject,
                 stream=stream,
@@ -262,8 +259,6 @@ class NatsBackbone:
                 ordered_consumer=True,
                 deliver_policy=DeliverPolicy.NEW,
             )
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise Unavailable(f"history store: {exc}") from None
         return _Handle(sub)
 
     async def presence_put(self, key: str) -> None:
@@ -292,12 +287,8 @@ class NatsBackbone:
         return keys
 
     async def _presence_op(self, op: Callable[[KeyValue], Awaitable[object]]) -> None:
-        if not self.connected:
-            raise Unavailable("backbone disconnected")
-        try:
+        with self._store("presence store"):
             await op(await self._bucket(PRESENCE_BUCKET, self._presence_ttl_s))
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise Unavailable(f"presence store: {exc}") from None
 
     async def watch_channels(self, on_change: Callable[[str, bytes | None], None]) -> None:
         """Feed every `sb_channels` entry, then each change, to `on_change` (None: deleted).
@@ -320,23 +311,16 @@ class NatsBackbone:
                 await asyncio.sleep(1)
 
     async def put_ticket(self, ticket: str, value: bytes) -> None:
-        if not self.connected:
-            raise Unavailable("backbone disconnected")
-        try:
+        with self._store("ticket store"):
             await (await self._ticket_bucket()).create(ticket, value)
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise Unavailable(f"ticket store: {exc}") from None
 
     async def take_ticket(self, ticket: str) -> bytes | None:
-        if not self.connected:
-            raise Unavailable("backbone disconnected")
-        try:
-            kv = await self._ticket_bucket()
-            entry = await kv.get(ticket)
-            # Delete only if nobody else did since we read it: single use across edges.
-            await kv.delete(ticket, last=entry.revision)
-        except (KeyNotFoundError, KeyWrongLastSequenceError):
-            return None
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise Unavailable(f"ticket store: {exc}") from None
+        with self._store("ticket store"):
+            try:
+                kv = await self._ticket_bucket()
+                entry = await kv.get(ticket)
+                # Delete only if nobody else did since we read it: single use across edges.
+                await kv.delete(ticket, last=entry.revision)
+            except (KeyNotFoundError, KeyWrongLastSequenceError):
+                return None  # unknown, expired, or redeemed by someone else
         return entry.value

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -487,8 +488,6 @@ class EdgeServer:
 
     def _dev_token(self, request: Request) -> Response:
         """Dev mode only: lets the demo page get a token for any name."""
-        from urllib.parse import parse_qs, urlsplit
-
         sub = parse_qs(urlsplit(request.path).query).get("sub", ["guest"])[0]
         assert self.settings.jwt_secret is not None
         try:

@@ -38,7 +38,7 @@ def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None
                 "SB_EDGE_NATS_URL": nats.url,
                 "SB_EDGE_JWT_SECRET": secret,
                 "SB_EDGE_DEV_TOKENS": "true",
-                "SB_EDGE_ALLOWED_ORIGINS": _json_list(sorted(set(origins))),
+                "SB_EDGE_ALLOWED_ORIGINS": json.dumps(sorted(set(origins))),
             }
             edges.append(subprocess.Popen([sys.executable, "-m", "switchboard", "edge"], env=env))
         for port in ports:
@@ -65,10 +65,6 @@ def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None
         nats.stop()
         DEV_STATE.unlink(missing_ok=True)
         print("switchboard dev stopped", file=sys.stderr)
-
-
-def _json_list(items: list[str]) -> str:
-    return json.dumps(items)
 
 
 def _self_command() -> str:
