@@ -71,10 +71,6 @@ class Hub:
     def subscription_count(self) -> int:
         return len(self._topics)
 
-    def members(self, channel: str) -> int:
-        topic = self._topics.get(channel_subject(self._prefix, channel))
-        return len(topic.members) if topic else 0
-
     async def join_channel(self, channel: str, member: Member) -> str | None:
         """Join; for a channel with history, its epoch."""
         subject = channel_subject(self._prefix, channel)

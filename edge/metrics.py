@@ -22,6 +22,7 @@ def render(
     connections: int,
     subscriptions: int,
     deliveries: int,
+    dropped: int,
     nats_connected: bool,
     accepting: bool,
 ) -> str:
@@ -51,6 +52,12 @@ def render(
     )
     metric(
         "sb_edge_publishes_total", "counter", "Client publishes accepted.", {"": metrics.publishes}
+    )
+    metric(
+        "sb_edge_dropped_messages_total",
+        "counter",
+        "Backbone messages not delivered because they are not UTF-8.",
+        {"": dropped},
     )
     metric(
         "sb_edge_slow_consumer_evictions_total",

@@ -389,6 +389,7 @@ class EdgeServer:
                 connections=len(self.connections),
                 subscriptions=self.hub.subscription_count,
                 deliveries=self.hub.delivered,
+                dropped=self.hub.dropped_undecodable,
                 nats_connected=self.backbone.connected,
                 accepting=self.accepting,
             )

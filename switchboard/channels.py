@@ -37,13 +37,6 @@ def channel_subject(prefix: str, channel: str) -> str:
     return f"{prefix}.ch.{channel.replace(':', '.')}"
 
 
-def channel_from_subject(prefix: str, subject: str) -> str | None:
-    head = f"{prefix}.ch."
-    if not subject.startswith(head):
-        return None
-    return subject[len(head) :].replace(".", ":")
-
-
 def user_subject(prefix: str, user_id: str) -> str:
     return f"{prefix}.user.{user_id}"
 
@@ -60,8 +53,3 @@ def rpc_subject(prefix: str, method: str) -> str:
 def matches_any(name: str, patterns: Iterable[str]) -> bool:
     """Glob match (`*` any run of characters, `?` one) against token claim patterns."""
     return any(fnmatchcase(name, pattern) for pattern in patterns)
-
-
-def governs(config_name: str, channel: str) -> bool:
-    """A Channel named `chat` governs `chat` and every `chat:*` below it."""
-    return channel == config_name or channel.startswith(config_name + ":")

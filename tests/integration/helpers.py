@@ -11,8 +11,10 @@ from typing import Any
 
 from nats.aio.client import Client as NatsClient
 
+from edge.metrics import parse as parse_metrics
 from switchboard.client import Client
 from switchboard.natsserver import NatsServer
+from tests.conftest import Edge
 
 
 def edge_subjects(nats: NatsServer, pod: str) -> list[str]:
@@ -56,3 +58,9 @@ def channel_cli(nats: NatsServer, *args: str, stdin: str | None = None) -> str:
         timeout=30,
     )
     return result.stdout
+
+
+def scrape_metrics(edge: Edge) -> dict[str, float]:
+    """The edge's /metrics samples by `name{labels}`."""
+    with urllib.request.urlopen(f"{edge.http_url}/metrics") as response:
+        return parse_metrics(response.read().decode())

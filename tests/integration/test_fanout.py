@@ -12,7 +12,13 @@ from nats.aio.msg import Msg
 from switchboard.client import Client, SwitchboardError
 from switchboard.natsserver import NatsServer
 from tests.conftest import Edge, token
-from tests.integration.helpers import edge_subjects, next_event, settle, wait_for
+from tests.integration.helpers import (
+    edge_subjects,
+    next_event,
+    scrape_metrics,
+    settle,
+    wait_for,
+)
 
 
 async def test_publish_on_edge1_reaches_subscriber_on_edge2(edge1: Edge, edge2: Edge) -> None:
@@ -82,6 +88,8 @@ async def test_backend_publish_to_channel_subject(nats_server: NatsServer, edge1
     assert (await next_event(sub))["payload"]["data"] == "NaN"
     # the non-UTF-8 message is dropped, not delivered garbled, and nothing else is lost
     assert (await next_event(sub))["payload"]["data"] == "after"
+    metrics = await asyncio.to_thread(scrape_metrics, edge1)
+    assert metrics["sb_edge_dropped_messages_total"] >= 1
     await nc.close()
     await sub.close()
 

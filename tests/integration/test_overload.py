@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
 
 import nats
 from websockets.asyncio.client import connect
 
-from edge.metrics import parse
 from switchboard.client import Client
 from tests.conftest import Edge, EdgeFactory, token
-from tests.integration.helpers import next_event
+from tests.integration.helpers import next_event, scrape_metrics
 
 
 def rss_kib(pid: int) -> int:
@@ -99,35 +97,4 @@ EVICTIONS = "sb_edge_slow_consumer_evictions_total"
 
 
 async def scrape(edge: Edge) -> dict[str, float]:
-    def get() -> str:
-        with urllib.request.urlopen(f"{edge.http_url}/metrics") as response:
-            return str(response.read().decode())
-
-    return parse(await asyncio.to_thread(get))
-
-
-async def test_peer_that_stops_answering_pings_is_closed(edge_factory: EdgeFactory) -> None:
-    """A raw TCP peer completes the upgrade, then never answers a ping."""
-    edge = edge_factory.start("edge-ping", ping_interval_s="0.3", ping_timeout_s="0.3")
-    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
-    writer.write(
-        (
-            "GET /v1/ws HTTP/1.1\r\n"
-            f"Host: 127.0.0.1:{edge.port}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            f"Authorization: Bearer {token('mute')}\r\n\r\n"
-        ).encode()
-    )
-    status = await reader.readline()
-    assert status.startswith(b"HTTP/1.1 101")
-    started = time.monotonic()
-    async with asyncio.timeout(10):
-        while await reader.read(65536):  # welcome, pings, then the close: never a pong
-            pass
-    assert time.monotonic() - started < 3
-    async with asyncio.timeout(5):
-        while (metrics := await scrape(edge))["sb_edge_connections"] != 0:
-            await asyncio.sleep(0.05)
-    assert metrics['sb_edge_closes_total{code="1011"}'] == 1  # keepalive ping timeout
-    writer.close()
+    return await asyncio.to_thread(scrape_metrics, edge)

@@ -11,9 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from switchboard.channels import (
-    channel_from_subject,
     channel_subject,
-    governs,
     is_valid_channel,
     is_valid_user_id,
     matches_any,
@@ -45,18 +43,13 @@ def test_channel_names(name: str, valid: bool) -> None:
     assert is_valid_channel(name) is valid
 
 
-def test_subject_mapping_round_trips() -> None:
+def test_subject_mapping() -> None:
     assert channel_subject("sb", "chat:lobby") == "sb.ch.chat.lobby"
-    assert channel_from_subject("sb", "sb.ch.chat.lobby") == "chat:lobby"
-    assert channel_from_subject("sb", "sb.user.x") is None
 
 
-def test_patterns_and_governance() -> None:
+def test_claim_patterns() -> None:
     assert matches_any("chat:lobby", ["chat:*"])
     assert not matches_any("chatter", ["chat:*"])
-    assert governs("chat", "chat")
-    assert governs("chat", "chat:a:b")
-    assert not governs("chat", "chatter")
 
 
 @pytest.mark.parametrize(
