@@ -442,6 +442,7 @@ class Connection:
                 self._error(action.request_id, ErrorCode.UNAVAILABLE, f"not accepted: {exc}")
                 return
         self.server.metrics.publishes += 1
+        self.server.directory.count_publish(action.channel)
         self.send(protocol.ack(action.request_id, ack))
 
     def _span_attributes(self, subject: str) -> dict[str, str]:

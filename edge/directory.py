@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Iterable
 
 from pydantic import ValidationError
 
@@ -19,6 +21,7 @@ class ChannelDirectory:
         self._default = default
         self._policies: dict[str, ChannelPolicy] = {}
         self.specs: dict[str, ChannelSpec] = {}
+        self.published: Counter[str] = Counter()  # per governing Channel, since start
 
     def apply(self, name: str, value: bytes | None) -> None:
         """An update from the KV bucket: a spec, or None when the Channel is gone."""
@@ -47,3 +50,21 @@ class ChannelDirectory:
         if name is None or self.specs[name].history is None:
             return None
         return stream_name(name)
+
+    def count_publish(self, channel: str) -> None:
+        name = governing_name(channel, self.specs)
+        if name is not None:
+            self.published[name] += 1
+
+    def usage(self, subscriptions: Iterable[str]) -> dict[str, dict[str, int]]:
+        """Per Channel resource: this edge's subscribers and client publishes so far,
+        for the operator's Channel status."""
+        subscribers: Counter[str] = Counter()
+        for channel in subscriptions:
+            name = governing_name(channel, self.specs)
+            if name is not None:
+                subscribers[name] += 1
+        return {
+            name: {"subscribers": subscribers[name], "published": self.published[name]}
+            for name in self.specs
+        }

@@ -320,6 +320,9 @@ class EdgeServer:
             "draining": self.draining,
             "accepting": self.accepting,
             "ts": int(time.time() * 1000),
+            "channels": self.directory.usage(
+                channel for conn in self.connections for channel in conn.session.subscriptions
+            ),
         }
 
     async def _report_stats(self) -> None:
@@ -396,6 +399,8 @@ class EdgeServer:
             return _response(200, text, "text/plain; version=0.0.4; charset=utf-8")
         if path == "/v1/tickets":
             return await self._tickets(request)
+        if path == "/v1/drain":
+            return self._local_drain(ws, request)
         if path == "/dev/token" and self.settings.dev_tokens:
             return self._dev_token(request)
         if path in ("/", "/index.html") and self.settings.demo_page:
@@ -486,6 +491,17 @@ class EdgeServer:
         except Unavailable:
             return _response(503, "ticket store unavailable\n", headers={"Retry-After": "1"})
         return _json(201, {"ticket": ticket, "expires_in": self.settings.ticket_ttl_s}, cors)
+
+    def _local_drain(self, ws: ServerConnection, request: Request) -> Response:
+        """The pod's preStop hook (`switchboard drain`) starts the drain from inside
+        the pod; nobody else may, so only loopback peers are heard."""
+        if request.method != "POST":
+            return _response(405, "use POST\n", headers={"Allow": "POST"})
+        host = str(ws.remote_address[0]) if ws.remote_address else ""
+        if host not in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+            return _response(403, "drain is only accepted from inside the pod\n")
+        self.start_drain("prestop")
+        return _json(202, {"draining": True, "connections": len(self.connections)})
 
     def _dev_token(self, request: Request) -> Response:
         """Dev mode only: lets the demo page get a token for any name."""

@@ -59,9 +59,13 @@ class SubscribeSpec(_Spec):
 class ChannelSpec(_Spec):
     history: HistorySpec | None = Field(None, description="Omit for fire-and-forget.")
     presence: bool = Field(False, description="Track who is subscribed.")
-    publish: PublishSpec = Field(default_factory=PublishSpec)
-    subscribe: SubscribeSpec = Field(default_factory=SubscribeSpec)
-    max_message_bytes: int = Field(16384, ge=1, alias="maxMessageBytes")
+    publish: PublishSpec = Field(default_factory=PublishSpec, description="Who may publish.")
+    subscribe: SubscribeSpec = Field(
+        default_factory=SubscribeSpec, description="Who may subscribe."
+    )
+    max_message_bytes: int = Field(
+        16384, ge=1, alias="maxMessageBytes", description="Largest publish `data`, encoded."
+    )
 
     def policy(self) -> ChannelPolicy:
         return ChannelPolicy(

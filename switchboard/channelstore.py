@@ -36,66 +36,81 @@ def default_nats_url() -> str:
         return "nats://127.0.0.1:4222"
 
 
-async def _bucket(nats_url: str) -> tuple[Client, KeyValue]:
+async def connect_once(nats_url: str) -> Client:
+    """One connection attempt with a deadline (nats-py alone would retry for minutes)."""
+
     async def quiet(exc: Exception) -> None:
-        """The CLI reports the failure itself, once."""
+        """The caller reports the failure itself, once."""
 
     try:
-        async with asyncio.timeout(CONNECT_TIMEOUT_S):  # nats-py would retry for minutes
-            nc = await nats.connect(
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            return await nats.connect(
                 nats_url, connect_timeout=2, allow_reconnect=False, error_cb=quiet
             )
     except TimeoutError:
         raise ConnectionError(f"no NATS server answered within {CONNECT_TIMEOUT_S} s") from None
     except (nats.errors.Error, OSError) as exc:
         raise ConnectionError(f"{exc.__class__.__name__}: {exc}") from None
+
+
+async def channels_bucket(nc: Client) -> KeyValue:
     js = nc.jetstream()
     try:
-        kv = await js.key_value(BUCKET)
+        return await js.key_value(BUCKET)
     except (NotFoundError, BucketNotFoundError):
-        kv = await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1))
-    return nc, kv
+        return await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1))
+
+
+async def write_channel(nc: Client, name: str, spec: ChannelSpec, prefix: str = "sb") -> int:
+    """Write the config; with `history`, create or update its stream first, so an edge
+    that sees the entry finds the stream."""
+    js = nc.jetstream()
+    if spec.history is not None:
+        config = StreamConfig(
+            name=stream_name(name),
+            subjects=stream_subjects(prefix, name),
+            max_msgs_per_subject=spec.history.size,
+            max_age=spec.history.ttl_seconds,
+            duplicate_window=min(DUPLICATE_WINDOW_S, spec.history.ttl_seconds),
+            storage=StorageType.FILE,
+        )
+        try:
+            await js.update_stream(config)
+        except NotFoundError:
+            await js.add_stream(config)
+    else:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(stream_name(name))
+    return await (await channels_bucket(nc)).put(name, spec.to_json())
+
+
+async def erase_channel(nc: Client, name: str) -> None:
+    """Remove the config, then the stream (history is deleted with its Channel)."""
+    await (await channels_bucket(nc)).delete(name)
+    with contextlib.suppress(NotFoundError):
+        await nc.jetstream().delete_stream(stream_name(name))
 
 
 async def put_channel(nats_url: str, name: str, spec: ChannelSpec, prefix: str = "sb") -> int:
-    """Write the config; with `history`, create or update its stream first."""
-    nc, kv = await _bucket(nats_url)
+    nc = await connect_once(nats_url)
     try:
-        js = nc.jetstream()
-        if spec.history is not None:
-            config = StreamConfig(
-                name=stream_name(name),
-                subjects=stream_subjects(prefix, name),
-                max_msgs_per_subject=spec.history.size,
-                max_age=spec.history.ttl_seconds,
-                duplicate_window=min(DUPLICATE_WINDOW_S, spec.history.ttl_seconds),
-                storage=StorageType.FILE,
-            )
-            try:
-                await js.update_stream(config)
-            except NotFoundError:
-                await js.add_stream(config)
-        else:
-            with contextlib.suppress(NotFoundError):
-                await js.delete_stream(stream_name(name))
-        return await kv.put(name, spec.to_json())
+        return await write_channel(nc, name, spec, prefix)
     finally:
         await nc.close()
 
 
 async def delete_channel(nats_url: str, name: str) -> None:
-    nc, kv = await _bucket(nats_url)
+    nc = await connect_once(nats_url)
     try:
-        await kv.delete(name)
-        with contextlib.suppress(NotFoundError):
-            await nc.jetstream().delete_stream(stream_name(name))
+        await erase_channel(nc, name)
     finally:
         await nc.close()
 
 
 async def list_channels(nats_url: str) -> dict[str, ChannelSpec]:
-    nc, kv = await _bucket(nats_url)
+    nc = await connect_once(nats_url)
     try:
+        kv = await channels_bucket(nc)
         try:
             keys = await kv.keys()
         except nats.js.errors.NoKeysError:

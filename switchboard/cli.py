@@ -1,4 +1,5 @@
-"""The `switchboard` command: dev, edge, token, client."""
+"""The `switchboard` command: dev, edge, operator, token, client, channel, probe and the
+generators (settings, crds, chart-schema)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,26 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--host")
     edge.add_argument("--nats-url")
     edge.add_argument("--pod-name")
+
+    op = sub.add_parser("operator", help="run the operator (settings from SB_OPERATOR_*)")
+    op.add_argument("--nats-url")
+    op.add_argument("--namespace", help="watch one namespace (default: all)")
+    op.add_argument("--standalone", action="store_true", default=None, help="no peering")
+
+    drain = sub.add_parser("drain", help="start this pod's edge drain (preStop hook)")
+    drain.add_argument("--port", type=int, default=int(os.environ.get("SB_EDGE_PORT", "8080")))
+
+    probe = sub.add_parser("probe", help="publish/subscribe round trip through an edge")
+    probe.add_argument("--url", default="ws://localhost:8080/v1/ws")
+    probe.add_argument("--secret", default=os.environ.get("SB_EDGE_JWT_SECRET"))
+    probe.add_argument("--token", default=os.environ.get("SB_TOKEN"), help="instead of --secret")
+    probe.add_argument("--timeout", type=float, default=10.0, help="seconds")
+
+    crds = sub.add_parser("crds", help="write the CRDs generated from the operator's models")
+    crds.add_argument("--out", type=Path, help="directory (default: print)")
+
+    schema = sub.add_parser("chart-schema", help="write the chart's values.schema.json")
+    schema.add_argument("--out", type=Path, help="file (default: print)")
 
     token = sub.add_parser("token", help="mint an HS256 JWT for development")
     token.add_argument("--sub", required=True, help="user id")
@@ -151,9 +172,52 @@ async def _channel_store(args: argparse.Namespace, manifests: list[tuple[str, Ch
     return 0
 
 
+def _crds(out: Path | None) -> int:
+    from switchboard_operator.crds import crd_files
+
+    for name, text in crd_files().items():
+        if out is None:
+            print(f"---\n{text}", end="")
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text(text)
+            print(f"wrote {out / name}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "operator":
+            from switchboard import logs
+            from switchboard_operator.main import run_operator
+            from switchboard_operator.settings import load_operator_settings
+
+            op_settings = load_operator_settings(
+                nats_url=args.nats_url, namespace=args.namespace, standalone=args.standalone
+            )
+            logs.configure(op_settings.log_level)
+            return run_operator(op_settings)
+        if args.command == "drain":
+            from switchboard.probe import start_local_drain
+
+            return start_local_drain(args.port)
+        if args.command == "probe":
+            from switchboard.probe import probe
+
+            return asyncio.run(probe(args.url, args.token, args.secret, args.timeout))
+        if args.command == "crds":
+            return _crds(args.out)
+        if args.command == "chart-schema":
+            from switchboard.chart_schema import render_values_schema
+
+            text = render_values_schema()
+            if args.out is None:
+                print(text, end="")
+            else:
+                args.out.write_text(text)
+                print(f"wrote {args.out}")
+            return 0
         if args.command == "dev":
             from switchboard.dev import run_dev
 

@@ -7,7 +7,8 @@ import logging
 import sys
 import time
 
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# kopf attaches its whole settings object to every record: noise, not context.
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "settings"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -136,14 +136,22 @@ class SettingsError(ValueError):
     """A configuration error whose message names the offending key."""
 
 
-def load_edge_settings(**overrides: Any) -> EdgeSettings:
-    """Build settings from the environment plus explicit overrides (e.g. CLI flags)."""
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(model: type[S], prefix: str, overrides: dict[str, Any]) -> S:
+    """Build settings from the environment plus explicit overrides (e.g. CLI flags);
+    a bad value raises SettingsError naming its environment variable."""
     try:
-        return EdgeSettings(**{k: v for k, v in overrides.items() if v is not None})
+        return model(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             key = "_".join(str(part) for part in err["loc"]).upper()
-            name = f"{ENV_PREFIX}{key}" if key else "settings"
+            name = f"{prefix}{key}" if key else "settings"
             lines.append(f"{name}: {err['msg']}")
         raise SettingsError("; ".join(lines)) from None
+
+
+def load_edge_settings(**overrides: Any) -> EdgeSettings:
+    return load_settings(EdgeSettings, ENV_PREFIX, overrides)

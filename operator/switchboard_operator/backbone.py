@@ -1,0 +1,198 @@
+"""The operator's side of NATS: the only operator module that imports `nats`.
+
+Writes Channel configs and streams (through the same `switchboard.channelstore`
+functions the CLI uses, so both produce the same entry), follows live edge
+stats in `sb_edges`, answers drain-grant requests, and re-paces draining edges.
+Reconnects forever, like an edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from switchboard import channelstore
+from switchboard.channel_config import ChannelSpec, stream_name
+
+log = logging.getLogger("switchboard.operator.backbone")
+
+EDGES_BUCKET = "sb_edges"
+
+# (pod, connections) → the pace granted, or None to stay silent (not ours to answer).
+GrantFn = Callable[[str, int], float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeStats:
+    """One edge's last report in `sb_edges`."""
+
+    pod: str
+    connections: int
+    draining: bool
+    channels: dict[str, dict[str, int]]
+    received: float  # monotonic time this operator read it
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    last_offset: int
+    epoch: str
+
+
+class Unreachable(Exception):
+    """NATS cannot take the request now; the caller retries later."""
+
+
+class OperatorBackbone:
+    def __init__(self, servers: str, prefix: str, stale_after_s: float) -> None:
+        self._servers = [s.strip() for s in servers.split(",") if s.strip()]
+        self._prefix = prefix
+        self._stale_after_s = stale_after_s
+        self._nc: Client | None = None
+        self._edges: dict[str, EdgeStats] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def connect(self) -> None:
+        """Connect, retrying forever: the operator is useless without NATS but must
+        not crash-loop while NATS is still starting."""
+        while True:
+            try:
+                self._nc = await nats.connect(
+                    servers=self._servers,
+                    name="switchboard-operator",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    error_cb=self._error,
+                )
+                break
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("nats not reachable yet: %s", exc)
+                await asyncio.sleep(1)
+        log.info("nats connected", extra={"servers": self._servers})
+        self._spawn(self._follow_edges())
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.drain()
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _error(self, exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+
+    @property
+    def client(self) -> Client:
+        if self._nc is None or not self._nc.is_connected:
+            raise Unreachable("not connected to NATS")
+        return self._nc
+
+    # -- channels ------------------------------------------------------------
+
+    async def apply_channel(self, name: str, spec: ChannelSpec) -> None:
+        try:
+            await channelstore.write_channel(self.client, name, spec, self._prefix)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unreachable(f"channel {name}: {exc!r}") from None
+
+    async def remove_channel(self, name: str) -> None:
+        try:
+            await channelstore.erase_channel(self.client, name)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unreachable(f"channel {name}: {exc!r}") from None
+
+    async def stream_state(self, name: str) -> StreamState | None:
+        """Last offset and epoch of a Channel's history stream (None: no stream)."""
+        try:
+            info = await self.client.jetstream().stream_info(stream_name(name))
+        except NotFoundError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unreachable(f"stream of {name}: {exc!r}") from None
+        epoch = info.created.isoformat() if info.created else info.config.name or ""
+        return StreamState(last_offset=int(info.state.last_seq), epoch=str(epoch))
+
+    # -- edges ---------------------------------------------------------------
+
+    def edge_stats(self) -> dict[str, EdgeStats]:
+        """Edges that reported recently (a dead edge's last entry is ignored)."""
+        cutoff = time.monotonic() - self._stale_after_s
+        return {pod: s for pod, s in self._edges.items() if s.received >= cutoff}
+
+    async def _follow_edges(self) -> None:
+        """Keep `_edges` current from a KV watch; restart it whenever it breaks."""
+        while True:
+            try:
+                kv = await self.client.jetstream().key_value(EDGES_BUCKET)
+                watcher = await kv.watchall()
+                async for entry in watcher:
+                    if entry is None:
+                        continue
+                    if entry.operation in ("DEL", "PURGE") or not entry.value:
+                        self._edges.pop(entry.key, None)
+                        continue
+                    self._record(entry.key, entry.value)
+            except (nats.errors.Error, TimeoutError, Unreachable) as exc:
+                log.debug("edge stats watch restarting: %s", exc)
+                await asyncio.sleep(1)
+
+    def _record(self, pod: str, value: bytes) -> None:
+        try:
+            raw = json.loads(value)
+            stats = EdgeStats(
+                pod=pod,
+                connections=int(raw.get("connections", 0)),
+                draining=bool(raw.get("draining", False)),
+                channels={
+                    str(k): {
+                        "subscribers": int(v.get("subscribers", 0)),
+                        "published": int(v.get("published", 0)),
+                    }
+                    for k, v in (raw.get("channels") or {}).items()
+                },
+                received=time.monotonic(),
+            )
+        except (ValueError, TypeError, AttributeError):
+            log.warning("ignored malformed edge stats", extra={"pod": pod})
+            return
+        self._edges[pod] = stats
+
+    # -- drains --------------------------------------------------------------
+
+    async def serve_drain_grants(self, grant: GrantFn) -> None:
+        """Answer `<prefix>.operator.drain` with `{"reconnects_per_second": R}`."""
+
+        async def on_request(msg: Msg) -> None:
+            try:
+                body = json.loads(msg.data)
+                pod, connections = str(body["pod"]), int(body.get("connections", 0))
+            except (ValueError, KeyError, TypeError):
+                return
+            rate = grant(pod, connections)
+            if rate is not None and msg.reply:
+                await msg.respond(json.dumps({"reconnects_per_second": rate}).encode())
+
+        await self.client.subscribe(f"{self._prefix}.operator.drain", cb=on_request)
+
+    async def send_rate(self, pod: str, rate: float) -> None:
+        """Re-pace a drain already running on `pod`."""
+        body = {"command": "rate", "reconnects_per_second": rate}
+        try:
+            await self.client.publish(f"{self._prefix}.edge.{pod}.ctl", json.dumps(body).encode())
+        except (nats.errors.Error, Unreachable) as exc:
+            log.warning("rate not sent to %s: %s", pod, exc)

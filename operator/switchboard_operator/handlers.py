@@ -1,0 +1,298 @@
+"""Thin kopf handlers: read the resource, ask the pure decisions, carry out the result.
+
+Channel: config and stream into NATS, a finalizer to clean up, status from live
+edge stats. EdgePool: every `scale_interval_s`, scale on connections, keep pod
+deletion costs current, re-pace drains, and report status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import BaseModel, ValidationError
+
+from switchboard_operator.backbone import OperatorBackbone, Unreachable
+from switchboard_operator.drains import DrainLedger
+from switchboard_operator.kube import KubeApi, KubeError
+from switchboard_operator.metrics import OperatorMetrics
+from switchboard_operator.models import (
+    GROUP,
+    VERSION,
+    ChannelSpec,
+    ChannelStatus,
+    Condition,
+    EdgePoolSpec,
+    EdgePoolStatus,
+)
+from switchboard_operator.pacing import (
+    DELETION_COST,
+    CostPolicy,
+    deletion_cost_patches,
+    parse_cost,
+)
+from switchboard_operator.scaling import Limits, decide
+from switchboard_operator.settings import OperatorSettings
+
+log = logging.getLogger("switchboard.operator")
+
+RETRY_S = 5.0
+
+
+@dataclass
+class Context:
+    """What the handlers share: the two I/O modules, the drain ledger, metrics."""
+
+    settings: OperatorSettings
+    backbone: OperatorBackbone
+    kube: KubeApi
+    ledger: DrainLedger
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ready(status: str, reason: str, message: str, old: Any) -> dict[str, Any]:
+    """A Ready condition; its transition time moves only when its status does."""
+    previous = next((c for c in (old or []) if c.get("type") == "Ready"), None)
+    since = previous["lastTransitionTime"] if previous and previous["status"] == status else None
+    condition = Condition(
+        type="Ready",
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=since or _now_iso(),
+    )
+    return condition.model_dump(by_alias=True)
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(by_alias=True, exclude_none=True)
+
+
+def _spec(model: type[ChannelSpec] | type[EdgePoolSpec], spec: Any) -> Any:
+    """The API server validated the spec already; this catches what it cannot
+    (or a server without the CRD's schema) with an error naming the field."""
+    try:
+        return model.model_validate(dict(spec))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        raise kopf.PermanentError(f"spec.{path}: {first['msg']}") from None
+
+
+def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
+    """Attach every handler to `registry`, closed over `ctx` (no module globals)."""
+    channels = (GROUP, VERSION, "channels")
+    pools = (GROUP, VERSION, "edgepools")
+
+    @kopf.on.login(registry=registry)
+    async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        if info is not None:
+            await ctx.kube.use(info)
+        return info
+
+    # -- Channel -----------------------------------------------------------
+
+    @kopf.on.resume(*channels, registry=registry)
+    @kopf.on.create(*channels, registry=registry)
+    @kopf.on.update(*channels, registry=registry, field="spec")
+    async def apply_channel(
+        name: str, spec: Any, status: Any, body: Any, patch: kopf.Patch, **_: Any
+    ) -> None:
+        try:
+            parsed: ChannelSpec = _spec(ChannelSpec, spec)
+        except kopf.PermanentError as exc:
+            patch.status["conditions"] = [
+                _ready("False", "InvalidSpec", str(exc), status.get("conditions"))
+            ]
+            kopf.warn(body, reason="InvalidSpec", message=str(exc))
+            raise
+        try:
+            await ctx.backbone.apply_channel(name, parsed)
+        except Unreachable as exc:
+            patch.status["conditions"] = [
+                _ready("False", "NatsUnavailable", str(exc), status.get("conditions"))
+            ]
+            raise kopf.TemporaryError(str(exc), delay=RETRY_S) from None
+        ctx.metrics.channel_applies += 1
+        what = (
+            f"history {parsed.history.size} for {parsed.history.ttl}"
+            if parsed.history
+            else ("no history")
+        )
+        message = f"config written to sb_channels ({what})"
+        patch.status["conditions"] = [_ready("True", "Applied", message, status.get("conditions"))]
+        kopf.info(body, reason="Applied", message=message)
+
+    @kopf.on.delete(*channels, registry=registry)
+    async def delete_channel(name: str, body: Any, **_: Any) -> None:
+        try:
+            await ctx.backbone.remove_channel(name)
+        except Unreachable as exc:
+            raise kopf.TemporaryError(str(exc), delay=RETRY_S) from None
+        ctx.metrics.channel_deletes += 1
+        kopf.info(body, reason="Deleted", message="config and history removed from NATS")
+
+    @kopf.timer(
+        *channels, registry=registry, interval=ctx.settings.status_interval_s, initial_delay=1
+    )
+    async def channel_status(
+        name: str, spec: Any, status: Any, memo: kopf.Memo, patch: kopf.Patch, **_: Any
+    ) -> None:
+        edges = ctx.backbone.edge_stats().values()
+        subscribers = sum(e.channels.get(name, {}).get("subscribers", 0) for e in edges)
+        published = sum(e.channels.get(name, {}).get("published", 0) for e in edges)
+        try:
+            stream = await ctx.backbone.stream_state(name) if spec.get("history") else None
+        except Unreachable as exc:
+            log.warning("channel status without stream: %s", exc, extra={"channel": name})
+            stream = None
+        counter = stream.last_offset if stream is not None else published
+        now = time.monotonic()
+        rate = 0.0
+        last = memo.get("counter")
+        if last is not None and now > last[0] and counter >= last[1]:
+            rate = round((counter - last[1]) / (now - last[0]), 2)
+        memo["counter"] = (now, counter)
+        new = ChannelStatus(
+            subscribers=subscribers,
+            messages_per_second=rate,
+            last_offset=stream.last_offset if stream else None,
+            epoch=stream.epoch if stream else None,
+        )
+        fresh = _dump(new)
+        fresh.pop("conditions")
+        if any(status.get(k) != v for k, v in fresh.items()):
+            patch.status.update(fresh)
+
+    # -- EdgePool ----------------------------------------------------------
+
+    @kopf.on.delete(*pools, registry=registry, optional=True)
+    async def forget_pool(namespace: str | None, name: str, **_: Any) -> None:
+        ctx.ledger.forget(f"{namespace}/{name}")
+
+    @kopf.timer(*pools, registry=registry, interval=ctx.settings.scale_interval_s)
+    async def reconcile_pool(
+        namespace: str | None,
+        name: str,
+        spec: Any,
+        status: Any,
+        body: Any,
+        memo: kopf.Memo,
+        patch: kopf.Patch,
+        **_: Any,
+    ) -> None:
+        pool: EdgePoolSpec = _spec(EdgePoolSpec, spec)
+        assert namespace is not None  # EdgePool is namespaced
+        key = f"{namespace}/{name}"
+        try:
+            deployment = await ctx.kube.deployment(namespace, pool.deployment)
+            labels = deployment["spec"]["selector"].get("matchLabels") or {}
+            pods = await ctx.kube.pods(namespace, labels)
+        except (KubeError, KeyError) as exc:
+            patch.status["conditions"] = [
+                _ready("False", "DeploymentUnavailable", str(exc), status.get("conditions"))
+            ]
+            raise kopf.TemporaryError(str(exc), delay=RETRY_S) from None
+        replicas = int(deployment["spec"].get("replicas", 1))
+        names = {p["metadata"]["name"] for p in pods}
+        live = {n: s for n, s in ctx.backbone.edge_stats().items() if n in names}
+        terminating = {
+            p["metadata"]["name"] for p in pods if p["metadata"].get("deletionTimestamp")
+        }
+        connections = sum(s.connections for s in live.values())
+        now = time.monotonic()
+
+        draining_now = {n for n, s in live.items() if s.draining} | (terminating & set(live))
+        ctx.ledger.observe(key, names, pool.drain.reconnects_per_second, draining_now, now)
+        for pod, rate in ctx.ledger.rate_changes(key).items():
+            await ctx.backbone.send_rate(pod, rate)
+            ctx.metrics.last_grant[pod] = rate
+            log.info("drain re-paced", extra={"pod": pod, "rate": rate, "pool": key})
+        draining = ctx.ledger.draining(key)
+
+        limits = Limits(
+            pool.min_replicas,
+            pool.max_replicas,
+            pool.target_connections_per_pod,
+            pool.scale_down_stabilization_seconds,
+        )
+        decision = decide(now, connections, replicas, limits, memo.get("history"), len(draining))
+        memo["history"] = decision.history
+        last_scale = status.get("lastScaleTime")
+        if decision.changes(replicas):
+            await ctx.kube.scale(namespace, pool.deployment, decision.replicas)
+            last_scale = _now_iso()
+            ctx.metrics.scalings += 1
+            message = (
+                f"{pool.deployment}: {replicas} → {decision.replicas} replicas "
+                f"({decision.reason}, {connections} connections)"
+            )
+            kopf.info(body, reason="Scaled", message=message)
+            log.info("scaled", extra={"pool": key, "from": replicas, "to": decision.replicas})
+
+        await _update_costs(ctx, namespace, pods, terminating, live, memo, now)
+
+        ctx.metrics.pool_connections[key] = connections
+        ctx.metrics.pool_desired[key] = decision.replicas
+        new = EdgePoolStatus(
+            connections=connections,
+            replicas=replicas if not decision.changes(replicas) else decision.replicas,
+            desired_replicas=decision.replicas,
+            draining=len(draining),
+            draining_pods=sorted(draining),
+            last_scale_time=last_scale,
+        )
+        fresh = _dump(new)
+        fresh.pop("conditions")
+        ready = _ready("True", decision.reason, "", status.get("conditions"))
+        if any(status.get(k) != v for k, v in fresh.items()) or not _same_ready(status, ready):
+            patch.status.update(fresh)
+            patch.status["conditions"] = [ready]
+
+
+def _same_ready(status: Any, ready: dict[str, Any]) -> bool:
+    old = next((c for c in (status.get("conditions") or []) if c.get("type") == "Ready"), None)
+    return old is not None and all(old.get(k) == ready[k] for k in ("status", "reason"))
+
+
+async def _update_costs(
+    ctx: Context,
+    namespace: str,
+    pods: list[dict[str, Any]],
+    terminating: set[str],
+    live: dict[str, Any],
+    memo: kopf.Memo,
+    now: float,
+) -> None:
+    """pod-deletion-cost = live connections, patched only on meaningful change."""
+    current = {
+        p["metadata"]["name"]: parse_cost(
+            (p["metadata"].get("annotations") or {}).get(DELETION_COST)
+        )
+        for p in pods
+        if p["metadata"]["name"] not in terminating
+    }
+    last_patched: dict[str, float] = memo.setdefault("cost_patched", {})
+    policy = CostPolicy(
+        ctx.settings.deletion_cost_min_change,
+        ctx.settings.deletion_cost_min_change_ratio,
+        ctx.settings.deletion_cost_min_interval_s,
+    )
+    connections = {pod: stats.connections for pod, stats in live.items()}
+    for pod, cost in deletion_cost_patches(now, current, connections, last_patched, policy).items():
+        try:
+            await ctx.kube.annotate_pod(namespace, pod, {DELETION_COST: str(cost)})
+        except KubeError as exc:
+            log.warning("deletion cost not patched: %s", exc, extra={"pod": pod})
+            continue
+        last_patched[pod] = now
+        ctx.metrics.cost_patches += 1

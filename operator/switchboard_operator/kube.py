@@ -1,0 +1,124 @@
+"""The operator's own Kubernetes API calls: the only operator module that makes any.
+
+kopf watches and patches the operator's resources itself; this module adds the
+few calls kopf has no verb for (read a Deployment, set its scale, list and
+annotate its pods), with the credentials kopf logged in with. Every call here
+appears in `switchboard_operator.rbac.REQUIRED`.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import kopf
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class KubeError(Exception):
+    """An API call failed; the message says which and how."""
+
+    def __init__(self, what: str, status: int, body: str) -> None:
+        super().__init__(f"{what}: HTTP {status}: {body[:300]}")
+        self.status = status
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if info.server.startswith("http://"):
+        return False
+    if info.insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    ca_data = info.ca_data
+    if isinstance(ca_data, bytes):
+        ca_data = ca_data.decode()
+    if ca_data and "BEGIN CERTIFICATE" not in ca_data:
+        ca_data = base64.b64decode(ca_data).decode()
+    context = ssl.create_default_context(
+        cafile=str(info.ca_path) if info.ca_path else None, cadata=ca_data or None
+    )
+    if info.certificate_path and info.private_key_path:
+        context.load_cert_chain(str(info.certificate_path), str(info.private_key_path))
+    elif info.certificate_data or info.private_key_data:
+        raise ValueError("inline client certificates are not supported: use file paths")
+    return context
+
+
+class KubeApi:
+    """A small async client over the credentials kopf uses."""
+
+    def __init__(self) -> None:
+        self._info: kopf.ConnectionInfo | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def use(self, info: kopf.ConnectionInfo) -> None:
+        """New credentials (kopf logs in again when a token expires)."""
+        self._info = info
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _open(self) -> tuple[aiohttp.ClientSession, str]:
+        if self._info is None:
+            raise KubeError("no credentials", 0, "kopf has not logged in yet")
+        if self._session is None or self._session.closed:
+            headers = self._info.as_http_headers()
+            connector = aiohttp.TCPConnector(ssl=_ssl_context(self._info))
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=10),
+            )
+        return self._session, self._info.server.rstrip("/")
+
+    async def _call(
+        self, method: str, path: str, what: str, *, json: Any = None, params: Any = None
+    ) -> Any:
+        session, server = self._open()
+        headers = {"Content-Type": MERGE_PATCH} if method == "PATCH" else {}
+        async with session.request(
+            method, server + path, json=json, params=params, headers=headers
+        ) as response:
+            if response.status >= 400:
+                raise KubeError(what, response.status, await response.text())
+            return await response.json(content_type=None)
+
+    async def deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        path = f"/apis/apps/v1/namespaces/{quote(namespace)}/deployments/{quote(name)}"
+        result: dict[str, Any] = await self._call("GET", path, f"get deployment {name}")
+        return result
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> None:
+        path = f"/apis/apps/v1/namespaces/{quote(namespace)}/deployments/{quote(name)}/scale"
+        body = {"spec": {"replicas": replicas}}
+        await self._call("PATCH", path, f"scale deployment {name}", json=body)
+
+    async def pods(self, namespace: str, match_labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Pods carrying all `match_labels` (filtered here too, whatever the server does)."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
+        path = f"/api/v1/namespaces/{quote(namespace)}/pods"
+        result = await self._call("GET", path, "list pods", params={"labelSelector": selector})
+        items: list[dict[str, Any]] = result.get("items") or []
+        return [
+            pod
+            for pod in items
+            if all(
+                (pod.get("metadata", {}).get("labels") or {}).get(k) == v
+                for k, v in match_labels.items()
+            )
+        ]
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}"
+        body = {"metadata": {"annotations": dict(annotations)}}
+        await self._call("PATCH", path, f"annotate pod {name}", json=body)

@@ -1,0 +1,107 @@
+"""`switchboard operator`: kopf with this project's handlers, NATS and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import kopf
+from aiohttp import web
+
+from switchboard_operator.backbone import OperatorBackbone
+from switchboard_operator.drains import DrainLedger
+from switchboard_operator.handlers import Context, register
+from switchboard_operator.kube import KubeApi
+from switchboard_operator.settings import OperatorSettings
+
+log = logging.getLogger("switchboard.operator")
+
+FINALIZER = "switchboard.dev/cleanup"
+STATS_STALE_S = 10.0  # an edge report older than this is a dead edge's
+
+
+def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+    config = kopf.OperatorSettings()
+    config.persistence.finalizer = FINALIZER
+    config.posting.level = logging.INFO
+    config.peering.name = settings.peering
+    config.peering.standalone = settings.standalone
+    config.peering.mandatory = not settings.standalone
+    config.watching.server_timeout = 300
+    # The watched namespace is given, and the CRDs come with the chart: no need to list
+    # namespaces or watch CRDs, which would need cluster-wide read permissions.
+    config.scanning.disabled = True
+    config.batching.error_delays = (1, 2, 5, 10)
+    return config
+
+
+@contextlib.asynccontextmanager
+async def metrics_server(ctx: Context) -> AsyncIterator[None]:
+    if not ctx.settings.metrics_port:
+        yield
+        return
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=ctx.metrics.render(), content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", ctx.settings.metrics_port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def serve(settings: OperatorSettings, stop: asyncio.Event | None = None) -> None:
+    backbone = OperatorBackbone(settings.nats_url, settings.subject_prefix, STATS_STALE_S)
+    # A replica paused by peering stops refreshing pools, so after this it answers nothing.
+    ctx = Context(settings, backbone, KubeApi(), DrainLedger(3 * settings.scale_interval_s + 1))
+    registry = kopf.OperatorRegistry()
+    register(registry, ctx)
+
+    def grant(pod: str, connections: int) -> float | None:
+        rate = ctx.ledger.grant(pod, time.monotonic())
+        if rate is not None:
+            ctx.metrics.drain_grants += 1
+            ctx.metrics.last_grant[pod] = rate
+            log.info("drain granted", extra={"pod": pod, "rate": rate, "connections": connections})
+        return rate
+
+    await backbone.connect()
+    await backbone.serve_drain_grants(grant)
+    stop_flag: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    if stop is not None:
+        watcher = asyncio.create_task(stop.wait())
+
+        def stop_operator(_: object) -> None:
+            if not stop_flag.done():
+                stop_flag.set_result(None)
+
+        watcher.add_done_callback(stop_operator)
+    try:
+        async with metrics_server(ctx):
+            await kopf.operator(
+                registry=registry,
+                settings=kopf_settings(settings),
+                standalone=settings.standalone,
+                # kopf makes peering mandatory when a name is passed explicitly.
+                peering_name=None if settings.standalone else settings.peering,
+                clusterwide=settings.namespace is None,
+                namespaces=[settings.namespace] if settings.namespace else [],
+                liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+                stop_flag=stop_flag,
+            )
+    finally:
+        await ctx.kube.close()
+        await backbone.close()
+
+
+def run_operator(settings: OperatorSettings) -> int:
+    asyncio.run(serve(settings))
+    return 0

@@ -1,0 +1,60 @@
+"""The operator's one typed settings object (`SB_OPERATOR_*`).
+
+Like the edge's, a bad value fails at start-up with an error naming the
+variable, and the Helm chart's `values.schema.json` is generated from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from switchboard.settings import load_settings
+
+ENV_PREFIX = "SB_OPERATOR_"
+
+
+class OperatorSettings(BaseSettings):
+    """Everything the operator process can be told."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-sep.")
+    subject_prefix: str = Field("sb", pattern=r"^[A-Za-z0-9_-]+$", description="NATS prefix.")
+    namespace: str | None = Field(
+        None, description="Namespace to watch (unset: all namespaces, needs a ClusterRole)."
+    )
+    peering: str = Field(
+        "switchboard",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="kopf peering name: replicas with the same name elect one active operator.",
+    )
+    standalone: bool = Field(False, description="No peering (one replica, or tests).")
+    health_port: int = Field(8081, ge=0, le=65535, description="Liveness endpoint `/healthz`.")
+    metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus `/metrics` (0: off).")
+    scale_interval_s: float = Field(
+        2.0, gt=0, description="How often each EdgePool is re-evaluated (scale, costs, drains)."
+    )
+    status_interval_s: float = Field(5.0, gt=0, description="How often Channel status refreshes.")
+    deletion_cost_min_change: int = Field(
+        10, ge=0, description="A pod's deletion cost is patched only past this many connections…"
+    )
+    deletion_cost_min_change_ratio: float = Field(
+        0.1, ge=0, description="…or past this fraction of its current value."
+    )
+    deletion_cost_min_interval_s: float = Field(
+        10.0, ge=0, description="At most one deletion-cost patch per pod per this interval."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> OperatorSettings:
+        if self.metrics_port and self.metrics_port == self.health_port:
+            raise ValueError(f"{ENV_PREFIX}METRICS_PORT equals {ENV_PREFIX}HEALTH_PORT")
+        return self
+
+
+def load_operator_settings(**overrides: Any) -> OperatorSettings:
+    return load_settings(OperatorSettings, ENV_PREFIX, overrides)
