@@ -1,7 +1,10 @@
-# Switchboard edge image.
+# Switchboard: one image for every process, entrypoint `switchboard`:
+# `edge` (the default command), `operator`, `drain` (the edge's preStop hook),
+# `probe` (the chart's helm test).
 #
 #   docker build -t switchboard .
 #   docker run --rm -p 8080:8080 -e SB_EDGE_JWT_SECRET=change-me switchboard
+#   docker run --rm switchboard operator --help
 #
 # The builder makes a wheel of this project and installs it, with its
 # dependencies, into a virtualenv at /opt/venv; the final stage copies only
@@ -19,18 +22,27 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 
+# What the wheel is built from (and all that .dockerignore lets through): the
+# operator's package lives in operator/switchboard_operator.
 COPY pyproject.toml README.md ./
 COPY switchboard/ switchboard/
 COPY edge/ edge/
+COPY operator/ operator/
 
 # .pyc files are compiled here, at install time, because the venv is
 # read-only for the runtime user.
+# pip itself is removed from the venv: nothing installs at run time.
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir /wheels/switchboard-*.whl
+    && /opt/venv/bin/pip install --no-cache-dir /wheels/switchboard-*.whl \
+    && /opt/venv/bin/pip uninstall --yes pip
 
 
 FROM python:3.11.13-slim-bookworm
+
+LABEL org.opencontainers.image.title="switchboard" \
+      org.opencontainers.image.description="WebSocket edge, operator and tools of Switchboard" \
+      org.opencontainers.image.licenses="Apache-2.0"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -35,17 +35,21 @@ class ApiClient:
         self._session = session
         self._base = base_url.rstrip("/")
 
-    async def _send(self, method: str, path: str, body: Any = None) -> Any:
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """(HTTP status, decoded body) of one call, whatever the status."""
         headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
         async with self._session.request(
             method, self._base + path, json=body, headers=headers
         ) as response:
-            data = await response.json(content_type=None)
-            if response.status == 404:
-                return None
-            if response.status >= 400:
-                raise AssertionError(f"{method} {path}: HTTP {response.status}: {data}")
-            return data
+            return response.status, await response.json(content_type=None)
+
+    async def _send(self, method: str, path: str, body: Any = None) -> Any:
+        status, data = await self.call(method, path, body)
+        if status == 404:
+            return None
+        if status >= 400:
+            raise AssertionError(f"{method} {path}: HTTP {status}: {data}")
+        return data
 
     async def create(self, path: str, body: dict[str, Any]) -> Any:
         return await self._send("POST", path, body)

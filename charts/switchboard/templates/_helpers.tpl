@@ -1,0 +1,200 @@
+{{/* Names: <release>-switchboard, shortened to the release name when it already says so,
+and to 40 characters so that "<fullname>-nats-headless" and the StatefulSet's
+controller-revision-hash label stay within 63. */}}
+{{- define "switchboard.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "switchboard.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "switchboard.edgeName" -}}{{ include "switchboard.fullname" . }}-edge{{- end }}
+{{- define "switchboard.operatorName" -}}{{ include "switchboard.fullname" . }}-operator{{- end }}
+{{- define "switchboard.natsName" -}}{{ include "switchboard.fullname" . }}-nats{{- end }}
+{{- define "switchboard.natsHeadlessName" -}}{{ include "switchboard.fullname" . }}-nats-headless{{- end }}
+
+{{/* The kopf peering name: the operator's settings allow no dots. */}}
+{{- define "switchboard.peeringName" -}}{{ include "switchboard.fullname" . | replace "." "-" }}{{- end }}
+
+{{- define "switchboard.secretName" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-auth" (include "switchboard.fullname" .)) }}
+{{- end }}
+
+{{- define "switchboard.edgeServiceAccountName" -}}
+{{- if .Values.edge.serviceAccount.create }}
+{{- .Values.edge.serviceAccount.name | default (include "switchboard.edgeName" .) }}
+{{- else }}
+{{- .Values.edge.serviceAccount.name | default "default" }}
+{{- end }}
+{{- end }}
+
+{{- define "switchboard.operatorServiceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create }}
+{{- .Values.operator.serviceAccount.name | default (include "switchboard.operatorName" .) }}
+{{- else }}
+{{- .Values.operator.serviceAccount.name | default "default" }}
+{{- end }}
+{{- end }}
+
+{{/* Labels. Call with (dict "ctx" $ "component" "edge"). */}}
+{{- define "switchboard.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "switchboard.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "switchboard.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "switchboard.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: switchboard
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* An image reference from {repository, tag, digest}. Call with (dict "image" ... "ctx" $). */}}
+{{- define "switchboard.imageRef" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (.image.tag | default .ctx.Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{- define "switchboard.image" -}}
+{{ include "switchboard.imageRef" (dict "image" .Values.image "ctx" .) }}
+{{- end }}
+
+{{/* The URL edges and operator reach NATS at (when not read from nats.urlSecret). */}}
+{{- define "switchboard.natsUrl" -}}
+{{- if .Values.nats.enabled }}
+{{- printf "nats://%s.%s.svc:4222" (include "switchboard.natsName" .) .Release.Namespace }}
+{{- else }}
+{{- .Values.nats.url }}
+{{- end }}
+{{- end }}
+
+{{/* A value as an environment variable: strings as they are, everything else as JSON
+(numbers never in exponent form, lists and objects as pydantic-settings reads them). */}}
+{{- define "switchboard.envValue" -}}
+{{- if kindIs "string" . }}{{ quote . }}{{ else }}{{ toJson . | quote }}{{ end }}
+{{- end }}
+
+{{/* An int-or-string field: 1 stays 1, "50%" stays "50%". */}}
+{{- define "switchboard.intOrPercent" -}}
+{{- if kindIs "string" . }}{{ quote . }}{{ else }}{{ int . }}{{ end }}
+{{- end }}
+
+{{/* Non-root, read-only root filesystem, no privileges, no capabilities. */}}
+{{- define "switchboard.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .uid }}
+runAsGroup: {{ .uid }}
+fsGroup: {{ .uid }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "switchboard.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end }}
+
+{{/* Anti-affinity of a component over nodes: (dict "ctx" $ "component" "edge" "mode" "soft"). */}}
+{{- define "switchboard.antiAffinity" -}}
+{{- if eq .mode "hard" }}
+podAntiAffinity:
+  requiredDuringSchedulingIgnoredDuringExecution:
+    - topologyKey: kubernetes.io/hostname
+      labelSelector:
+        matchLabels:
+          {{- include "switchboard.selectorLabels" . | nindent 10 }}
+{{- else if eq .mode "soft" }}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "switchboard.selectorLabels" . | nindent 12 }}
+{{- end }}
+{{- end }}
+
+{{/* The standard OpenTelemetry variables (ConfigMap data) for one service. */}}
+{{- define "switchboard.otelEnv" -}}
+{{- with .ctx.Values.otel }}
+{{- if .enabled }}
+OTEL_SERVICE_NAME: {{ $.service | quote }}
+OTEL_TRACES_EXPORTER: "otlp"
+OTEL_METRICS_EXPORTER: "none"
+OTEL_LOGS_EXPORTER: "none"
+OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf"
+OTEL_EXPORTER_OTLP_ENDPOINT: {{ .endpoint | quote }}
+OTEL_TRACES_SAMPLER: {{ .sampler | quote }}
+OTEL_TRACES_SAMPLER_ARG: {{ toJson .samplerArg | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* OTEL_RESOURCE_ATTRIBUTES (env list: it names the pod). (dict "ctx" $ "podVar" "SB_EDGE_POD_NAME") */}}
+{{- define "switchboard.otelResourceEnv" -}}
+{{- if .ctx.Values.otel.enabled }}
+{{- $attrs := list (printf "k8s.namespace.name=%s" .ctx.Release.Namespace) (printf "k8s.pod.name=$(%s)" .podVar) (printf "service.instance.id=$(%s)" .podVar) }}
+{{- range $k, $v := .ctx.Values.otel.resourceAttributes }}
+{{- $attrs = append $attrs (printf "%s=%s" $k $v) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attrs | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Prometheus annotations. (dict "ctx" $ "port" 8080) */}}
+{{- define "switchboard.metricsAnnotations" -}}
+{{- if .ctx.Values.metrics.podAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | int | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}
+
+{{/* Values the schema cannot judge alone (they span keys): refused with the key's name. */}}
+{{- define "switchboard.validate" -}}
+{{- $v := .Values }}
+{{- if and (not $v.nats.enabled) (not $v.nats.url) (not $v.nats.urlSecret.name) }}
+{{- fail "nats.url: set the external NATS URL (or nats.urlSecret.name), or nats.enabled: true for the bundled cluster" }}
+{{- end }}
+{{- if and $v.nats.enabled (or $v.nats.url $v.nats.urlSecret.name) }}
+{{- fail "nats.url / nats.urlSecret: an external NATS needs nats.enabled: false (the bundled cluster is enabled)" }}
+{{- end }}
+{{- if gt (int $v.edgePool.minReplicas) (int $v.edgePool.maxReplicas) }}
+{{- fail (printf "edgePool.minReplicas (%d) exceeds edgePool.maxReplicas (%d)" (int $v.edgePool.minReplicas) (int $v.edgePool.maxReplicas)) }}
+{{- end }}
+{{- if and (eq $v.auth.verification "publicKey") (not $v.auth.existingSecret) (not $v.auth.jwtPublicKey) }}
+{{- fail "auth.jwtPublicKey: required with auth.verification: publicKey (or name a Secret in auth.existingSecret)" }}
+{{- end }}
+{{- if and (eq $v.auth.verification "publicKey") $v.auth.jwtSecret }}
+{{- fail "auth.jwtSecret: not used with auth.verification: publicKey; remove it or set verification: secret" }}
+{{- end }}
+{{- if and $v.auth.existingSecret (or $v.auth.jwtSecret $v.auth.jwtPublicKey $v.auth.resumeSecret) }}
+{{- fail "auth.existingSecret: the keys come from that Secret; leave auth.jwtSecret, auth.jwtPublicKey and auth.resumeSecret empty" }}
+{{- end }}
+{{- if and $v.otel.enabled (not $v.otel.endpoint) }}
+{{- fail "otel.endpoint: required with otel.enabled (e.g. http://otel-collector:4318)" }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,505 @@
+"""The Helm chart's `values.schema.json`, generated so that no setting is described twice.
+
+The parts of `values.yaml` that configure a process (`edge.config`,
+`operator.config`, `edgePool`, `channels.extra`, `subjectPrefix`) come from the
+same pydantic models that process validates its environment with; only the
+chart's own structure (image, replicas, NATS, Secrets, Ingress, ...) is written
+here. Helm refuses values that break the schema, naming the key, at install
+time instead of the process refusing its environment at start-up.
+
+`switchboard chart-schema --out charts/switchboard/values.schema.json` writes
+it; a test fails when the committed file differs from `render_values_schema()`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from switchboard.settings import EdgeSettings
+from switchboard_operator.models import ChannelSpec, EdgePoolSpec
+from switchboard_operator.settings import OperatorSettings
+
+JSON = dict[str, Any]
+
+# EdgeSettings the chart sets itself, from other values or the pod (so a user
+# cannot contradict it): listen address and port (`edge.port`), the pod name
+# (downward API), NATS (`nats`), the NATS prefix (`subjectPrefix`, shared with
+# the operator), key material (`auth`, from a Secret), the drain deadline
+# (`edgePool.drain.timeoutSeconds`, which also sets the grace period), and the
+# token-minting endpoint that only `switchboard dev` may open.
+EDGE_CHART_KEYS = (
+    "host",
+    "port",
+    "pod_name",
+    "nats_url",
+    "subject_prefix",
+    "jwt_secret",
+    "jwt_public_key_file",
+    "resume_secret",
+    "drain_timeout_s",
+    "dev_tokens",
+)
+
+# OperatorSettings the chart sets itself: NATS, the prefix, the watched
+# namespace (`operator.clusterWide`), the peering (the chart creates the
+# KopfPeering object it names) and the probe/metrics ports its manifests use.
+OPERATOR_CHART_KEYS = (
+    "nats_url",
+    "subject_prefix",
+    "namespace",
+    "peering",
+    "standalone",
+    "health_port",
+    "metrics_port",
+)
+
+# EdgePoolSpec.deployment is the chart's edge Deployment.
+EDGEPOOL_CHART_KEYS = ("deployment",)
+
+_NOISE = {"title", "doc_default"}
+# The Channel CRD's own rule on metadata.name.
+_CHANNEL_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def _inline(node: Any, defs: JSON, nullable: bool) -> Any:
+    """Resolve `$ref`s and drop titles; without `nullable`, `X | None` becomes `X`
+    (a Kubernetes object field is absent, never null)."""
+    if isinstance(node, list):
+        return [_inline(item, defs, nullable) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = _inline(defs[node["$ref"].rsplit("/", 1)[-1]], defs, nullable)
+        siblings = {k: v for k, v in node.items() if k != "$ref"}
+        return {**target, **_inline(siblings, defs, nullable)}
+    if not nullable and "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        if len(options) == 1:
+            rest = {k: v for k, v in node.items() if k != "anyOf" and k not in _NOISE}
+            if rest.get("default", 0) is None:
+                del rest["default"]
+            return {**_inline(options[0], defs, nullable), **_inline(rest, defs, nullable)}
+    out: JSON = {}
+    for key, value in node.items():
+        if key in _NOISE or key == "$defs":
+            continue
+        if key == "properties":
+            out[key] = {name: _inline(sub, defs, nullable) for name, sub in value.items()}
+        else:
+            out[key] = _inline(value, defs, nullable)
+    return out
+
+
+def model_schema(
+    model: type[BaseModel],
+    *,
+    omit: tuple[str, ...] = (),
+    by_alias: bool = False,
+    nullable: bool = True,
+    description: str | None = None,
+) -> JSON:
+    """A model's JSON schema for a values section: every key optional (the process
+    default applies), unknown keys refused, the chart-set keys left out."""
+    raw = model.model_json_schema(by_alias=by_alias)
+    schema: JSON = _inline(raw, raw.get("$defs", {}), nullable)
+    for key in omit:
+        del schema["properties"][key]  # KeyError: the model lost a key the chart sets
+    schema.pop("required", None)
+    schema["additionalProperties"] = False
+    if description is not None:
+        schema["description"] = description
+    return schema
+
+
+def _field(model: type[BaseModel], name: str) -> JSON:
+    """One field's schema, e.g. the NATS prefix both processes share."""
+    field: JSON = model_schema(model)["properties"][name]
+    return field
+
+
+def _obj(description: str, properties: JSON, **extra: Any) -> JSON:
+    return {
+        "type": "object",
+        "description": description,
+        "properties": properties,
+        "additionalProperties": False,
+        **extra,
+    }
+
+
+def _str(description: str, **extra: Any) -> JSON:
+    return {"type": "string", "description": description, **extra}
+
+
+def _int(description: str, minimum: int | None = None, **extra: Any) -> JSON:
+    out: JSON = {"type": "integer", "description": description, **extra}
+    if minimum is not None:
+        out["minimum"] = minimum
+    return out
+
+
+def _bool(description: str) -> JSON:
+    return {"type": "boolean", "description": description}
+
+
+def _map(description: str) -> JSON:
+    return {
+        "type": "object",
+        "description": description,
+        "additionalProperties": {"type": "string"},
+    }
+
+
+def _list(description: str) -> JSON:
+    return {"type": "array", "description": description, "items": {"type": "object"}}
+
+
+def _free(description: str) -> JSON:
+    """A Kubernetes object passed through as is (checked by the API server)."""
+    return {"type": "object", "description": description}
+
+
+def _resources(description: str) -> JSON:
+    quantities = {
+        "type": "object",
+        "additionalProperties": {"type": ["string", "number"]},
+    }
+    return _obj(description, {"requests": quantities, "limits": quantities})
+
+
+def _image(description: str) -> JSON:
+    return _obj(
+        description,
+        {
+            "repository": _str("Image repository.", minLength=1),
+            "tag": _str("Image tag (empty: the chart's appVersion)."),
+            "digest": _str(
+                "Pins the image (sha256:...); wins over the tag.",
+                pattern=r"^(sha256:[a-f0-9]{64})?$",
+            ),
+            "pullPolicy": {
+                "enum": ["Always", "IfNotPresent", "Never"],
+                "description": "Pull policy.",
+            },
+        },
+        required=["repository"],
+    )
+
+
+def _pod_placement() -> JSON:
+    return {
+        "podAnnotations": _map("Extra pod annotations."),
+        "podLabels": _map("Extra pod labels."),
+        "nodeSelector": _map("Node selector."),
+        "tolerations": _list("Tolerations."),
+        "affinity": _free("Affinity (replaces the chart's anti-affinity when set)."),
+        "priorityClassName": _str("Priority class."),
+    }
+
+
+def _service_account(what: str) -> JSON:
+    return _obj(
+        f"The {what} ServiceAccount.",
+        {
+            "create": _bool("Create it (else `name` must exist)."),
+            "name": _str("Name (empty: generated)."),
+            "annotations": _map("Annotations (e.g. cloud IAM bindings)."),
+        },
+    )
+
+
+def _secret_ref(description: str) -> JSON:
+    return _obj(
+        description,
+        {
+            "name": _str("Secret name (empty: not used)."),
+            "key": _str("Key in the Secret.", minLength=1),
+        },
+    )
+
+
+_MIN_AVAILABLE = {
+    "description": "Pods that must stay up during voluntary disruptions: at least 1 (or a "
+    "non-zero percentage), so a drain of nodes never takes every edge at once.",
+    "oneOf": [
+        {"type": "integer", "minimum": 1},
+        {"type": "string", "pattern": r"^([1-9][0-9]?|100)%$"},
+    ],
+}
+
+
+def values_schema() -> JSON:
+    """The whole schema as a dict (see `render_values_schema`)."""
+    edge_pool = model_schema(
+        EdgePoolSpec,
+        omit=EDGEPOOL_CHART_KEYS,
+        by_alias=True,
+        nullable=False,
+        description="The EdgePool the operator scales and drains the edge Deployment by. "
+        "`drain.timeoutSeconds` is also the edge's drain deadline and sets its grace period.",
+    )
+    edge_pool["properties"] = {
+        "enabled": _bool("Create the EdgePool (the Deployment then has no fixed replicas)."),
+        **edge_pool["properties"],
+    }
+    channel = model_schema(ChannelSpec, by_alias=True, nullable=False)
+    return {
+        "$schema": "https://json-schema.org/draft-07/schema#",
+        "title": "Values of the switchboard chart",
+        "description": "Generated by `switchboard chart-schema` from the settings models; "
+        "do not edit.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "global": _free("Helm globals (when used as a subchart)."),
+            "nameOverride": _str("Replaces the chart name in resource names."),
+            "fullnameOverride": _str("Replaces the release-chart prefix of resource names."),
+            "commonLabels": _map("Labels added to every resource."),
+            "image": _image("The Switchboard image (edge, operator, drain hook, test)."),
+            "imagePullSecrets": _list("Pull secrets for every pod."),
+            "subjectPrefix": _field(EdgeSettings, "subject_prefix"),
+            "auth": _obj(
+                "Key material, kept in a Secret.",
+                {
+                    "existingSecret": _str(
+                        "Use this Secret (keys `jwt-secret` or `jwt-public-key.pem`, "
+                        "and `resume-secret`) instead of creating one."
+                    ),
+                    "verification": {
+                        "enum": ["secret", "publicKey"],
+                        "description": "How edges verify JWTs: an HS256 shared secret, or "
+                        "an RS256/ES256 public key (PEM).",
+                    },
+                    "jwtSecret": _str(
+                        "HS256 secret, at least 32 characters (empty: generated at install, "
+                        "kept on upgrade).",
+                        pattern=r"^(.{32,})?$",
+                    ),
+                    "jwtPublicKey": _str("PEM public key (verification: publicKey)."),
+                    "resumeSecret": _str(
+                        "Signs resume tokens, at least 32 characters (empty: generated at "
+                        "install, kept on upgrade).",
+                        pattern=r"^(.{32,})?$",
+                    ),
+                },
+            ),
+            "otel": _obj(
+                "OpenTelemetry traces, passed to edge and operator as the standard OTEL_* "
+                "variables (OTLP over HTTP).",
+                {
+                    "enabled": _bool("Export traces."),
+                    "endpoint": _str("OTLP/HTTP endpoint, e.g. http://otel-collector:4318."),
+                    "sampler": {
+                        "enum": [
+                            "always_on",
+                            "always_off",
+                            "traceidratio",
+                            "parentbased_always_on",
+                            "parentbased_always_off",
+                            "parentbased_traceidratio",
+                        ],
+                        "description": "OTEL_TRACES_SAMPLER.",
+                    },
+                    "samplerArg": {
+                        "type": "number",
+                        "minimum": 0,
+                        "maximum": 1,
+                        "description": "OTEL_TRACES_SAMPLER_ARG (the ratio).",
+                    },
+                    "resourceAttributes": _map("Added to OTEL_RESOURCE_ATTRIBUTES."),
+                },
+            ),
+            "metrics": _obj(
+                "Prometheus scraping.",
+                {"podAnnotations": _bool("Annotate pods with prometheus.io/scrape, port, path.")},
+            ),
+            "edge": _obj(
+                "The edge Deployment.",
+                {
+                    "replicas": _int("Fixed replicas, used only without the EdgePool.", 1),
+                    "port": _int("WebSocket and HTTP port of the container.", 1, maximum=65535),
+                    "config": model_schema(
+                        EdgeSettings,
+                        omit=EDGE_CHART_KEYS,
+                        description="Edge settings (the keys of docs/edge.md, snake_case), "
+                        "passed as SB_EDGE_<KEY> variables.",
+                    ),
+                    "drainGraceMarginSeconds": _int(
+                        "terminationGracePeriodSeconds = edgePool.drain.timeoutSeconds + this "
+                        "(time to flush NATS and exit after the drain deadline).",
+                        5,
+                    ),
+                    "podAntiAffinity": {
+                        "enum": ["soft", "hard", "none"],
+                        "description": "Spread edges over nodes: preferred, required, or not.",
+                    },
+                    "topologySpreadConstraints": _list(
+                        "Topology spread constraints (the chart fills in the label selector)."
+                    ),
+                    "resources": _resources("Edge container resources."),
+                    "extraEnv": _list("Extra environment variables of the edge container."),
+                    "pdb": _obj(
+                        "The edges' PodDisruptionBudget.",
+                        {"enabled": _bool("Create it."), "minAvailable": _MIN_AVAILABLE},
+                    ),
+                    "serviceAccount": _service_account("edge"),
+                    **_pod_placement(),
+                },
+            ),
+            "service": _obj(
+                "The Service clients connect through.",
+                {
+                    "type": {
+                        "enum": ["ClusterIP", "NodePort", "LoadBalancer"],
+                        "description": "Service type.",
+                    },
+                    "port": _int("Service port.", 1, maximum=65535),
+                    "nodePort": _int("Node port (type NodePort or LoadBalancer; 0: any).", 0),
+                    "externalTrafficPolicy": {
+                        "enum": ["", "Cluster", "Local"],
+                        "description": "For NodePort/LoadBalancer (Local keeps client IPs).",
+                    },
+                    "annotations": _map("Service annotations (e.g. load balancer options)."),
+                },
+            ),
+            "ingress": _obj(
+                "An Ingress for the WebSocket and tickets (/v1/ws, /v1/tickets).",
+                {
+                    "enabled": _bool("Create it."),
+                    "className": _str("IngressClass."),
+                    "annotations": _map("Annotations (merged over the timeout annotations)."),
+                    "timeoutSeconds": _int(
+                        "Idle timeout of proxied WebSockets (ingress-nginx read/send timeouts); "
+                        "keep it well above edge.config.ping_interval_s.",
+                        1,
+                    ),
+                    "paths": {
+                        "type": "array",
+                        "description": "Paths routed to the edges.",
+                        "items": _str("A path prefix.", pattern="^/"),
+                        "minItems": 1,
+                    },
+                    "hosts": {
+                        "type": "array",
+                        "description": "Host names.",
+                        "items": _str("A host name.", minLength=1),
+                    },
+                    "tls": {
+                        "type": "array",
+                        "description": "TLS: [{secretName, hosts}].",
+                        "items": _obj(
+                            "One certificate.",
+                            {
+                                "secretName": _str("TLS Secret.", minLength=1),
+                                "hosts": {"type": "array", "items": {"type": "string"}},
+                            },
+                        ),
+                    },
+                },
+            ),
+            "edgePool": edge_pool,
+            "channels": _obj(
+                "Channel resources created with the release.",
+                {
+                    "examples": _bool("Create the example Channels `chat` and `news`."),
+                    "extra": {
+                        "type": "object",
+                        "description": "More Channels: name → spec (the Channel CRD's spec).",
+                        "patternProperties": {_CHANNEL_NAME: channel},
+                        "additionalProperties": False,
+                    },
+                },
+            ),
+            "operator": _obj(
+                "The operator Deployment (kopf, peering between replicas).",
+                {
+                    "enabled": _bool("Run the operator."),
+                    "replicas": _int("Replicas: one is active, the others stand by.", 1),
+                    "clusterWide": _bool(
+                        "Watch every namespace (ClusterRole) instead of the release's."
+                    ),
+                    "config": model_schema(
+                        OperatorSettings,
+                        omit=OPERATOR_CHART_KEYS,
+                        description="Operator settings (snake_case), passed as "
+                        "SB_OPERATOR_<KEY> variables.",
+                    ),
+                    "resources": _resources("Operator container resources."),
+                    "extraEnv": _list("Extra environment variables of the operator container."),
+                    "pdb": _obj(
+                        "The operator's PodDisruptionBudget.",
+                        {"enabled": _bool("Create it."), "minAvailable": _MIN_AVAILABLE},
+                    ),
+                    "serviceAccount": _service_account("operator"),
+                    **_pod_placement(),
+                },
+            ),
+            "nats": _obj(
+                "NATS: a bundled JetStream cluster, or an external one.",
+                {
+                    "enabled": _bool("Run the bundled NATS cluster (StatefulSet)."),
+                    "url": _str("External NATS URL(s), comma-separated (nats.enabled: false)."),
+                    "urlSecret": _secret_ref(
+                        "Read the external URL (with credentials) from a Secret instead."
+                    ),
+                    "image": _image("The NATS server image."),
+                    "replicas": {
+                        "enum": [1, 3, 5],
+                        "description": "Servers; JetStream needs a majority, so 1, 3 or 5.",
+                    },
+                    "clusterDomain": _str("The cluster's DNS domain (routes).", minLength=1),
+                    "jetstream": _obj(
+                        "JetStream storage.",
+                        {
+                            "memoryStore": _str(
+                                "max_memory_store, e.g. 256Mi.", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$"
+                            ),
+                            "fileStore": _obj(
+                                "File store on a PersistentVolumeClaim per server.",
+                                {
+                                    "size": _str(
+                                        "PVC size, also max_file_store.",
+                                        pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$",
+                                    ),
+                                    "storageClassName": _str(
+                                        "Storage class (empty: the cluster default)."
+                                    ),
+                                },
+                            ),
+                        },
+                    ),
+                    "lameDuck": _obj(
+                        "Lame-duck mode on shutdown: clients move to the other servers.",
+                        {
+                            "durationSeconds": _int("lame_duck_duration.", 1),
+                            "gracePeriodSeconds": _int("lame_duck_grace_period.", 0),
+                        },
+                    ),
+                    "resources": _resources("NATS container resources."),
+                    "pdb": _obj(
+                        "NATS PodDisruptionBudget: one server down at a time (keeps quorum).",
+                        {"enabled": _bool("Create it (with more than one replica).")},
+                    ),
+                    **_pod_placement(),
+                },
+            ),
+            "tests": _obj(
+                "The `helm test` pod: a publish/subscribe round trip through the Service.",
+                {
+                    "enabled": _bool("Render the test pod."),
+                    "timeoutSeconds": _int("How long the round trip may take.", 1),
+                    "tokenSecret": _secret_ref(
+                        "A JWT for the probe (needed with verification: publicKey)."
+                    ),
+                },
+            ),
+        },
+    }
+
+
+def render_values_schema() -> str:
+    """`values.schema.json` as committed: stable JSON text with a trailing newline."""
+    return json.dumps(values_schema(), indent=2, ensure_ascii=False) + "\n"

@@ -1,0 +1,168 @@
+"""Renders the chart with the real Helm engine (helm-python-sdk embeds Helm v4: the
+same template functions, value coalescing and values.schema.json checks as
+`helm install`), for the value sets the tests share."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "switchboard"
+DEPLOY = ROOT / "deploy"
+RELEASE = "sb"
+NAMESPACE = "switchboard"
+
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the one the
+# control-plane tests run.
+KUBE_VERSIONS = ("1.30", "1.36")
+
+Values = dict[str, Any]
+Doc = dict[str, Any]
+
+
+def _public_key_pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def _deploy(name: str) -> Values:
+    values: Values = yaml.safe_load((DEPLOY / name).read_text())
+    return values
+
+
+VALUE_SETS: dict[str, Values] = {
+    "default": {},
+    "external-nats": {"nats": {"enabled": False, "url": "nats://nats.messaging.svc:4222"}},
+    "external-nats-secret": {
+        "nats": {"enabled": False, "urlSecret": {"name": "nats-url", "key": "url"}}
+    },
+    "no-examples": {"channels": {"examples": False}},
+    "existing-secret": {"auth": {"existingSecret": "switchboard-keys"}},
+    "ingress": {
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "7200"},
+            "hosts": ["ws.example.com", "ws2.example.com"],
+            "tls": [{"secretName": "ws-tls", "hosts": ["ws.example.com", "ws2.example.com"]}],
+        }
+    },
+    "public-key": {
+        "auth": {"verification": "publicKey", "jwtPublicKey": _public_key_pem()},
+        "tests": {"tokenSecret": {"name": "probe-token", "key": "token"}},
+    },
+    "cluster-wide": {"operator": {"clusterWide": True}},
+    "fixed-replicas": {
+        "edgePool": {"enabled": False},
+        "edge": {"replicas": 1},
+        "operator": {"enabled": False},
+        "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"},
+    },
+    "otel": {
+        "otel": {
+            "enabled": True,
+            "endpoint": "http://otel-collector.observability.svc:4318",
+            "sampler": "parentbased_traceidratio",
+            "samplerArg": 0.25,
+            "resourceAttributes": {"deployment.environment": "test"},
+        },
+        "edge": {
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                }
+            ]
+        },
+    },
+    "deploy-dev": _deploy("values-dev.yaml"),
+    "deploy-production": _deploy("values-production.yaml"),
+}
+
+
+def render(values: Values, release: str = RELEASE) -> dict[str, str]:
+    """Template path → rendered text, as `helm install` would produce (offline)."""
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
+
+
+def parse(rendered: dict[str, str]) -> list[Doc]:
+    """Every Kubernetes object in the rendered templates (NOTES.txt is not one)."""
+    return [
+        doc
+        for path, text in sorted(rendered.items())
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+@functools.cache
+def rendered_set(name: str) -> dict[str, str]:
+    return render(VALUE_SETS[name])
+
+
+def docs_of(name: str) -> list[Doc]:
+    return parse(rendered_set(name))
+
+
+def find(docs: list[Doc], kind: str, suffix: str = "") -> Doc:
+    """The one object of this kind whose name ends with `suffix`."""
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(suffix)]
+    assert len(found) == 1, f"{len(found)} {kind} named *{suffix}"
+    return found[0]
+
+
+def find_all(docs: list[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def pod_specs(docs: list[Doc]) -> list[tuple[str, Doc]]:
+    """(name, pod spec) of every workload and bare pod."""
+    specs = [(d["metadata"]["name"], d["spec"]) for d in docs if d["kind"] == "Pod"]
+    specs += [
+        (d["metadata"]["name"], d["spec"]["template"]["spec"])
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")
+    ]
+    return specs
+
+
+def container_env(
+    docs: list[Doc], container: Doc, secrets: dict[tuple[str, str], str] | None = None
+) -> dict[str, str]:
+    """The environment a container would see: its ConfigMaps (envFrom), then env;
+    Secret references resolved from `secrets`, the pod name as `pod-0`."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        config_map = find(docs, "ConfigMap", source["configMapRef"]["name"])
+        env.update(config_map["data"])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+            continue
+        ref = item["valueFrom"]
+        if "fieldRef" in ref:
+            assert ref["fieldRef"]["fieldPath"] == "metadata.name"
+            env[item["name"]] = "pod-0"
+        elif "secretKeyRef" in ref:
+            key = (ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"])
+            env[item["name"]] = (secrets or {}).get(key, "s" * 40)
+    return env
+
+
+def container(spec: Doc, name: str) -> Doc:
+    found: Doc = next(c for c in spec["containers"] if c["name"] == name)
+    return found

@@ -1,0 +1,374 @@
+"""The edge Deployment: drains are never cut short, disruptions never take every edge,
+the settings in values reach the process intact, and clients get in through the
+Service or Ingress."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from switchboard.chart_schema import values_schema
+from switchboard.settings import ENV_PREFIX as EDGE_PREFIX
+from switchboard.settings import EdgeSettings, load_settings
+from switchboard_operator.settings import ENV_PREFIX as OPERATOR_PREFIX
+from switchboard_operator.settings import OperatorSettings
+from tests.chart.render import (
+    NAMESPACE,
+    VALUE_SETS,
+    Doc,
+    container,
+    container_env,
+    docs_of,
+    find,
+    find_all,
+    parse,
+    pod_specs,
+    render,
+    rendered_set,
+)
+
+
+def _edge(docs: list[Doc]) -> tuple[Doc, Doc]:
+    deployment = find(docs, "Deployment", "-edge")
+    return deployment, container(deployment["spec"]["template"]["spec"], "edge")
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_grace_period_exceeds_the_drain_timeout(name: str) -> None:
+    docs = docs_of(name)
+    deployment, edge = _edge(docs)
+    drain_timeout = float(container_env(docs, edge)["SB_EDGE_DRAIN_TIMEOUT_S"])
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= drain_timeout + 5
+
+
+@pytest.mark.parametrize(("timeout", "margin"), [(0, 5), (20, 10), (300, 30), (3600, 60)])
+def test_drain_timeout_and_grace_come_from_one_value(timeout: int, margin: int) -> None:
+    docs = parse(
+        render(
+            {
+                "edgePool": {"drain": {"timeoutSeconds": timeout}},
+                "edge": {"drainGraceMarginSeconds": margin},
+            }
+        )
+    )
+    deployment, edge = _edge(docs)
+    assert container_env(docs, edge)["SB_EDGE_DRAIN_TIMEOUT_S"] == str(timeout)
+    assert find(docs, "EdgePool")["spec"]["drain"]["timeoutSeconds"] == timeout
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == (
+        timeout + margin
+    )
+
+
+def test_prestop_starts_the_drain_on_the_edge_port() -> None:
+    docs = parse(render({"edge": {"port": 9000}}))
+    _, edge = _edge(docs)
+    assert edge["lifecycle"]["preStop"]["exec"]["command"] == [
+        "switchboard",
+        "drain",
+        "--port",
+        "9000",
+    ]
+    assert container_env(docs, edge)["SB_EDGE_PORT"] == "9000"
+    assert edge["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+
+
+def test_probes() -> None:
+    _, edge = _edge(docs_of("default"))
+    assert edge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert edge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert edge["startupProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_rollouts_surge_and_never_drop_below_the_current_edges() -> None:
+    deployment, _ = _edge(docs_of("default"))
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_pod_name_comes_from_the_downward_api() -> None:
+    _, edge = _edge(docs_of("default"))
+    (item,) = [e for e in edge["env"] if e["name"] == "SB_EDGE_POD_NAME"]
+    assert item["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_the_pdb_never_allows_zero_available_edges(name: str) -> None:
+    docs = docs_of(name)
+    deployment, _ = _edge(docs)
+    pdb = find(docs, "PodDisruptionBudget", "-edge")
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert "maxUnavailable" not in pdb["spec"]
+    minimum = pdb["spec"]["minAvailable"]
+    if isinstance(minimum, str):
+        assert minimum.endswith("%")
+        assert int(minimum[:-1]) > 0  # rounds up: at least one pod of any number
+    else:
+        assert minimum >= 1
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_containers_run_as_non_root_read_only(name: str) -> None:
+    specs = pod_specs(docs_of(name))
+    assert specs
+    for pod, spec in specs:
+        context = spec["securityContext"]
+        assert context["runAsNonRoot"] is True, pod
+        assert context["runAsUser"] > 0, pod
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}, pod
+        for c in spec["containers"] + spec.get("initContainers", []):
+            own = c["securityContext"]
+            assert own.get("runAsNonRoot", True) is True, (pod, c["name"])
+            assert own.get("runAsUser", 1) != 0, (pod, c["name"])
+            assert own["allowPrivilegeEscalation"] is False, (pod, c["name"])
+            assert own["readOnlyRootFilesystem"] is True, (pod, c["name"])
+            assert own["capabilities"]["drop"] == ["ALL"], (pod, c["name"])
+
+
+def test_edges_have_no_api_token() -> None:
+    docs = docs_of("default")
+    deployment, _ = _edge(docs)
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    account = find(docs, "ServiceAccount", spec["serviceAccountName"])
+    assert account["automountServiceAccountToken"] is False
+
+
+def test_the_operator_owns_replicas_when_the_edgepool_is_on() -> None:
+    deployment, _ = _edge(docs_of("default"))
+    assert "replicas" not in deployment["spec"]
+    pool = find(docs_of("default"), "EdgePool")
+    assert pool["spec"]["deployment"] == deployment["metadata"]["name"]
+    assert find_all(docs_of("default"), "HorizontalPodAutoscaler") == []
+    fixed, _ = _edge(docs_of("fixed-replicas"))
+    assert fixed["spec"]["replicas"] == 1
+    assert find_all(docs_of("fixed-replicas"), "EdgePool") == []
+
+
+def test_anti_affinity_spreads_edges_over_nodes() -> None:
+    deployment, _ = _edge(docs_of("default"))
+    spec = deployment["spec"]["template"]["spec"]
+    (term,) = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    hard, _ = _edge(parse(render({"edge": {"podAntiAffinity": "hard"}})))
+    assert hard["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    spread, _ = _edge(docs_of("otel"))
+    (constraint,) = spread["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert constraint["labelSelector"]["matchLabels"] == selector
+
+
+def test_config_changes_roll_the_pods() -> None:
+    before, _ = _edge(docs_of("default"))
+    after, _ = _edge(parse(render({"edge": {"config": {"max_connections": 123}}})))
+    key = "checksum/config"
+    assert (
+        before["spec"]["template"]["metadata"]["annotations"][key]
+        != after["spec"]["template"]["metadata"]["annotations"][key]
+    )
+
+
+def _example_value(schema: dict[str, Any]) -> Any:
+    """A valid value different from the default, for any setting's schema."""
+    default = schema.get("default")
+    if "anyOf" in schema:
+        return _example_value(next(o for o in schema["anyOf"] if o.get("type") != "null"))
+    if "enum" in schema:
+        return next(v for v in reversed(schema["enum"]) if v != default)
+    kind = schema["type"]
+    if kind == "object":
+        return {k: _example_value(s) for k, s in schema["properties"].items()}
+    if kind == "array":
+        items = schema["items"]
+        return [items["enum"][-1]] if "enum" in items else ["https://a.example", "x*"]
+    if kind == "boolean":
+        return not default
+    if kind == "integer":
+        return (default if default is not None else schema.get("minimum", 0)) + 3
+    if kind == "number":
+        return (default if default is not None else 1.0) + 2.5
+    assert kind == "string" and "pattern" not in schema, schema
+    return "example"
+
+
+def _settings_from_pod(
+    docs: list[Doc], kind: str, suffix: str, name: str, model: Any, prefix: str, monkeypatch: Any
+) -> Any:
+    deployment = find(docs, kind, suffix)
+    env = container_env(docs, container(deployment["spec"]["template"]["spec"], name))
+    with monkeypatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith(prefix)]:
+            patch.delenv(key)
+        for key, value in env.items():
+            patch.setenv(key, value)
+        return load_settings(model, prefix, {})
+
+
+def test_every_edge_setting_reaches_the_edge_intact(monkeypatch: pytest.MonkeyPatch) -> None:
+    schema = values_schema()["properties"]["edge"]["properties"]["config"]
+    config = _example_value(schema)
+    docs = parse(render({"edge": {"config": config}}))
+    settings = _settings_from_pod(
+        docs, "Deployment", "-edge", "edge", EdgeSettings, EDGE_PREFIX, monkeypatch
+    )
+    dumped = settings.model_dump(mode="json")
+    assert {k: dumped[k] for k in config} == config
+    # And what the chart sets itself:
+    assert settings.pod_name == "pod-0"
+    assert settings.nats_url == f"nats://sb-switchboard-nats.{NAMESPACE}.svc:4222"
+    assert settings.jwt_secret and settings.resume_secret
+
+
+def test_every_operator_setting_reaches_the_operator_intact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    schema = values_schema()["properties"]["operator"]["properties"]["config"]
+    config = _example_value(schema)
+    docs = parse(render({"operator": {"config": config}}))
+    settings = _settings_from_pod(
+        docs, "Deployment", "-operator", "operator", OperatorSettings, OPERATOR_PREFIX, monkeypatch
+    )
+    dumped = settings.model_dump(mode="json")
+    assert {k: dumped[k] for k in config} == config
+    assert settings.namespace == NAMESPACE
+    assert settings.peering == find(docs, "KopfPeering")["metadata"]["name"]
+    assert (settings.health_port, settings.metrics_port) == (8081, 9090)
+    assert settings.standalone is False
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_edges_and_operator_start_with_the_rendered_settings(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = docs_of(name)
+    _settings_from_pod(docs, "Deployment", "-edge", "edge", EdgeSettings, EDGE_PREFIX, monkeypatch)
+    if VALUE_SETS[name].get("operator", {}).get("enabled", True):
+        _settings_from_pod(
+            docs,
+            "Deployment",
+            "-operator",
+            "operator",
+            OperatorSettings,
+            OPERATOR_PREFIX,
+            monkeypatch,
+        )
+
+
+def test_public_key_verification_mounts_the_key_file() -> None:
+    docs = docs_of("public-key")
+    deployment, edge = _edge(docs)
+    env = container_env(docs, edge)
+    assert "SB_EDGE_JWT_SECRET" not in env
+    path = env["SB_EDGE_JWT_PUBLIC_KEY_FILE"]
+    (mount,) = [m for m in edge["volumeMounts"] if m["name"] == "jwt"]
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "jwt"]
+    (item,) = volume["secret"]["items"]
+    assert path == f"{mount['mountPath']}/{item['path']}"
+    secret = find(docs, "Secret", volume["secret"]["secretName"])
+    assert item["key"] in secret["data"]
+
+
+def test_existing_secret_is_used_and_none_is_created() -> None:
+    docs = docs_of("existing-secret")
+    assert find_all(docs, "Secret") == []
+    _, edge = _edge(docs)
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in edge["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert refs["SB_EDGE_JWT_SECRET"] == {"name": "switchboard-keys", "key": "jwt-secret"}
+    assert refs["SB_EDGE_RESUME_SECRET"] == {"name": "switchboard-keys", "key": "resume-secret"}
+
+
+def test_given_secrets_are_stored_and_generated_ones_are_long() -> None:
+    import base64
+
+    given = {"jwtSecret": "j" * 40, "resumeSecret": "r" * 40}
+    secret = find(parse(render({"auth": given})), "Secret", "-auth")
+    assert base64.b64decode(secret["data"]["jwt-secret"]).decode() == "j" * 40
+    assert base64.b64decode(secret["data"]["resume-secret"]).decode() == "r" * 40
+    generated = find(docs_of("default"), "Secret", "-auth")
+    for key in ("jwt-secret", "resume-secret"):
+        assert len(base64.b64decode(generated["data"][key])) >= 32
+
+
+def test_otel_settings_are_the_standard_variables() -> None:
+    docs = docs_of("otel")
+    _, edge = _edge(docs)
+    env = container_env(docs, edge)
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability.svc:4318"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.25"
+    assert env["OTEL_SERVICE_NAME"] == "switchboard-edge"
+    attributes = dict(a.split("=", 1) for a in env["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+    assert attributes["k8s.pod.name"] == "$(SB_EDGE_POD_NAME)"
+    assert attributes["deployment.environment"] == "test"
+    names = [e["name"] for e in edge["env"]]
+    assert names.index("SB_EDGE_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+    _, quiet = _edge(docs_of("default"))
+    assert not any(k.startswith("OTEL_") for k in container_env(docs_of("default"), quiet))
+
+
+def test_service_routes_to_the_edge_port() -> None:
+    docs = docs_of("default")
+    deployment, _ = _edge(docs)
+    service = find(docs, "Service", "-edge")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    (port,) = service["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (80, "http")
+
+
+def test_ingress_keeps_websockets_open_and_hides_metrics() -> None:
+    docs = docs_of("ingress")
+    ingress = find(docs, "Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"] == "3600"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "7200"  # user wins
+    assert [r["host"] for r in ingress["spec"]["rules"]] == ["ws.example.com", "ws2.example.com"]
+    service = find(docs, "Service", "-edge")
+    for rule in ingress["spec"]["rules"]:
+        paths = rule["http"]["paths"]
+        assert [(p["path"], p["pathType"]) for p in paths] == [
+            ("/v1/ws", "Prefix"),
+            ("/v1/tickets", "Prefix"),
+        ]
+        for path in paths:
+            assert path["backend"]["service"] == {
+                "name": service["metadata"]["name"],
+                "port": {"name": "http"},
+            }
+    assert ingress["spec"]["tls"][0]["secretName"] == "ws-tls"
+    assert find_all(docs_of("default"), "Ingress") == []
+
+
+def test_helm_test_pod_round_trips_through_the_service() -> None:
+    docs = docs_of("default")
+    (pod,) = find_all(docs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    probe = container(pod["spec"], "probe")
+    service = find(docs, "Service", "-edge")
+    url = f"ws://{service['metadata']['name']}.{NAMESPACE}.svc:80/v1/ws"
+    assert probe["args"][:3] == ["probe", "--url", url]
+    _, edge = _edge(docs)
+    edge_secret = next(e for e in edge["env"] if e["name"] == "SB_EDGE_JWT_SECRET")
+    assert probe["env"] == [edge_secret]
+    (keyed,) = find_all(docs_of("public-key"), "Pod")
+    (token,) = container(keyed["spec"], "probe")["env"]
+    assert token["name"] == "SB_TOKEN"
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "probe-token", "key": "token"}
+
+
+def test_notes_tell_how_to_connect() -> None:
+    notes = rendered_set("default")["switchboard/templates/NOTES.txt"]
+    assert "port-forward svc/sb-switchboard-edge 8080:80" in notes
+    assert 'wscat -c ws://localhost:8080/v1/ws -s switchboard.v1 -s "bearer.$TOKEN"' in notes
+    assert "switchboard token --sub alice" in notes
+    assert "helm test sb" in notes
+    ingress = rendered_set("ingress")["switchboard/templates/NOTES.txt"]
+    assert "wscat -c wss://ws.example.com/v1/ws" in ingress

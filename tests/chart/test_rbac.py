@@ -1,0 +1,186 @@
+"""The operator's RBAC grants every permission it needs (switchboard_operator/rbac.py
+lists each API call the operator and kopf make) and nothing more, each rule with
+its reason; the control-plane tests later run the operator under this Role."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from switchboard_operator.rbac import REQUIRED
+from tests.chart.crd import custom_object_errors
+from tests.chart.render import (
+    NAMESPACE,
+    ROOT,
+    Doc,
+    container_env,
+    docs_of,
+    find,
+    find_all,
+    rendered_set,
+)
+
+Grant = tuple[str, str, str]  # (api group, resource, verb)
+
+# Beyond REQUIRED, and why.
+JUSTIFIED: dict[str, set[Grant]] = {
+    "default": set(),
+    # Watching every namespace, kopf peers through a cluster-scoped ClusterKopfPeering.
+    "cluster-wide": {
+        ("kopf.dev", "clusterkopfpeerings", verb) for verb in ("get", "list", "watch", "patch")
+    },
+}
+
+
+def _required() -> set[Grant]:
+    return {(p.api_group, p.resource, verb) for p in REQUIRED for verb in p.verbs}
+
+
+def _granted(role: Doc) -> set[Grant]:
+    granted: set[Grant] = set()
+    for rule in role["rules"]:
+        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert "*" not in (group, resource, verb), rule
+                    granted.add((group, resource, verb))
+    return granted
+
+
+def _role(name: str) -> Doc:
+    kind = "ClusterRole" if name == "cluster-wide" else "Role"
+    return find(docs_of(name), kind, "-operator")
+
+
+@pytest.mark.parametrize("name", JUSTIFIED)
+def test_role_grants_every_required_permission(name: str) -> None:
+    missing = _required() - _granted(_role(name))
+    assert not missing, f"the chart's {name} Role lacks {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", JUSTIFIED)
+def test_role_grants_nothing_else(name: str) -> None:
+    extra = _granted(_role(name)) - _required() - JUSTIFIED[name]
+    assert not extra, f"unjustified grants: {sorted(extra)}"
+
+
+@pytest.mark.parametrize("name", JUSTIFIED)
+def test_every_rule_says_why(name: str) -> None:
+    text = next(t for path, t in rendered_set(name).items() if path.endswith("operator/rbac.yaml"))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    rules = [i for i, line in enumerate(lines) if line.startswith("- apiGroups:")]
+    assert len(rules) == len(_role(name)["rules"])
+    for i in rules:
+        assert lines[i - 1].startswith("# ") and len(lines[i - 1]) > 10, lines[i]
+
+
+def test_each_required_reason_is_the_rules_comment() -> None:
+    text = rendered_set("default")["switchboard/templates/operator/rbac.yaml"]
+    for permission in REQUIRED:
+        assert f"# {permission.why}\n" in text, permission
+
+
+@pytest.mark.parametrize("name", JUSTIFIED)
+def test_binding_gives_the_role_to_the_operator_only(name: str) -> None:
+    docs = docs_of(name)
+    role = _role(name)
+    binding = find(docs, f"{role['kind']}Binding", "-operator")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": role["kind"],
+        "name": role["metadata"]["name"],
+    }
+    operator = find(docs, "Deployment", "-operator")["spec"]["template"]["spec"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": operator["serviceAccountName"], "namespace": NAMESPACE}
+    ]
+    bindings = find_all(docs, "RoleBinding") + find_all(docs, "ClusterRoleBinding")
+    assert bindings == [binding]
+
+
+def test_namespaced_by_default_cluster_wide_on_request() -> None:
+    docs = docs_of("default")
+    assert find_all(docs, "ClusterRole") == []
+    operator = find(docs, "Deployment", "-operator")["spec"]["template"]["spec"]
+    env = container_env(docs, operator["containers"][0])
+    assert env["SB_OPERATOR_NAMESPACE"] == NAMESPACE
+    wide = docs_of("cluster-wide")
+    assert find_all(wide, "Role") == []
+    wide_operator = find(wide, "Deployment", "-operator")["spec"]["template"]["spec"]
+    assert "SB_OPERATOR_NAMESPACE" not in container_env(wide, wide_operator["containers"][0])
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("default", "KopfPeering"), ("cluster-wide", "ClusterKopfPeering")]
+)
+def test_the_peering_object_exists_for_the_operators_peering_name(name: str, kind: str) -> None:
+    docs = docs_of(name)
+    operator = find(docs, "Deployment", "-operator")["spec"]["template"]["spec"]
+    env = container_env(docs, operator["containers"][0])
+    (peering,) = find_all(docs, kind)
+    assert peering["metadata"]["name"] == env["SB_OPERATOR_PEERING"]
+    assert env["SB_OPERATOR_STANDALONE"] == "false"
+    assert custom_object_errors(peering) == []
+    assert find(docs, "Deployment", "-operator")["spec"]["replicas"] == 2
+
+
+KUBE = ROOT / "operator" / "switchboard_operator" / "kube.py"
+_VERBS = {"PATCH": "patch", "PUT": "update", "POST": "create", "DELETE": "delete"}
+
+
+def _template(node: ast.expr) -> str:
+    """An f-string's text with each {expression} as `{}`."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_template(v) if isinstance(v, ast.Constant) else "{}" for v in node.values)
+    return ""
+
+
+def _kube_calls() -> list[tuple[str, str]]:
+    """(HTTP method, path template) of every call switchboard_operator.kube makes."""
+    calls = []
+    for function in ast.walk(ast.parse(KUBE.read_text())):
+        if not isinstance(function, ast.AsyncFunctionDef | ast.FunctionDef):
+            continue
+        paths = [
+            _template(node.value)
+            for node in ast.walk(function)
+            if isinstance(node, ast.Assign) and _template(node.value).startswith("/api")
+        ]
+        methods = [
+            str(call.args[0].value)
+            for call in ast.walk(function)
+            if isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "_call"
+            and call.args
+            and isinstance(call.args[0], ast.Constant)
+        ]
+        if paths:
+            assert len(paths) == len(methods) == 1, f"{function.name}: teach this test its calls"
+            calls.append((methods[0], paths[0]))
+    return calls
+
+
+def _permission(method: str, path: str) -> Grant:
+    """The RBAC (group, resource, verb) a request needs."""
+    parts = path.strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    assert rest[:2] == ["namespaces", "{}"], path  # the operator works in namespaces
+    resource = rest[2] + (f"/{rest[4]}" if len(rest) > 4 else "")
+    named = len(rest) > 3
+    verb = ("get" if named else "list") if method == "GET" else _VERBS[method]
+    return (group, resource, verb)
+
+
+def test_the_operators_own_api_calls_are_granted() -> None:
+    calls = _kube_calls()
+    assert len(calls) >= 4, calls  # deployment, scale, pods, annotate
+    needed = {_permission(method, path) for method, path in calls}
+    assert ("apps", "deployments/scale", "patch") in needed
+    assert needed <= _required(), sorted(needed - _required())
+    for name in JUSTIFIED:
+        assert needed <= _granted(_role(name)), name
