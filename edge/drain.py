@@ -1,9 +1,9 @@
 """Drain pacing: pure decisions about when each connection is told to move.
 
 A draining edge sends `reconnect` and closes with 1001 one connection at a time
-at `rate` per second (granted by the operator, or the configured default), so a
-fleet-wide rollout never turns into a reconnect storm. Whatever is left at the
-deadline goes at once.
+at `rate` per second (granted by the operator, who may lower it while the drain
+runs, or the configured default), so a fleet-wide rollout never turns into a
+reconnect storm. Whatever is left at the deadline goes at once.
 """
 
 from __future__ import annotations
@@ -11,14 +11,21 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 
-def drain_offsets(connections: int, rate_per_s: float, timeout_s: float) -> list[float]:
-    """Seconds after the drain starts at which each connection is closed."""
+def next_move_at(since: float, rate_per_s: float, deadline: float) -> float:
+    """When the next connection is moved: one interval at the current rate after
+    `since` (the drain's start, then each move), the deadline at the latest.
+
+    Starting one interval in, not at once, means a pod that starts draining while
+    others already spent the pool's budget in the last second does not add a
+    burst; reading the rate at every step means a lowered grant applies at once.
+    """
     if rate_per_s <= 0 or math.isinf(rate_per_s):
-        return [0.0] * connections
-    return [min(i / rate_per_s, timeout_s) for i in range(connections)]
+        return since  # no pace: all at once
+    return min(since + 1.0 / rate_per_s, deadline)
 
 
 def reconnect_after_ms(jitter_ms: int, rng: random.Random | None = None) -> int:
@@ -26,11 +33,34 @@ def reconnect_after_ms(jitter_ms: int, rng: random.Random | None = None) -> int:
     return (rng or random).randint(0, jitter_ms) if jitter_ms > 0 else 0
 
 
-def granted_rate(reply: Mapping[str, Any] | None, default: float) -> float:
-    """The operator's grant from its `sb.operator.drain` reply, else the default."""
-    if reply is None:
-        return default
-    rate = reply.get("reconnects_per_second")
-    if isinstance(rate, int | float) and not isinstance(rate, bool) and rate > 0:
-        return float(rate)
-    return default
+@dataclass(slots=True)
+class DrainPace:
+    """This edge's drain pace: the configured default until the operator speaks,
+    then the newest word from it.
+
+    The operator's answer to the drain request and a later re-pace on the control
+    subject travel on different subscriptions and can be handled in either order;
+    both carry `seq` (increasing in the operator), and an older one never
+    overrides a newer one. A message without `seq` always applies.
+    """
+
+    rate: float
+    seq: int = -1
+
+    def offer(self, message: Mapping[str, Any] | None) -> bool:
+        """Take `{"reconnects_per_second": R, "seq": N}` if valid and not stale."""
+        if message is None:
+            return False
+        rate, seq = message.get("reconnects_per_second"), message.get("seq")
+        if not _positive_number(rate):
+            return False
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            if seq < self.seq:
+                return False
+            self.seq = seq
+        self.rate = float(rate)
+        return True
+
+
+def _positive_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,7 +21,7 @@ from websockets.typing import Subprotocol
 from edge import protocol, tracing
 from edge.connection import Connection, EdgeConnection
 from edge.directory import ChannelDirectory
-from edge.drain import granted_rate, reconnect_after_ms
+from edge.drain import DrainPace, next_move_at, reconnect_after_ms
 from edge.flusher import Flusher
 from edge.hub import Hub
 from edge.metrics import EdgeMetrics, render
@@ -80,6 +81,9 @@ def _json(status: int, obj: dict[str, Any], headers: dict[str, str] | None = Non
     return _response(status, json.dumps(obj), "application/json", headers)
 
 
+RATE_IGNORED = "rate ignored: needs reconnects_per_second > 0 and a seq no older than the last"
+
+
 class EdgeServer:
     """Owns the listening socket, the live connections and the upgrade checks."""
 
@@ -116,7 +120,8 @@ class EdgeServer:
             settings.new_connections_per_s, settings.new_connections_burst, time.monotonic()
         )
         self._drain_task: asyncio.Task[None] | None = None
-        self._drain_rate = settings.drain_reconnects_per_s
+        self._pace = DrainPace(settings.drain_reconnects_per_s)
+        self._rate_changed = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._ctl: SubscriptionHandle | None = None
         self._reporter: asyncio.Task[None] | None = None
@@ -186,9 +191,12 @@ class EdgeServer:
             self._drain_task = asyncio.create_task(self._drain(reason))
         return self._drain_task
 
-    def set_drain_rate(self, rate_per_s: float) -> None:
-        """A new grant from the operator applies to the rest of a running drain."""
-        self._drain_rate = rate_per_s
+    def offer_pace(self, message: Mapping[str, Any] | None) -> bool:
+        """A grant or re-pace from the operator; applies at once to a running drain."""
+        if not self._pace.offer(message):
+            return False
+        self._rate_changed.set()
+        return True
 
     async def _drain(self, reason: str) -> None:
         """DESIGN §5: stop accepting, then move clients away at the granted pace.
@@ -200,32 +208,35 @@ class EdgeServer:
         self.accepting = False
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self._drain_rate = await self._ask_drain_grant(reason)
+        self.offer_pace(await self._ask_drain_grant(reason))
         log.info(
             "draining",
             extra={
                 "pod": self.settings.pod_name,
                 "reason": reason,
                 "connections": len(self.connections),
-                "rate": self._drain_rate,
+                "rate": self._pace.rate,
             },
         )
         pending = sorted(self.connections, key=lambda c: c.id)
         closing: set[asyncio.Task[None]] = set()
         deadline = started + self.settings.drain_timeout_s
-        next_at = loop.time()
+        last_move = started
         while pending:
+            due = next_move_at(last_move, self._pace.rate, deadline)
             now = loop.time()
-            if now < deadline and now < next_at:
-                await asyncio.sleep(min(next_at, deadline) - now)
+            if now < due:
+                self._rate_changed.clear()  # a new grant re-computes `due` at once
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._rate_changed.wait(), due - now)
                 continue
-            batch = pending if loop.time() >= deadline else [pending[0]]
+            batch = pending if now >= deadline else [pending[0]]
             pending = pending[len(batch) :]
             for conn in batch:
                 task = asyncio.create_task(self._move(conn, reason))
                 closing.add(task)
                 task.add_done_callback(closing.discard)
-            next_at += 1.0 / self._drain_rate
+            last_move = now
         if closing:
             await asyncio.gather(*closing, return_exceptions=True)
         log.info(
@@ -258,21 +269,21 @@ class EdgeServer:
         # so the client has exactly what the token's offsets say.
         await conn.close(CloseCode.GOING_AWAY, reason)
 
-    async def _ask_drain_grant(self, reason: str) -> float:
-        """Request `sb.operator.drain`; no answer means the configured default."""
+    async def _ask_drain_grant(self, reason: str) -> dict[str, Any] | None:
+        """Request `sb.operator.drain`; None when no operator answers (the default pace
+        stays)."""
         body = json.dumps(
             {"pod": self.settings.pod_name, "connections": len(self.connections), "reason": reason}
         ).encode()
         subject = f"{self.settings.subject_prefix}.operator.drain"
-        reply: dict[str, Any] | None = None
         try:
             answer = await self.backbone.request(
                 subject, body, {}, self.settings.drain_grant_timeout_s
             )
             reply = json.loads(answer.data)
         except (NoResponders, RequestTimeout, Unavailable, ValueError):
-            reply = None
-        return granted_rate(reply, self.settings.drain_reconnects_per_s)
+            return None
+        return reply if isinstance(reply, dict) else None
 
     async def listen_for_control(self) -> None:
         """`sb.edge.<pod>.ctl`: `{"command": "drain"}` or
@@ -290,9 +301,9 @@ class EdgeServer:
             if kind == "drain":
                 self.start_drain(str(command.get("reason", "operator")))
                 answer = {"ok": True, "connections": len(self.connections)}
-            elif kind == "rate" and granted_rate(command, 0) > 0:
-                self.set_drain_rate(granted_rate(command, 0))
-                answer = {"ok": True}
+            elif kind == "rate":
+                applied = self.offer_pace(command)
+                answer = {"ok": True} if applied else {"ok": False, "error": RATE_IGNORED}
             else:
                 answer = {"ok": False, "error": f"unknown command {kind!r}"}
         if delivery.reply:

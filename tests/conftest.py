@@ -1,4 +1,4 @@
-"""Shared fixtures: a real nats-server and real edge processes."""
+"""Shared fixtures: a real nats-server, real edge processes and a real control plane."""
 
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ import pytest
 
 from switchboard.natsserver import NatsServer, free_port, stop_process, wait_for_port
 from switchboard.tokens import mint_token
+
+# A real etcd + kube-apiserver + kube-controller-manager (tests/controlplane), built
+# from Go modules during collection when a collected test asks for `control_plane`.
+from tests.controlplane.fixtures import control_plane, pytest_collection_modifyitems
+
+__all__ = ["control_plane", "pytest_collection_modifyitems"]
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 ALLOWED_ORIGINS = '["http://allowed.example", "http://127.0.0.1:*", "http://localhost:*"]'

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ log = logging.getLogger("switchboard.operator.backbone")
 EDGES_BUCKET = "sb_edges"
 
 # (pod, connections) → the pace granted, or None to stay silent (not ours to answer).
-GrantFn = Callable[[str, int], float | None]
+GrantFn = Callable[[str, int], Awaitable[float | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,7 @@ class OperatorBackbone:
         self._nc: Client | None = None
         self._edges: dict[str, EdgeStats] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._seq = 0  # the last pace sequence number handed out
 
     async def connect(self) -> None:
         """Connect, retrying forever: the operator is useless without NATS but must
@@ -174,6 +175,13 @@ class OperatorBackbone:
 
     # -- drains --------------------------------------------------------------
 
+    def _next_seq(self) -> int:
+        """Orders this operator's paces for an edge, which keeps the newest: its grant
+        reply and a re-pace sent right after can be handled in either order. Wall
+        clock, so a replica taking over after a failover continues above it."""
+        self._seq = max(time.time_ns(), self._seq + 1)
+        return self._seq
+
     async def serve_drain_grants(self, grant: GrantFn) -> None:
         """Answer `<prefix>.operator.drain` with `{"reconnects_per_second": R}`."""
 
@@ -183,15 +191,16 @@ class OperatorBackbone:
                 pod, connections = str(body["pod"]), int(body.get("connections", 0))
             except (ValueError, KeyError, TypeError):
                 return
-            rate = grant(pod, connections)
+            rate = await grant(pod, connections)
             if rate is not None and msg.reply:
-                await msg.respond(json.dumps({"reconnects_per_second": rate}).encode())
+                answer = {"reconnects_per_second": rate, "seq": self._next_seq()}
+                await msg.respond(json.dumps(answer).encode())
 
         await self.client.subscribe(f"{self._prefix}.operator.drain", cb=on_request)
 
     async def send_rate(self, pod: str, rate: float) -> None:
         """Re-pace a drain already running on `pod`."""
-        body = {"command": "rate", "reconnects_per_second": rate}
+        body = {"command": "rate", "reconnects_per_second": rate, "seq": self._next_seq()}
         try:
             await self.client.publish(f"{self._prefix}.edge.{pod}.ctl", json.dumps(body).encode())
         except (nats.errors.Error, Unreachable) as exc:

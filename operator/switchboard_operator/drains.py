@@ -3,8 +3,9 @@
 Plain state fed observations (no I/O, time passed in). The EdgePool timer tells
 it each pool's pods, budget and the pods whose stats say they drain; a drain
 request from an edge adds that pod at once (its stats catch up within seconds).
-Every change re-divides the pool's budget; `rate_changes` lists the pods whose
-pace must be re-sent. A pool not refreshed recently (this operator replica was
+Every change re-divides the pool's budget; a grant names the pods already
+draining whose pace it lowered, and `rate_changes` lists the pods whose pace
+must be re-sent after an observation. A pool not refreshed recently (this operator replica was
 paused by peering, or the pool was deleted) answers nothing, so edges fall back
 to their default rather than hear a stale grant.
 """
@@ -17,6 +18,12 @@ from dataclasses import dataclass, field
 from switchboard_operator.pacing import drain_shares
 
 REQUEST_GRACE_S = 15.0  # a granted pod counts as draining this long before its stats say so
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    rate: float  # the requesting pod's pace
+    repaced: dict[str, float]  # other draining pods of its pool → their new pace
 
 
 @dataclass(slots=True)
@@ -59,15 +66,19 @@ class DrainLedger:
             return frozenset()
         return state.reported | frozenset(state.requested)
 
-    def grant(self, pod: str, now: float) -> float | None:
-        """A drain request from `pod`: its share, or None if no fresh pool owns it."""
+    def grant(self, pod: str, now: float) -> Grant | None:
+        """A drain request from `pod`: its share, and the new (smaller) shares of the
+        pods already draining in its pool, to be sent before it starts so the pool
+        never exceeds its budget. None if no fresh pool owns the pod."""
         for name, state in self._pools.items():
             if pod in state.pods and now - state.refreshed <= self._fresh_for_s:
                 if pod not in state.reported:
                     state.requested[pod] = now
-                share = drain_shares(state.budget, self.draining(name))[pod]
-                state.sent[pod] = share
-                return share
+                shares = drain_shares(state.budget, self.draining(name))
+                repaced = {p: r for p, r in shares.items() if p != pod and state.sent.get(p) != r}
+                state.sent.update(repaced)
+                state.sent[pod] = shares[pod]
+                return Grant(shares[pod], repaced)
         return None
 
     def rate_changes(self, pool: str) -> dict[str, float]:

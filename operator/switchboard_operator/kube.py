@@ -8,7 +8,6 @@ appears in `switchboard_operator.rbac.REQUIRED`.
 
 from __future__ import annotations
 
-import base64
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -29,26 +28,11 @@ class KubeError(Exception):
 
 
 def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    """kopf's own TLS setup (CA and client certificate, from files or inline data),
+    so these calls trust and present exactly what kopf's do."""
     if info.server.startswith("http://"):
         return False
-    if info.insecure:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    ca_data = info.ca_data
-    if isinstance(ca_data, bytes):
-        ca_data = ca_data.decode()
-    if ca_data and "BEGIN CERTIFICATE" not in ca_data:
-        ca_data = base64.b64decode(ca_data).decode()
-    context = ssl.create_default_context(
-        cafile=str(info.ca_path) if info.ca_path else None, cadata=ca_data or None
-    )
-    if info.certificate_path and info.private_key_path:
-        context.load_cert_chain(str(info.certificate_path), str(info.private_key_path))
-    elif info.certificate_data or info.private_key_data:
-        raise ValueError("inline client certificates are not supported: use file paths")
-    return context
+    return info.as_ssl_context()
 
 
 class KubeApi:

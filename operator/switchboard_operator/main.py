@@ -65,13 +65,21 @@ async def serve(settings: OperatorSettings, stop: asyncio.Event | None = None) -
     registry = kopf.OperatorRegistry()
     register(registry, ctx)
 
-    def grant(pod: str, connections: int) -> float | None:
-        rate = ctx.ledger.grant(pod, time.monotonic())
-        if rate is not None:
-            ctx.metrics.drain_grants += 1
-            ctx.metrics.last_grant[pod] = rate
-            log.info("drain granted", extra={"pod": pod, "rate": rate, "connections": connections})
-        return rate
+    async def grant(pod: str, connections: int) -> float | None:
+        decision = ctx.ledger.grant(pod, time.monotonic())
+        if decision is None:
+            return None
+        for other, rate in decision.repaced.items():  # slow the others before it starts
+            await backbone.send_rate(other, rate)
+            ctx.metrics.last_grant[other] = rate
+            log.info("drain re-paced", extra={"pod": other, "rate": rate})
+        ctx.metrics.drain_grants += 1
+        ctx.metrics.last_grant[pod] = decision.rate
+        log.info(
+            "drain granted",
+            extra={"pod": pod, "rate": decision.rate, "connections": connections},
+        )
+        return decision.rate
 
     await backbone.connect()
     await backbone.serve_drain_grants(grant)

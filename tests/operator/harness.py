@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,22 +140,34 @@ class OperatorProcess:
 
 @asynccontextmanager
 async def run_operator(
-    kubeconfig: Path, nats_url: str, namespace: str | None, log_dir: Path, **settings: str
+    kubeconfig: Path,
+    nats_url: str,
+    namespace: str | None,
+    log_dir: Path,
+    config: Mapping[str, str] | None = None,
+    **settings: str,
 ) -> AsyncIterator[OperatorProcess]:
     """`switchboard operator` as a real process, stopped (SIGTERM) at the end.
 
-    `namespace` None runs it cluster-wide."""
+    `namespace` None runs it cluster-wide. `config` is SB_OPERATOR_* environment as a
+    deployment would give it (e.g. the chart's ConfigMap); the free ports, short test
+    intervals and `settings` override it."""
     health, metrics = free_port(), free_port()
-    env = os.environ | {
-        "KUBECONFIG": str(kubeconfig),
-        "SB_OPERATOR_NATS_URL": nats_url,
-        "SB_OPERATOR_STANDALONE": "true",
-        "SB_OPERATOR_HEALTH_PORT": str(health),
-        "SB_OPERATOR_METRICS_PORT": str(metrics),
-        "SB_OPERATOR_SCALE_INTERVAL_S": "0.5",
-        "SB_OPERATOR_STATUS_INTERVAL_S": "1",
-        "SB_OPERATOR_DELETION_COST_MIN_INTERVAL_S": "1",
-    }
+    env = (
+        os.environ
+        | dict(config or {})
+        | {
+            "KUBECONFIG": str(kubeconfig),
+            "SB_OPERATOR_NATS_URL": nats_url,
+            "SB_OPERATOR_HEALTH_PORT": str(health),
+            "SB_OPERATOR_METRICS_PORT": str(metrics),
+            "SB_OPERATOR_SCALE_INTERVAL_S": "0.5",
+            "SB_OPERATOR_STATUS_INTERVAL_S": "1",
+            "SB_OPERATOR_DELETION_COST_MIN_INTERVAL_S": "1",
+        }
+    )
+    if config is None:
+        env["SB_OPERATOR_STANDALONE"] = "true"
     env |= {f"SB_OPERATOR_{k.upper()}": v for k, v in settings.items()}
     if namespace is not None:
         env["SB_OPERATOR_NAMESPACE"] = namespace
@@ -170,3 +182,27 @@ async def run_operator(
         yield OperatorProcess(process, metrics, log_path)
     finally:
         await asyncio.to_thread(stop_process, process, 20)
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
+    """Poll an async check until it returns something truthy."""
+    async with asyncio.timeout(timeout):
+        while not (result := await check()):
+            await asyncio.sleep(0.1)
+    return result
+
+
+def ready(obj: Any) -> dict[str, Any] | None:
+    """The object's Ready condition, if it has one."""
+    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Ready"), None)
+
+
+async def kv_get(js: Any, key: str) -> bytes | None:
+    """A channel's entry in `sb_channels`, or None."""
+    try:
+        entry = await (await js.key_value("sb_channels")).get(key)
+    except Exception:  # no bucket, KeyNotFoundError, KeyDeletedError: all "not there"
+        return None
+    value: bytes | None = entry.value
+    return value or None

@@ -37,8 +37,11 @@ from tests.operator.harness import (
     channel_path,
     deployment_path,
     edgepool_path,
+    eventually,
     kmock_api,
+    kv_get,
     pod_path,
+    ready,
     run_operator,
     write_kubeconfig,
 )
@@ -62,19 +65,6 @@ async def operator(
         yield process
 
 
-async def eventually(check: Any, timeout: float = 10.0) -> Any:
-    """Poll an async check until it returns something truthy."""
-    async with asyncio.timeout(timeout):
-        while not (result := await check()):
-            await asyncio.sleep(0.1)
-    return result
-
-
-def ready(obj: Any) -> dict[str, Any] | None:
-    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
-    return next((c for c in conditions if c["type"] == "Ready"), None)
-
-
 async def test_channel_applied_enforced_reported_and_cleaned_up(
     api: tuple[ApiClient, Path],
     operator: OperatorProcess,
@@ -94,7 +84,7 @@ async def test_channel_applied_enforced_reported_and_cleaned_up(
     js = nc.jetstream()
     try:
         # The KV entry and the stream exist, and the edge enforces the policy.
-        entry = await eventually(lambda: _kv_get(js, "opnews"))
+        entry = await eventually(lambda: kv_get(js, "opnews"))
         assert json.loads(entry)["publish"]["clients"] is False
         info = await js.stream_info("SB_CH_opnews")
         assert info.config.max_msgs_per_subject == 10
@@ -125,7 +115,7 @@ async def test_channel_applied_enforced_reported_and_cleaned_up(
         # Delete: the finalizer runs, config and stream go, the edge stops enforcing.
         await client_api.delete(channel_path(NS, "opnews"))
         await eventually(lambda: _gone(client_api, channel_path(NS, "opnews")))
-        assert await _kv_get(js, "opnews") is None
+        assert await kv_get(js, "opnews") is None
         with pytest.raises(NotFoundError):
             await js.stream_info("SB_CH_opnews")
         await _until_allowed(ws, "opnews:today")
@@ -157,7 +147,7 @@ async def test_invalid_spec_is_reported_not_applied(
     assert "spec.history.size" in condition["message"]
     nc = await nats.connect(nats_server.url)
     try:
-        assert await _kv_get(nc.jetstream(), "opbad") is None
+        assert await kv_get(nc.jetstream(), "opbad") is None
     finally:
         await nc.close()
 
@@ -261,15 +251,6 @@ async def test_two_draining_edges_each_get_half_the_budget(
 
 
 # -- helpers ------------------------------------------------------------------
-
-
-async def _kv_get(js: Any, key: str) -> bytes | None:
-    try:
-        entry = await (await js.key_value("sb_channels")).get(key)
-    except Exception:  # no bucket, KeyNotFoundError, KeyDeletedError: all "not there"
-        return None
-    value: bytes | None = entry.value
-    return value or None
 
 
 async def _gone(client_api: ApiClient, path: str) -> bool:

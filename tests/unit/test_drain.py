@@ -7,38 +7,55 @@ from typing import Any
 
 import pytest
 
-from edge.drain import drain_offsets, granted_rate, reconnect_after_ms
+from edge.drain import DrainPace, next_move_at, reconnect_after_ms
 
 
 @pytest.mark.parametrize(
-    ("connections", "rate", "timeout", "expected"),
+    ("since", "rate", "deadline", "expected"),
     [
-        (0, 100, 30, []),
-        (3, 2, 30, [0.0, 0.5, 1.0]),
-        (5, 1, 2.5, [0.0, 1.0, 2.0, 2.5, 2.5]),  # the rest go at the deadline
-        (2, 0, 30, [0.0, 0.0]),  # no pacing possible: all at once
+        (0.0, 2, 30, 0.5),  # the first move waits one interval: no burst on start
+        (0.5, 2, 30, 1.0),
+        (1.0, 0.5, 30, 3.0),  # a lowered grant stretches the very next interval
+        (29.5, 1, 30, 30.0),  # never past the deadline
+        (4.0, 0, 30, 4.0),  # no pacing possible: at once
+        (4.0, float("inf"), 30, 4.0),
     ],
 )
-def test_drain_offsets(
-    connections: int, rate: float, timeout: float, expected: list[float]
+def test_next_move_at(since: float, rate: float, deadline: float, expected: float) -> None:
+    assert next_move_at(since, rate, deadline) == expected
+
+
+@pytest.mark.parametrize(
+    ("message", "applied", "rate"),
+    [
+        (None, False, 50.0),  # no operator answered: the default stays
+        ({}, False, 50.0),
+        ({"reconnects_per_second": 125}, True, 125.0),
+        ({"reconnects_per_second": 0}, False, 50.0),
+        ({"reconnects_per_second": -3}, False, 50.0),
+        ({"reconnects_per_second": "fast"}, False, 50.0),
+        ({"reconnects_per_second": True}, False, 50.0),
+        ({"reconnects_per_second": 20, "seq": 7}, True, 20.0),
+    ],
+)
+def test_pace_takes_valid_grants(
+    message: dict[str, Any] | None, applied: bool, rate: float
 ) -> None:
-    assert drain_offsets(connections, rate, timeout) == expected
+    pace = DrainPace(50.0)
+    assert pace.offer(message) is applied
+    assert pace.rate == rate
 
 
-@pytest.mark.parametrize(
-    ("reply", "rate"),
-    [
-        (None, 50.0),
-        ({}, 50.0),
-        ({"reconnects_per_second": 125}, 125.0),
-        ({"reconnects_per_second": 0}, 50.0),
-        ({"reconnects_per_second": -3}, 50.0),
-        ({"reconnects_per_second": "fast"}, 50.0),
-        ({"reconnects_per_second": True}, 50.0),
-    ],
-)
-def test_granted_rate(reply: dict[str, Any] | None, rate: float) -> None:
-    assert granted_rate(reply, 50.0) == rate
+def test_pace_keeps_the_newest_word_whatever_order_it_arrives_in() -> None:
+    """The grant (seq 1: 20/s) is handled after the re-pace that followed it (seq 2:
+    10/s, because a second pod started draining): 10/s stays."""
+    pace = DrainPace(100.0)
+    assert pace.offer({"reconnects_per_second": 10, "seq": 2})
+    assert not pace.offer({"reconnects_per_second": 20, "seq": 1})
+    assert pace.rate == 10
+    assert pace.offer({"reconnects_per_second": 20, "seq": 3})  # the other pod finished
+    assert pace.offer({"reconnects_per_second": 5})  # no seq: always applies
+    assert pace.rate == 5
 
 
 def test_reconnect_jitter_is_bounded_and_spread() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from switchboard_operator.drains import REQUEST_GRACE_S, DrainLedger
+from switchboard_operator.drains import REQUEST_GRACE_S, DrainLedger, Grant
 
 PODS = ["a", "b", "c", "d"]
 
@@ -16,12 +16,19 @@ def ledger(budget: float = 100, draining: tuple[str, ...] = ()) -> DrainLedger:
 
 
 def test_requests_split_the_budget_as_they_arrive() -> None:
+    """A new drain slows the running ones in the same answer: the sum never exceeds it."""
+    book = ledger(budget=120)
+    assert book.grant("a", 1) == Grant(120, {})
+    assert book.grant("b", 1) == Grant(60, {"a": 60})
+    assert book.grant("c", 1) == Grant(40, {"a": 40, "b": 40})
+    assert book.rate_changes("ns/pool") == {}  # already told
+
+
+def test_a_repeated_request_repaces_nobody() -> None:
     book = ledger()
-    assert book.grant("a", 1) == 100
-    assert book.grant("b", 1) == 50
-    # "a" was told 100; now both must run at 50.
-    assert book.rate_changes("ns/pool") == {"a": 50}
-    assert book.rate_changes("ns/pool") == {}
+    book.grant("a", 1)
+    book.grant("b", 1)
+    assert book.grant("b", 1.5) == Grant(50, {})
 
 
 def test_a_finished_pod_returns_its_share() -> None:

@@ -1,0 +1,12 @@
+//go:build tools
+
+// Package tools records the control-plane commands this module builds, so that
+// `go mod tidy` keeps their whole dependency graph in go.mod and go.sum. The
+// build tag keeps the file out of every real build: it only pins versions.
+package tools
+
+import (
+	_ "go.etcd.io/etcd/server/v3"
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)
