@@ -434,6 +434,14 @@ def values_schema() -> JSON:
                         {"enabled": _bool("Create it."), "minAvailable": _MIN_AVAILABLE},
                     ),
                     "serviceAccount": _service_account("operator"),
+                    "cleanupOnUninstall": _obj(
+                        "A pre-delete hook Job that deletes the release's Channels and "
+                        "EdgePool while the operator still runs, so none stays Terminating.",
+                        {
+                            "enabled": _bool("Run it on `helm uninstall`."),
+                            "timeoutSeconds": _int("How long it waits for them to go.", 1),
+                        },
+                    ),
                     **_pod_placement(),
                 },
             ),

@@ -1,4 +1,4 @@
-"""The `switchboard` command: dev, edge, operator, token, client, channel, probe and the
+"""The `switchboard` command: dev, edge, operator, cleanup, token, client, channel, probe and the
 generators (settings, crds, chart-schema)."""
 
 from __future__ import annotations
@@ -21,6 +21,14 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _labels(value: str) -> dict[str, str]:
+    """`k=v,k2=v2` → {k: v, k2: v2}."""
+    pairs = [item.partition("=") for item in _csv(value)]
+    if not pairs or any(not key or sep != "=" for key, sep, _ in pairs):
+        raise argparse.ArgumentTypeError(f"expected key=value[,key=value...], got {value!r}")
+    return {key: val for key, _, val in pairs}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     op.add_argument("--nats-url")
     op.add_argument("--namespace", help="watch one namespace (default: all)")
     op.add_argument("--standalone", action="store_true", default=None, help="no peering")
+
+    clean = sub.add_parser(
+        "cleanup", help="delete a release's Channels and EdgePools (helm pre-delete hook)"
+    )
+    clean.add_argument("--namespace", required=True)
+    clean.add_argument(
+        "--selector", required=True, type=_labels, help="labels, e.g. app.kubernetes.io/instance=sb"
+    )
+    clean.add_argument("--timeout", type=float, default=120.0, help="seconds")
 
     drain = sub.add_parser("drain", help="start this pod's edge drain (preStop hook)")
     drain.add_argument("--port", type=int, default=int(os.environ.get("SB_EDGE_PORT", "8080")))
@@ -198,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             logs.configure(op_settings.log_level)
             return run_operator(op_settings)
+        if args.command == "cleanup":
+            from switchboard import logs
+            from switchboard_operator.cleanup import cleanup
+
+            logs.configure("INFO")
+            return asyncio.run(cleanup(args.namespace, args.selector, args.timeout))
         if args.command == "drain":
             from switchboard.probe import start_local_drain
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from switchboard_operator.backbone import OperatorBackbone, Unreachable
 from switchboard_operator.drains import DrainLedger
 from switchboard_operator.kube import KubeApi, KubeError
+from switchboard_operator.kube import login as kube_login
 from switchboard_operator.metrics import OperatorMetrics
 from switchboard_operator.models import (
     GROUP,
@@ -93,8 +94,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     pools = (GROUP, VERSION, "edgepools")
 
     @kopf.on.login(registry=registry)
-    async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    async def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+        info = kube_login(settings)
         if info is not None:
             await ctx.kube.use(info)
         return info

@@ -2,8 +2,9 @@
 
 kopf watches and patches the operator's resources itself; this module adds the
 few calls kopf has no verb for (read a Deployment, set its scale, list and
-annotate its pods), with the credentials kopf logged in with. Every call here
-appears in `switchboard_operator.rbac.REQUIRED`.
+annotate its pods; list and delete the release's own resources for the chart's
+pre-delete hook), with the credentials kopf logs in with. Every call here appears
+in `switchboard_operator.rbac.REQUIRED`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from urllib.parse import quote
 import aiohttp
 import kopf
 
+from switchboard_operator.models import GROUP, VERSION
+
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -25,6 +28,13 @@ class KubeError(Exception):
     def __init__(self, what: str, status: int, body: str) -> None:
         super().__init__(f"{what}: HTTP {status}: {body[:300]}")
         self.status = status
+
+
+def login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """In a pod its ServiceAccount, else the kubeconfig (`KUBECONFIG`)."""
+    return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
 
 
 def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
@@ -106,3 +116,19 @@ class KubeApi:
         path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}"
         body = {"metadata": {"annotations": dict(annotations)}}
         await self._call("PATCH", path, f"annotate pod {name}", json=body)
+
+    async def names(self, namespace: str, plural: str, labels: Mapping[str, str]) -> list[str]:
+        """Names of this namespace's switchboard.dev objects of a kind carrying `labels`."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{quote(plural)}"
+        result = await self._call("GET", path, f"list {plural}", params={"labelSelector": selector})
+        return [item["metadata"]["name"] for item in result.get("items") or []]
+
+    async def delete(self, namespace: str, plural: str, name: str) -> None:
+        """Delete one switchboard.dev object (already gone is fine)."""
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{plural}/{quote(name)}"
+        try:
+            await self._call("DELETE", path, f"delete {plural[:-1]} {name}")
+        except KubeError as exc:
+            if exc.status != 404:
+                raise

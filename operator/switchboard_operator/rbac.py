@@ -1,8 +1,9 @@
 """Every Kubernetes API permission the operator needs, and why.
 
-`switchboard_operator.kube` (the one module that calls the API) and kopf itself
-make exactly these calls; the chart's Role is tested against this list, and the
-control-plane tests run the operator under that Role to prove it is enough.
+`switchboard_operator.kube` (the one module that calls the API, for the operator
+and for the chart's pre-delete hook) and kopf itself make exactly these calls; the
+chart's Role is tested against this list, and the control-plane tests run the
+operator and the hook under that Role to prove it is enough.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ REQUIRED: tuple[Permission, ...] = (
     Permission(
         "switchboard.dev",
         "channels",
-        ("get", "list", "watch", "patch", "update"),
-        "kopf watches Channels and patches their finalizer and progress annotations",
+        ("get", "list", "watch", "patch", "update", "delete"),
+        "kopf watches Channels and patches their finalizer and progress annotations; "
+        "the pre-delete hook deletes the release's own",
     ),
     Permission(
         "switchboard.dev",
@@ -33,8 +35,9 @@ REQUIRED: tuple[Permission, ...] = (
     Permission(
         "switchboard.dev",
         "edgepools",
-        ("get", "list", "watch", "patch", "update"),
-        "kopf watches EdgePools and patches their progress annotations",
+        ("get", "list", "watch", "patch", "update", "delete"),
+        "kopf watches EdgePools and patches their finalizer and progress annotations; "
+        "the pre-delete hook deletes the release's own",
     ),
     Permission(
         "switchboard.dev",

@@ -8,6 +8,8 @@ import ast
 
 import pytest
 
+from switchboard_operator.cleanup import KINDS as CLEANUP_KINDS
+from switchboard_operator.models import GROUP
 from switchboard_operator.rbac import REQUIRED
 from tests.chart.crd import custom_object_errors
 from tests.chart.render import (
@@ -165,22 +167,26 @@ def _kube_calls() -> list[tuple[str, str]]:
     return calls
 
 
-def _permission(method: str, path: str) -> Grant:
-    """The RBAC (group, resource, verb) a request needs."""
+def _permissions(method: str, path: str) -> set[Grant]:
+    """The RBAC (group, resource, verb) grants a request needs. A `{}` group is the
+    operator's own; a `{}` resource, any of the kinds `switchboard cleanup` handles."""
     parts = path.strip("/").split("/")
     group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
     assert rest[:2] == ["namespaces", "{}"], path  # the operator works in namespaces
-    resource = rest[2] + (f"/{rest[4]}" if len(rest) > 4 else "")
+    resources = CLEANUP_KINDS if rest[2] == "{}" else (rest[2],)
+    suffix = f"/{rest[4]}" if len(rest) > 4 else ""
     named = len(rest) > 3
     verb = ("get" if named else "list") if method == "GET" else _VERBS[method]
-    return (group, resource, verb)
+    group = GROUP if group == "{}" else group
+    return {(group, resource + suffix, verb) for resource in resources}
 
 
 def test_the_operators_own_api_calls_are_granted() -> None:
     calls = _kube_calls()
     assert len(calls) >= 4, calls  # deployment, scale, pods, annotate
-    needed = {_permission(method, path) for method, path in calls}
+    needed = set().union(*(_permissions(method, path) for method, path in calls))
     assert ("apps", "deployments/scale", "patch") in needed
+    assert (GROUP, "edgepools", "delete") in needed
     assert needed <= _required(), sorted(needed - _required())
     for name in JUSTIFIED:
         assert needed <= _granted(_role(name)), name

@@ -2,21 +2,28 @@
 
 No container runtime, kubelet or kube-proxy can run here (no Docker engine, no
 root network namespaces), so these two small fakes take their place, and only
-for the edge pods:
+for the release's edge pods and its pre-delete hook pods:
 
-`EdgeKubelet` does what a kubelet would. The real ReplicaSet controller creates
-and deletes the Pod objects; for each new pod this resolves the container's
-environment from the pod spec exactly as a kubelet does (`envFrom` ConfigMaps,
-`secretKeyRef`, `fieldRef: metadata.name`, `$(VAR)` references), starts one real
-`switchboard edge` process with it, waits for the edge's `/readyz` (the pod's
-readiness probe) and then marks the pod Running and Ready. When a pod is deleted
-it sends the edge SIGTERM and keeps the pod Terminating with a finalizer of its
-own until the edge has drained and exited, as a kubelet keeps a pod through its
-grace period. It differs from a kubelet in these ways: the pods are never
-scheduled to a node (the API server therefore deletes them with grace period 0,
-which the finalizer makes up for), the edge listens on a free loopback port
-instead of the container port (all pods share one host), no image, probe loop or
-preStop hook runs (SIGTERM starts the same drain the preStop hook would).
+`StandInKubelet` does what a kubelet would. The real controllers (ReplicaSet,
+Job) create and delete the Pod objects; for each new pod this resolves the
+container's environment from the pod spec exactly as a kubelet does (`envFrom`
+ConfigMaps, `secretKeyRef`, `fieldRef`, `$(VAR)` references), gives a pod that
+mounts its ServiceAccount token a kubeconfig with that token (what an in-cluster
+client finds), and runs the image's entrypoint as a real process:
+`python -m switchboard <container args>`.
+
+- A long-running pod (an edge) is marked Running and Ready once `/readyz`
+  answers (its readiness probe). When it is deleted the edge gets SIGTERM, and a
+  finalizer of this kubelet's keeps the pod Terminating until the edge has
+  drained and exited, as a kubelet keeps a pod through its grace period.
+- A run-to-completion pod (`restartPolicy: Never`, the hook Job's) is marked
+  Succeeded or Failed by its exit code, which the Job controller then counts.
+
+It differs from a kubelet in these ways: the pods are never scheduled to a node
+(the API server therefore deletes them with grace period 0, which the finalizer
+makes up for), an edge listens on a free loopback port instead of its container
+port (all pods share one host), and no image, probe loop or preStop hook runs
+(SIGTERM starts the same drain the preStop hook would).
 
 `ServiceProxy` does what a Service's kube-proxy rules would: one stable address
 that spreads new TCP connections over the Ready, not-terminating edge pods. It
@@ -36,7 +43,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,7 @@ from switchboard.natsserver import free_port, stop_process
 from tests.operator.harness import ApiClient, pod_path
 
 FINALIZER = "switchboard.dev/test-kubelet"
+COMPONENT = "app.kubernetes.io/component"
 _REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -101,32 +109,40 @@ async def _wait_ready(port: int, process: subprocess.Popen[bytes], timeout_s: fl
 
 
 @dataclass
-class RunningEdge:
+class RunningPod:
     pod: str
-    port: int
     process: subprocess.Popen[bytes]
-    stopping: bool = False
+    port: int | None = None  # an edge's loopback port
+    stopping: bool = True  # not (yet, or no longer) serving
 
 
 @dataclass
-class EdgeKubelet:
+class StandInKubelet:
     api: ApiClient
     namespace: str
-    labels: Mapping[str, str]
+    labels: Mapping[str, str]  # the release's pods: selected further by component
     log_dir: Path
+    kubeconfig_for: Callable[[str], Path]  # ServiceAccount name → its kubeconfig
+    components: tuple[str, ...] = ("edge", "cleanup")
     drain_wait_s: float = 60.0
-    edges: dict[str, RunningEdge] = field(default_factory=dict)
+    running: dict[str, RunningPod] = field(default_factory=dict)
     exit_codes: dict[str, int] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
-    _stopping: set[asyncio.Task[None]] = field(default_factory=set)
+    _waiting: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def edges(self) -> dict[str, RunningPod]:
+        return {name: pod for name, pod in self.running.items() if pod.port is not None}
 
     def ready_ports(self) -> list[int]:
-        return [e.port for e in self.edges.values() if not e.stopping]
+        return [p.port for p in self.edges.values() if p.port is not None and not p.stopping]
 
     def port_of(self, pod: str) -> int:
-        return self.edges[pod].port
+        port = self.running[pod].port
+        assert port is not None, f"{pod} is not an edge"
+        return port
 
-    async def __aenter__(self) -> EdgeKubelet:
+    async def __aenter__(self) -> StandInKubelet:
         self._task = asyncio.create_task(self._loop())
         return self
 
@@ -135,23 +151,27 @@ class EdgeKubelet:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for task in list(self._stopping):
+        for task in list(self._waiting):
             task.cancel()
         await asyncio.gather(
-            *(asyncio.to_thread(stop_process, e.process, 30) for e in self.edges.values())
+            *(asyncio.to_thread(stop_process, p.process, 30) for p in self.running.values())
         )
-        listing = await self.api.get(self._selector_path())
-        for pod in (listing or {}).get("items", []):
+        for pod in await self._pods():
             await self._release(pod["metadata"]["name"])
 
-    def _selector_path(self) -> str:
-        selector = ",".join(f"{k}={v}" for k, v in self.labels.items())
-        return f"{pod_path(self.namespace)}?labelSelector={selector}"
+    async def _pods(self) -> list[dict[str, Any]]:
+        pods: list[dict[str, Any]] = []
+        for component in self.components:
+            selector = ",".join(
+                f"{k}={v}" for k, v in {**self.labels, COMPONENT: component}.items()
+            )
+            listing = await self.api.get(f"{pod_path(self.namespace)}?labelSelector={selector}")
+            pods += (listing or {}).get("items", [])
+        return pods
 
     async def _loop(self) -> None:
         while True:
-            listing = await self.api.get(self._selector_path())
-            for pod in (listing or {}).get("items", []):
+            for pod in await self._pods():
                 await self._sync(pod)
             await asyncio.sleep(0.2)
 
@@ -159,46 +179,76 @@ class EdgeKubelet:
         meta = pod["metadata"]
         name = meta["name"]
         if meta.get("deletionTimestamp"):
-            edge = self.edges.get(name)
-            if edge is not None and not edge.stopping:
-                edge.stopping = True
-                task = asyncio.create_task(self._stop(edge))
-                self._stopping.add(task)
-                task.add_done_callback(self._stopping.discard)
-            elif edge is None and FINALIZER in (meta.get("finalizers") or []):
+            running = self.running.get(name)
+            if running is not None and running.port is not None and not running.stopping:
+                running.stopping = True
+                self._spawn(self._stop(running))
+            elif running is None and FINALIZER in (meta.get("finalizers") or []):
                 await self._release(name)
             return
-        if name in self.edges or name in self.exit_codes:
+        if name in self.running or name in self.exit_codes:
             return
-        finalizers = meta.get("finalizers") or []
-        await self.api.patch(
-            pod_path(self.namespace, name), {"metadata": {"finalizers": [*finalizers, FINALIZER]}}
-        )
-        port = free_port()
+        spec = pod["spec"]
+        container = spec["containers"][0]
         env = os.environ | await container_env(self.api, self.namespace, pod)
-        env |= {"SB_EDGE_HOST": "127.0.0.1", "SB_EDGE_PORT": str(port)}
+        if spec.get("automountServiceAccountToken", True) and spec.get("serviceAccountName"):
+            env["KUBECONFIG"] = str(self.kubeconfig_for(spec["serviceAccountName"]))
+        args = list(container.get("args") or [])
+        completes = spec.get("restartPolicy") == "Never"
+        if not completes:  # held until its process has exited, like a grace period
+            finalizers = meta.get("finalizers") or []
+            await self.api.patch(
+                pod_path(self.namespace, name),
+                {"metadata": {"finalizers": [*finalizers, FINALIZER]}},
+            )
+        port = free_port() if args[:1] == ["edge"] else None
+        if port is not None:
+            env |= {"SB_EDGE_HOST": "127.0.0.1", "SB_EDGE_PORT": str(port)}
         with (self.log_dir / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-                [sys.executable, "-m", "switchboard", "edge"], env=env, stdout=log, stderr=log
+                [sys.executable, "-m", "switchboard", *args], env=env, stdout=log, stderr=log
             )
-        self.edges[name] = RunningEdge(name, port, process, stopping=True)
-        await _wait_ready(port, process, 30)
-        self.edges[name].stopping = False
+        self.running[name] = running = RunningPod(name, process, port)
+        if completes:
+            await self._status(name, "Running")
+            self._spawn(self._complete(running))
+            return
+        if port is not None:
+            await _wait_ready(port, process, 30)
+        running.stopping = False
+        await self._status(name, "Running", ready=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
+
+    async def _status(self, name: str, phase: str, *, ready: bool = False) -> None:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        ready = [
-            {"type": t, "status": "True", "lastTransitionTime": now}
+        conditions = [
+            {
+                "type": t,
+                "status": "True" if ready or t == "PodScheduled" else "False",
+                "lastTransitionTime": now,
+            }
             for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
         ]
         await self.api.patch(
             pod_path(self.namespace, name) + "/status",
-            {"status": {"phase": "Running", "conditions": ready, "startTime": now}},
+            {"status": {"phase": phase, "conditions": conditions, "startTime": now}},
         )
 
-    async def _stop(self, edge: RunningEdge) -> None:
-        code = await asyncio.to_thread(stop_process, edge.process, self.drain_wait_s)
-        self.exit_codes[edge.pod] = code
-        del self.edges[edge.pod]
-        await self._release(edge.pod)
+    async def _complete(self, running: RunningPod) -> None:
+        code = await asyncio.to_thread(running.process.wait)
+        self.exit_codes[running.pod] = code
+        del self.running[running.pod]
+        await self._status(running.pod, "Succeeded" if code == 0 else "Failed")
+
+    async def _stop(self, running: RunningPod) -> None:
+        code = await asyncio.to_thread(stop_process, running.process, self.drain_wait_s)
+        self.exit_codes[running.pod] = code
+        del self.running[running.pod]
+        await self._release(running.pod)
 
     async def _release(self, name: str) -> None:
         current = await self.api.get(pod_path(self.namespace, name))
@@ -224,7 +274,7 @@ def peak_rate(times: list[float], window_s: float = 1.0) -> float:
 class ServiceProxy:
     """A TCP front for the edges; timestamps each new connection (the reconnect rate)."""
 
-    def __init__(self, kubelet: EdgeKubelet) -> None:
+    def __init__(self, kubelet: StandInKubelet) -> None:
         self._kubelet = kubelet
         self._turn = itertools.count()
         self._server: asyncio.Server | None = None

@@ -8,11 +8,12 @@ the chart's ServiceAccount token; one `switchboard edge` process per edge pod; a
 nats-server with JetStream; WebSocket clients.
 
 Stand-ins (tests/e2e/kubelet.py says exactly how they differ): a kubelet for the
-edge pods only (nothing runs the operator's or the helm-test pods; they stay
-Pending, which the API server allows) and a TCP proxy in place of the Service.
+edge pods and the pre-delete hook's pod only (the operator runs as a process of
+this test with its ServiceAccount's token instead, so its chart pods stay Pending,
+which the API server allows) and a TCP proxy in place of the Service.
 
 The tests share one installation and run in file order, as a user would: install,
-prove RBAC, apply a Channel, scale up, scale down, roll out, clean up.
+prove RBAC, apply a Channel, scale up, scale down, roll out, clean up, uninstall.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from switchboard.tokens import mint_token
 from switchboard_operator.rbac import REQUIRED
 from tests.controlplane.cluster import ControlPlane
 from tests.e2e.kubeconfig import api_client
-from tests.e2e.kubelet import EdgeKubelet, ServiceProxy, peak_rate
+from tests.e2e.kubelet import ServiceProxy, StandInKubelet, peak_rate
 from tests.operator.harness import (
     ApiClient,
     OperatorProcess,
@@ -58,11 +60,8 @@ NS = "sb-e2e"
 RELEASE = "sb"
 EDGE = "sb-switchboard-edge"
 OPERATOR_SA = "sb-switchboard-operator"
-EDGE_LABELS = {
-    "app.kubernetes.io/name": "switchboard",
-    "app.kubernetes.io/instance": RELEASE,
-    "app.kubernetes.io/component": "edge",
-}
+RELEASE_LABELS = {"app.kubernetes.io/name": "switchboard", "app.kubernetes.io/instance": RELEASE}
+EDGE_LABELS = RELEASE_LABELS | {"app.kubernetes.io/component": "edge"}
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 COST = "controller.kubernetes.io/pod-deletion-cost"
 BUDGET = 10  # edgePool.drain.reconnectsPerSecond, fleet-wide
@@ -106,7 +105,7 @@ class Stack:
     admin: ApiClient
     operator_api: ApiClient
     operator: OperatorProcess
-    kubelet: EdgeKubelet
+    kubelet: StandInKubelet
     proxy: ServiceProxy
     nats: NatsServer
     jwt_secret: str
@@ -156,7 +155,13 @@ async def stack(
             secret = await admin.get(f"/api/v1/namespaces/{NS}/secrets/sb-switchboard-auth")
             async with (
                 api_client(operator_kubeconfig) as operator_api,
-                EdgeKubelet(admin, NS, EDGE_LABELS, logs) as kubelet,
+                StandInKubelet(
+                    admin,
+                    NS,
+                    RELEASE_LABELS,
+                    logs,
+                    partial(control_plane.kubeconfig_for_service_account, NS),
+                ) as kubelet,
                 ServiceProxy(kubelet) as proxy,
                 run_operator(
                     operator_kubeconfig,
@@ -281,10 +286,14 @@ async def _apply_channel(stack: Stack, name: str, spec: dict[str, Any]) -> None:
     await stack.admin.create(channel_path(NS), body)
 
 
-async def _channel_reported(stack: Stack, name: str) -> Any:
+async def _channel_ready(stack: Stack, name: str) -> Any:
     channel = await stack.admin.get(channel_path(NS, name))
-    reported = (ready(channel) or {}).get("status") == "True" and channel["status"].get("epoch")
-    return channel if reported else None
+    return channel if (ready(channel) or {}).get("status") == "True" else None
+
+
+async def _channel_reported(stack: Stack, name: str) -> Any:
+    channel = await _channel_ready(stack, name)
+    return channel if channel and channel["status"].get("epoch") else None
 
 
 async def test_scale_up_on_connections_then_down_removing_the_emptiest_pod(
@@ -472,3 +481,39 @@ async def _describe(stack: Stack) -> str:
         f"status={deployment.get('status')}\npods={pods}\n"
         f"kubelet edges={sorted(stack.kubelet.edges)} exited={stack.kubelet.exit_codes}"
     )
+
+
+async def test_helm_uninstall_removes_the_release_and_leaves_nothing_terminating(
+    stack: Stack,
+) -> None:
+    """Last. kopf's finalizer is on the EdgePool, and Helm deletes custom resources
+    after the operator's RBAC: without the chart's pre-delete hook the EdgePool would
+    stay Terminating for good. The hook Job (run by the stand-in kubelet as the
+    operator's ServiceAccount) deletes it while the operator still runs; then the
+    rest goes, and the edge pods are garbage-collected, their edges drained."""
+    await _apply_channel(stack, "goodbye", {"presence": True})  # a user's, not the release's
+    await eventually(lambda: _channel_ready(stack, "goodbye"), timeout=30)
+    await asyncio.to_thread(stack.helm.uninstall, RELEASE, timeout=120)
+    hooks = {pod: code for pod, code in stack.kubelet.exit_codes.items() if "-cleanup-" in pod}
+    assert list(hooks.values()) == [0], stack.kubelet.exit_codes
+    for path in (
+        edgepool_path(NS, EDGE),
+        deployment_path(NS, EDGE),
+        f"/api/v1/namespaces/{NS}/serviceaccounts/{OPERATOR_SA}",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/roles/{OPERATOR_SA}",
+        f"/api/v1/namespaces/{NS}/configmaps/{EDGE}",
+        f"/apis/batch/v1/namespaces/{NS}/jobs/{OPERATOR_SA}-cleanup",
+    ):
+        try:
+            await eventually(partial(_gone, stack, path), timeout=30)
+        except TimeoutError:
+            raise AssertionError(f"{path} stays: {await stack.admin.get(path)}") from None
+    assert await eventually(lambda: _no_edge_pods(stack), timeout=60)
+    assert stack.kubelet.edges == {}
+    assert set(stack.kubelet.exit_codes.values()) == {0}
+    # The user's own Channel is not the release's: the hook leaves it alone.
+    assert await stack.admin.get(channel_path(NS, "goodbye"))
+
+
+async def _no_edge_pods(stack: Stack) -> bool:
+    return not await stack.edge_pods()
