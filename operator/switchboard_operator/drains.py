@@ -5,9 +5,9 @@ it each pool's pods, budget and the pods whose stats say they drain; a drain
 request from an edge adds that pod at once (its stats catch up within seconds).
 Every change re-divides the pool's budget; a grant names the pods already
 draining whose pace it lowered, and `rate_changes` lists the pods whose pace
-must be re-sent after an observation. A pool not refreshed recently (this operator replica was
-paused by peering, or the pool was deleted) answers nothing, so edges fall back
-to their default rather than hear a stale grant.
+must be re-sent after an observation. A pool not refreshed recently (this
+operator replica was paused by peering, or the pool was deleted) answers
+nothing, so edges fall back to their default rather than hear a stale grant.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""The operator's Kubernetes module with the credential forms users' kubeconfigs carry.
-
-kind, minikube and k3d write client certificates inline (`client-certificate-data`);
-in a pod the operator has a ServiceAccount token. Both against the real API server.
+"""The operator's Kubernetes module against the real API server: the credential forms
+users' kubeconfigs carry (kind, minikube and k3d write client certificates inline;
+in a pod the operator has a ServiceAccount token), and `switchboard cleanup`.
 """
 
 from __future__ import annotations
@@ -11,9 +10,17 @@ from pathlib import Path
 
 import kopf
 import pytest
+import yaml
 
+from switchboard_operator.cleanup import cleanup
 from switchboard_operator.kube import KubeApi, KubeError
+from switchboard_operator.models import GROUP, VERSION
 from tests.controlplane.cluster import ControlPlane
+from tests.e2e.kubeconfig import api_client
+from tests.operator.harness import ApiClient, channel_path, edgepool_path, eventually
+
+CRDS = Path(__file__).resolve().parents[2] / "charts" / "switchboard" / "crds"
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
 async def _login(kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> KubeApi:
@@ -53,3 +60,57 @@ async def test_service_account_token_is_refused_outside_its_role(
         assert refused.value.status == 403
     finally:
         await api.close()
+
+
+async def test_cleanup_deletes_only_the_labelled_and_says_what_stays(
+    control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`switchboard cleanup` without an operator to release a finalizer: it gives up
+    after its timeout, exits 1 and names what stayed; unlabelled objects are left."""
+    namespace, labels = "cleanup-test", {"app.kubernetes.io/instance": "rel"}
+    async with api_client(control_plane.admin_kubeconfig()) as admin:
+        await _ensure_crds(admin)
+        await admin.create("/api/v1/namespaces", {"metadata": {"name": namespace}})
+        held = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "EdgePool",
+            "metadata": {"name": "held", "labels": labels, "finalizers": ["example.com/held"]},
+            "spec": {"deployment": "edge"},
+        }
+        other = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Channel",
+            "metadata": {"name": "theirs"},
+            "spec": {},
+        }
+        await admin.create(edgepool_path(namespace), held)
+        await admin.create(channel_path(namespace), other)
+        monkeypatch.setenv("KUBECONFIG", str(control_plane.admin_kubeconfig()))
+
+        assert await cleanup(namespace, labels, timeout_s=1) == 1
+        assert "still there" in caplog.text and "held" in caplog.text
+        assert (await admin.get(edgepool_path(namespace, "held")))["metadata"]["deletionTimestamp"]
+        assert (
+            "deletionTimestamp"
+            not in (await admin.get(channel_path(namespace, "theirs")))["metadata"]
+        )
+
+        await admin.patch(edgepool_path(namespace, "held"), {"metadata": {"finalizers": []}})
+        assert await cleanup(namespace, labels, timeout_s=10) == 0
+        assert await admin.get(edgepool_path(namespace, "held")) is None
+
+
+async def _ensure_crds(admin: ApiClient) -> None:
+    """The chart's CRDs, as `helm install` would create them (if not there yet)."""
+    crds = [d for p in sorted(CRDS.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    for crd in crds:
+        status, body = await admin.call("POST", CRD_PATH, crd)
+        assert status in (201, 409), body
+        name = crd["metadata"]["name"]
+
+        async def established(name: str = name) -> bool:
+            obj = await admin.get(f"{CRD_PATH}/{name}")
+            conditions = (obj.get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+        await eventually(established)
