@@ -45,13 +45,15 @@ EDGE_CHART_KEYS = (
 
 # OperatorSettings the chart sets itself: NATS, the prefix, the watched
 # namespace (`operator.clusterWide`), the peering (the chart creates the
-# KopfPeering object it names) and the probe/metrics ports its manifests use.
+# KopfPeering object it names; the priority stays unset so that each replica draws
+# its own) and the probe/metrics ports its manifests use.
 OPERATOR_CHART_KEYS = (
     "nats_url",
     "subject_prefix",
     "namespace",
     "peering",
     "standalone",
+    "peering_priority",
     "health_port",
     "metrics_port",
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 
@@ -15,12 +16,21 @@ from switchboard_operator.backbone import OperatorBackbone
 from switchboard_operator.drains import DrainLedger
 from switchboard_operator.handlers import Context, register
 from switchboard_operator.kube import KubeApi
-from switchboard_operator.settings import OperatorSettings
+from switchboard_operator.settings import PEERING_PRIORITY_MAX, OperatorSettings
 
 log = logging.getLogger("switchboard.operator")
 
 FINALIZER = "switchboard.dev/cleanup"
 STATS_STALE_S = 10.0  # an edge report older than this is a dead edge's
+
+
+def peering_priority(settings: OperatorSettings, rng: random.Random | None = None) -> int:
+    """kopf pauses *every* replica when two live ones share a priority, so the replicas
+    of one Deployment (same settings) each draw their own: the highest acts, and
+    when it goes a standby takes over. A tie among 2**31 values is not a concern."""
+    if settings.peering_priority is not None:
+        return settings.peering_priority
+    return (rng or random.SystemRandom()).randint(1, PEERING_PRIORITY_MAX)
 
 
 def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
@@ -30,11 +40,12 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     config.peering.name = settings.peering
     config.peering.standalone = settings.standalone
     config.peering.mandatory = not settings.standalone
+    config.peering.priority = peering_priority(settings)
     config.watching.server_timeout = 300
     # The watched namespace is given, and the CRDs come with the chart: no need to list
     # namespaces or watch CRDs, which would need cluster-wide read permissions.
     config.scanning.disabled = True
-    config.batching.error_delays = (1, 2, 5, 10)
+    config.queueing.error_delays = (1, 2, 5, 10)
     return config
 
 

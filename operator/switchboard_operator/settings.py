@@ -16,6 +16,9 @@ from switchboard.settings import load_settings
 ENV_PREFIX = "SB_OPERATOR_"
 
 
+PEERING_PRIORITY_MAX = 2**31 - 1
+
+
 class OperatorSettings(BaseSettings):
     """Everything the operator process can be told."""
 
@@ -32,6 +35,13 @@ class OperatorSettings(BaseSettings):
         description="kopf peering name: replicas with the same name elect one active operator.",
     )
     standalone: bool = Field(False, description="No peering (one replica, or tests).")
+    peering_priority: int | None = Field(
+        None,
+        ge=0,
+        le=PEERING_PRIORITY_MAX,
+        description="kopf peering priority: the highest live replica acts. Unset: random, "
+        "so replicas of one Deployment differ (kopf pauses every replica on a tie).",
+    )
     health_port: int = Field(8081, ge=0, le=65535, description="Liveness endpoint `/healthz`.")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus `/metrics` (0: off).")
     scale_interval_s: float = Field(

@@ -38,6 +38,7 @@ from switchboard.natsserver import NatsServer
 from switchboard.resilient import ResilientClient
 from switchboard.tokens import mint_token
 from switchboard_operator.rbac import REQUIRED
+from switchboard_operator.settings import PEERING_PRIORITY_MAX
 from tests.controlplane.cluster import ControlPlane
 from tests.e2e.kubeconfig import api_client
 from tests.e2e.kubelet import ServiceProxy, StandInKubelet, peak_rate
@@ -63,6 +64,7 @@ OPERATOR_SA = "sb-switchboard-operator"
 RELEASE_LABELS = {"app.kubernetes.io/name": "switchboard", "app.kubernetes.io/instance": RELEASE}
 EDGE_LABELS = RELEASE_LABELS | {"app.kubernetes.io/component": "edge"}
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+METRIC = "switchboard_operator"
 COST = "controller.kubernetes.io/pod-deletion-cost"
 BUDGET = 10  # edgePool.drain.reconnectsPerSecond, fleet-wide
 TARGET = 10  # edgePool.targetConnectionsPerPod
@@ -481,6 +483,43 @@ async def _describe(stack: Stack) -> str:
         f"status={deployment.get('status')}\npods={pods}\n"
         f"kubelet edges={sorted(stack.kubelet.edges)} exited={stack.kubelet.exit_codes}"
     )
+
+
+async def test_a_second_replica_takes_over_and_hands_back(stack: Stack, tmp_path: Path) -> None:
+    """kopf peering with the chart's peering object: a replica with a higher priority
+    makes the running one pause and does the work; when it stops, the first resumes.
+    (Two replicas of equal priority would both pause: each draws its own.)"""
+    paused_before = stack.operator.log().count("Pausing operations in favour of")
+    config = (await stack.admin.get(f"/api/v1/namespaces/{NS}/configmaps/{OPERATOR_SA}"))["data"]
+    kubeconfig = stack.plane.kubeconfig_for_service_account(NS, OPERATOR_SA)
+    async with run_operator(
+        kubeconfig,
+        stack.nats.url,
+        NS,
+        tmp_path,
+        config=config,
+        peering_priority=str(PEERING_PRIORITY_MAX),
+    ) as second:
+        await eventually(
+            lambda: _logged(stack.operator, "Pausing operations in favour of", paused_before),
+            timeout=30,
+        )
+        applied_before = stack.operator.metrics()[f"{METRIC}_channel_applies_total"]
+        await _apply_channel(stack, "relay", {"presence": True})
+        await eventually(lambda: _channel_ready(stack, "relay"), timeout=30)
+        assert second.metrics()[f"{METRIC}_channel_applies_total"] == 1
+        assert stack.operator.metrics()[f"{METRIC}_channel_applies_total"] == applied_before
+    await eventually(
+        lambda: _logged(stack.operator, "Resuming operations after the pause", 0), timeout=30
+    )
+    deletes_before = stack.operator.metrics()[f"{METRIC}_channel_deletes_total"]
+    await stack.admin.delete(channel_path(NS, "relay"))
+    await eventually(lambda: _gone(stack, channel_path(NS, "relay")), timeout=30)
+    assert stack.operator.metrics()[f"{METRIC}_channel_deletes_total"] == deletes_before + 1
+
+
+async def _logged(operator: OperatorProcess, text: str, more_than: int) -> bool:
+    return operator.log().count(text) > more_than
 
 
 async def test_helm_uninstall_removes_the_release_and_leaves_nothing_terminating(
