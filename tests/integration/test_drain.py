@@ -124,6 +124,39 @@ async def test_control_command_drains_at_the_operator_granted_pace(
     await nc.close()
 
 
+async def test_the_newest_pace_wins_and_a_stale_one_is_refused(
+    edge_factory: EdgeFactory,
+) -> None:
+    """The operator's grant (seq 10, 1/s) and re-paces (by seq) on a real edge: an
+    older re-pace is refused and changes nothing; a newer one applies at once."""
+    edge = edge_factory.start("edge-seq", reconnect_jitter_ms="0")
+    nc = await nats.connect(edge_factory.nats.url)
+
+    async def grant(msg: Msg) -> None:
+        if json.loads(msg.data)["pod"] == "edge-seq":
+            await msg.respond(json.dumps({"reconnects_per_second": 1, "seq": 10}).encode())
+
+    await nc.subscribe("sb.operator.drain", cb=grant)
+    clients = [await Client.connect(edge.ws_url, token=token(f"q{i}")) for i in range(6)]
+    closed = [asyncio.create_task(c.wait_closed(timeout=30)) for c in clients]
+    await nc.request("sb.edge.edge-seq.ctl", b'{"command": "drain"}', timeout=5)
+    done, _ = await asyncio.wait(closed, return_when=asyncio.FIRST_COMPLETED, timeout=5)
+    assert len(done) == 1  # the first move, one interval (1 s) in: the grant applies
+
+    async def repace(rate: float, seq: int) -> dict[str, object]:
+        body = {"command": "rate", "reconnects_per_second": rate, "seq": seq}
+        reply = await nc.request("sb.edge.edge-seq.ctl", json.dumps(body).encode(), timeout=5)
+        return dict(json.loads(reply.data))
+
+    stale = await repace(1000, 5)
+    assert stale["ok"] is False and "seq" in str(stale["error"])
+    await asyncio.sleep(0.5)
+    assert sum(t.done() for t in closed) == 1  # still 1/s
+    assert await repace(1000, 20) == {"ok": True}
+    assert await asyncio.wait_for(asyncio.gather(*closed), 2) == [1001] * 6
+    await nc.close()
+
+
 async def test_live_stats_reach_the_sb_edges_bucket(edge_factory: EdgeFactory) -> None:
     # The bucket's TTL (10 s default) is set by whichever edge creates it first.
     edge = edge_factory.start("edge-stats", stats_interval_s="0.2")
