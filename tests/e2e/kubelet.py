@@ -127,6 +127,7 @@ class StandInKubelet:
     drain_wait_s: float = 60.0
     running: dict[str, RunningPod] = field(default_factory=dict)
     exit_codes: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
     _waiting: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -172,8 +173,16 @@ class StandInKubelet:
     async def _loop(self) -> None:
         while True:
             for pod in await self._pods():
-                await self._sync(pod)
+                try:
+                    await self._sync(pod)
+                except Exception as exc:  # reported by check(), not lost in a dead task
+                    self.errors.append(f"{pod['metadata']['name']}: {exc!r}")
             await asyncio.sleep(0.2)
+
+    def check(self) -> None:
+        """Raise what went wrong running pods, if anything did."""
+        if self.errors:
+            raise AssertionError(f"the stand-in kubelet failed: {self.errors}")
 
     async def _sync(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]

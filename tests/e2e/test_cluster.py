@@ -124,6 +124,7 @@ class Stack:
     async def running(self, count: int) -> list[str] | None:
         """The edge pods, oldest first, once exactly `count` exist, none terminating,
         each with its edge process up and ready (else None)."""
+        self.kubelet.check()
         pods = sorted(await self.edge_pods(), key=lambda p: p["metadata"]["creationTimestamp"])
         names = [p["metadata"]["name"] for p in pods]
         settled = not any(p["metadata"].get("deletionTimestamp") for p in pods)
