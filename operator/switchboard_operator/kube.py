@@ -30,6 +30,11 @@ class KubeError(Exception):
         self.status = status
 
 
+def label_selector(labels: Mapping[str, str]) -> str:
+    """`{k: v, ...}` as a Kubernetes equality label selector."""
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 def login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
     """In a pod its ServiceAccount, else the kubeconfig (`KUBECONFIG`)."""
     return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
@@ -99,7 +104,7 @@ class KubeApi:
 
     async def pods(self, namespace: str, match_labels: Mapping[str, str]) -> list[dict[str, Any]]:
         """Pods carrying all `match_labels` (filtered here too, whatever the server does)."""
-        selector = ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
+        selector = label_selector(match_labels)
         path = f"/api/v1/namespaces/{quote(namespace)}/pods"
         result = await self._call("GET", path, "list pods", params={"labelSelector": selector})
         items: list[dict[str, Any]] = result.get("items") or []
@@ -119,7 +124,7 @@ class KubeApi:
 
     async def names(self, namespace: str, plural: str, labels: Mapping[str, str]) -> list[str]:
         """Names of this namespace's switchboard.dev objects of a kind carrying `labels`."""
-        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        selector = label_selector(labels)
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{quote(plural)}"
         result = await self._call("GET", path, f"list {plural}", params={"labelSelector": selector})
         return [item["metadata"]["name"] for item in result.get("items") or []]

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from switchboard.natsserver import free_port, stop_process
+from switchboard_operator.kube import label_selector
 from tests.operator.harness import ApiClient, pod_path
 
 FINALIZER = "switchboard.dev/test-kubelet"
@@ -163,9 +164,7 @@ class StandInKubelet:
     async def _pods(self) -> list[dict[str, Any]]:
         pods: list[dict[str, Any]] = []
         for component in self.components:
-            selector = ",".join(
-                f"{k}={v}" for k, v in {**self.labels, COMPONENT: component}.items()
-            )
+            selector = label_selector({**self.labels, COMPONENT: component})
             listing = await self.api.get(f"{pod_path(self.namespace)}?labelSelector={selector}")
             pods += (listing or {}).get("items", [])
         return pods

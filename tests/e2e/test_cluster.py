@@ -37,6 +37,7 @@ from switchboard.client import Client
 from switchboard.natsserver import NatsServer
 from switchboard.resilient import ResilientClient
 from switchboard.tokens import mint_token
+from switchboard_operator.kube import label_selector
 from switchboard_operator.rbac import REQUIRED
 from switchboard_operator.settings import PEERING_PRIORITY_MAX
 from tests.controlplane.cluster import ControlPlane
@@ -117,7 +118,7 @@ class Stack:
         return mint_token(self.jwt_secret, user)
 
     async def edge_pods(self) -> list[dict[str, Any]]:
-        selector = ",".join(f"{k}={v}" for k, v in EDGE_LABELS.items())
+        selector = label_selector(EDGE_LABELS)
         listing = await self.admin.get(f"{pod_path(NS)}?labelSelector={selector}")
         return list(listing["items"])
 
