@@ -17,11 +17,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StreamInfo
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamInfo
+from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from edge.ports import Delivery, NoResponders, Reply, RequestTimeout, Unavailable
+from switchboard import channelstore
+from switchboard.settings import ReplicasSetting
 
 log = logging.getLogger("switchboard.edge.backbone")
 
@@ -29,7 +32,9 @@ TICKETS_BUCKET = "sb_tickets"
 EDGES_BUCKET = "sb_edges"
 CHANNELS_BUCKET = "sb_channels"
 PRESENCE_BUCKET = "sb_presence"
-REPLAY_TIMEOUT_S = 5.0
+# JetStream's "wrong last sequence" API errors: a conditional write lost a race.
+WRONG_LAST_SEQUENCE = (10071, 10164)
+CURSOR_IDLE_S = 30.0  # the server drops a replay consumer nobody read for this long
 
 
 class _Handle:
@@ -40,6 +45,31 @@ class _Handle:
 
     async def unsubscribe(self) -> None:
         with contextlib.suppress(ConnectionClosedError, nats.errors.BadSubscriptionError):
+            await self._sub.unsubscribe()
+
+
+class _Cursor:
+    __slots__ = ("_backbone", "_sub")
+
+    def __init__(self, backbone: NatsBackbone, sub: JetStreamContext.PullSubscription) -> None:
+        self._backbone = backbone
+        self._sub = sub
+
+    async def fetch(self, max_msgs: int, wait_s: float) -> tuple[list[Delivery], int | None]:
+        """Up to `max_msgs` next messages (waiting at most `wait_s` for the first),
+        and how many more were stored when the last was read (None: unknown)."""
+        with self._backbone._store("history replay"):
+            try:
+                msgs = await self._sub.fetch(max_msgs, timeout=wait_s)
+            except NatsTimeout:
+                return [], None
+        deliveries = [
+            Delivery(m.subject, m.data, m.headers, None, m.metadata.sequence.stream) for m in msgs
+        ]
+        return deliveries, (msgs[-1].metadata.num_pending if msgs else None)
+
+    async def close(self) -> None:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
             await self._sub.unsubscribe()
 
 
@@ -54,9 +84,11 @@ class NatsBackbone:
         ticket_ttl_s: int,
         stats_ttl_s: float,
         presence_ttl_s: float,
+        jetstream_replicas: ReplicasSetting = "auto",
     ) -> None:
         self._servers = [s.strip() for s in servers.split(",") if s.strip()]
         self._name = name
+        self._replicas_setting: ReplicasSetting = jetstream_replicas
         self._ticket_ttl_s = ticket_ttl_s
         self._nc: Client | None = None
         self._stats_ttl_s = stats_ttl_s
@@ -167,15 +199,13 @@ class NatsBackbone:
             raise Unavailable(f"{what}: {exc!r}") from None
 
     async def _bucket(self, name: str, ttl_s: float) -> KeyValue:
-        """A KV bucket, created with `ttl_s` if it does not exist yet."""
+        """A KV bucket, created with `ttl_s` if it does not exist yet; created (or
+        raised) to the replica count of `SB_EDGE_JETSTREAM_REPLICAS` on first use."""
         if name not in self._buckets:
-            js = self.client.jetstream()
-            try:
-                self._buckets[name] = await js.key_value(name)
-            except (NotFoundError, nats.js.errors.BucketNotFoundError):
-                self._buckets[name] = await js.create_key_value(
-                    KeyValueConfig(bucket=name, ttl=ttl_s, history=1)
-                )
+            replicas = channelstore.replicas_for(self.client, self._replicas_setting)
+            self._buckets[name] = await channelstore.ensure_bucket(
+                self.client, name, ttl_s, replicas
+            )
         return self._buckets[name]
 
     async def _ticket_bucket(self) -> KeyValue:
@@ -214,38 +244,31 @@ class NatsBackbone:
     async def stream_first_offset(self, stream: str) -> int:
         return int((await self._stream_info(stream)).state.first_seq)
 
-    async def stream_replay(
-        self, stream: str, subject: str, start: int, end: int
-    ) -> list[Delivery]:
-        found: list[Delivery] = []
-        done = asyncio.Event()
+    async def open_cursor(self, stream: str, subject: str, start: int) -> _Cursor:
+        """Read `subject`'s stored messages from offset `start` on, a batch at a time.
 
-        async def on_msg(msg: Msg) -> None:
-            offset = msg.metadata.sequence.stream
-            if offset <= end:
-                found.append(Delivery(msg.subject, msg.data, msg.headers, None, offset))
-            if offset >= end or msg.metadata.num_pending == 0:
-                done.set()
-
+        A pull consumer, not a push one: the edge asks for the next batch only once
+        the client has taken the last, so a backlog of any size costs one batch of
+        memory. Ephemeral, in memory, and reaped by the server if this edge dies.
+        """
         with self._store("history replay"):
-            sub = await self.client.jetstream().subscribe(
+            sub = await self.client.jetstream().pull_subscribe(
                 subject,
+                durable=None,
                 stream=stream,
-                cb=on_msg,
-                ordered_consumer=True,
                 config=ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=start,
+                    ack_policy=AckPolicy.NONE,
+                    inactive_threshold=CURSOR_IDLE_S,
+                    mem_storage=True,
+                    num_replicas=1,
                 ),
             )
-            try:
-                async with asyncio.timeout(REPLAY_TIMEOUT_S):
-                    await done.wait()
-            finally:
-                await sub.unsubscribe()
-        return found
+        return _Cursor(self, sub)
 
     async def subscribe_stream(
-        self, subject: str, stream: str, handler: Callable[[Delivery], None]
+        self, subject: str, stream: str, handler: Callable[[Delivery], None], *, start: int
     ) -> _Handle:
         async def on_msg(msg: Msg) -> None:
             offset = msg.metadata.sequence.stream
@@ -257,7 +280,9 @@ class NatsBackbone:
                 stream=stream,
                 cb=on_msg,
                 ordered_consumer=True,
-                deliver_policy=DeliverPolicy.NEW,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+                ),
             )
         return _Handle(sub)
 
@@ -323,4 +348,8 @@ class NatsBackbone:
                 await kv.delete(ticket, last=entry.revision)
             except (KeyNotFoundError, KeyWrongLastSequenceError):
                 return None  # unknown, expired, or redeemed by someone else
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code in WRONG_LAST_SEQUENCE:  # kv.delete does not map it itself
+                    return None  # another redemption deleted it first
+                raise
         return entry.value

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidState
 from edge import protocol, tracing
 from edge.hub import HEADER_FROM, HEADER_TS, decode_data
 from edge.outbox import Outbox
-from edge.ports import NoResponders, RequestTimeout, Unavailable
+from edge.ports import Delivery, NoResponders, RequestTimeout, Unavailable
 from edge.session import (
     Action,
     Close,
@@ -43,7 +43,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("switchboard.edge.connection")
 
-MAX_HELD = 10_000  # live events kept back per channel while its history is replayed
+REPLAY_BATCH_BYTES = 256 * 1024  # read from the stream per batch, at the largest message size
+REPLAY_BATCH_MAX = 256  # messages per batch
+REPLAY_WAIT_S = 1.0  # for a batch the stream does not have yet
+REPLAY_EMPTY_TRIES = 3  # empty batches before the replay stops looking for the rest
 
 
 class EdgeConnection(ServerConnection):
@@ -60,14 +63,18 @@ class Connection:
         "_blocked",
         "_closing",
         "_expiry",
+        "_floors",
         "_flush_requested",
-        "_held",
         "_joined_user",
         "_log",
         "_now",
         "_ping_sent",
         "_pong",
         "_present",
+        "_recovering",
+        "_replay_lock",
+        "_replays",
+        "_room",
         "_tasks",
         "closed_with",
         "id",
@@ -95,8 +102,14 @@ class Connection:
         self._closing = False
         self._joined_user = False
         self._present: set[str] | None = None  # presence channels this connection is in
-        self._held: dict[str, list[tuple[int, bytes]]] | None = None  # live events held back
-        # while a channel's history is replayed
+        # channel -> last offset replayed so far, while its history is replayed; live
+        # events of the channel are left to the replay, which reads them from the stream
+        self._recovering: dict[str, int] | None = None
+        # channel -> last offset replayed: live events up to it are repeats (dropped)
+        self._floors: dict[str, int] | None = None
+        self._replays: dict[str, asyncio.Task[None]] | None = None
+        self._replay_lock: asyncio.Lock | None = None  # one replay at a time: one batch
+        self._room: asyncio.Event | None = None  # set when the outbox drained (replay waits)
         self.closed_with: int | None = None
         self._now: Callable[[], float] = asyncio.get_running_loop().time
 
@@ -112,13 +125,21 @@ class Connection:
             self.server.flusher.request(self)
 
     def deliver_stored(self, channel: str, offset: int, frame: bytes) -> None:
-        held = self._held.get(channel) if self._held else None
-        if held is None:
-            self.deliver(frame)
-        elif len(held) < MAX_HELD:
-            held.append((offset, frame))
-        else:  # cannot keep the order without unbounded memory: the client must start over
-            self.evict("too many live events while recovering")
+        if self._recovering and channel in self._recovering:
+            return  # stored: the replay reads it from the stream in its turn
+        floors = self._floors
+        if floors and channel in floors:
+            if offset <= floors[channel]:
+                return  # the replay delivered it already
+            del floors[channel]  # live is past the replay: no repeat can follow
+        self.deliver(frame)
+
+    def position(self, channel: str) -> dict[str, Any]:
+        """`{offset, epoch}` of the newest event of `channel` handed to this connection."""
+        position = self.server.hub.position(channel)
+        if self._recovering and channel in self._recovering:
+            position["offset"] = self._recovering[channel]
+        return position
 
     def send(self, text: str) -> None:
         """Queue a frame made for this connection only (acks, errors, welcome)."""
@@ -131,7 +152,7 @@ class Connection:
         while not self._blocked and not self._closing:
             data = self.outbox.take(self._now())
             if data is None:
-                return
+                break
             try:
                 ws.protocol.send_text(data)
             except InvalidState:  # closing: the close handshake owns the socket now
@@ -140,6 +161,22 @@ class Connection:
             if ws.transport.get_write_buffer_size() > ws.write_limit_high:
                 self._blocked = True
                 self._spawn(self._wait_writable())
+        room = self._room
+        if room is not None and self.outbox.pending_bytes <= self._replay_budget:
+            room.set()
+
+    @property
+    def _replay_budget(self) -> int:
+        """Outbox bytes a replay may fill: the rest stays free for live traffic."""
+        return self.server.settings.outbox_max_bytes // 2
+
+    async def _room_for(self, size: int) -> None:
+        """Wait until the client has taken enough of its outbox for `size` more bytes."""
+        while self.outbox.pending_bytes and self.outbox.pending_bytes + size > self._replay_budget:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()
 
     async def _wait_writable(self) -> None:
         try:
@@ -216,7 +253,7 @@ class Connection:
             self._closing = True
             if self._expiry is not None:
                 self._expiry.cancel()
-            for task in tuple(self._tasks or ()):
+            for task in (*(self._tasks or ()), *(self._replays or {}).values()):
                 task.cancel()
             await self._leave_all()
 
@@ -321,7 +358,9 @@ class Connection:
         hub, channel = self.server.hub, action.channel
         stream = self.server.directory.stream_for(channel)
         if stream is not None and action.since is not None:
-            self._hold(channel)  # from joining on, live events wait for the replay
+            # from joining on, live events of the channel are left to the replay
+            self._recovering = self._recovering or {}
+            self._recovering[channel] = action.since.offset
         try:
             epoch = await hub.join_channel(channel, self)
             payload: dict[str, Any] = {
@@ -330,11 +369,11 @@ class Connection:
                 "epoch": epoch,
                 "recovered": False,
             }
-            replay: list[bytes] = []
+            start: int | None = None
             if stream is not None and epoch is not None:
-                replay = await self._recover(stream, channel, epoch, action, payload)
+                start = await self._recover(stream, channel, action, payload)
         except Unavailable as exc:
-            self._release(channel, None)
+            self._stop_recovering(channel, None)
             self.session.subscribe_failed(channel)
             await hub.leave_channel(channel, self)
             self._error(action.request_id, ErrorCode.UNAVAILABLE, str(exc))
@@ -342,19 +381,20 @@ class Connection:
         if payload["offset"] is not None:
             hub.note_offset(channel, payload["offset"])
         self.send(protocol.ack(action.request_id, payload))
-        for frame in replay:
-            self.deliver(frame)
-        self._release(channel, payload["offset"])
+        if start is not None and stream is not None:
+            self._start_replay(channel, stream, start, payload["epoch"])
         if self.server.policy_for(action.channel).presence:
             await self._enter_presence(action.channel)
 
     async def _recover(
-        self, stream: str, channel: str, epoch: str, action: Subscribe, payload: dict[str, Any]
-    ) -> list[bytes]:
-        """Fill in the ack's position; the stored events the client missed, if any.
+        self, stream: str, channel: str, action: Subscribe, payload: dict[str, Any]
+    ) -> int | None:
+        """Fill in the ack's position; the offset to replay from, if the client asked
+        for what it missed.
 
         `recovered` is true only when everything after `since` is still stored
-        under the same epoch; otherwise the client is told (never a silent gap).
+        under the same epoch; otherwise the client is told (never a silent gap)
+        and goes on from the newest offset.
         """
         backbone = self.server.backbone
         subject = channel_subject(self.server.settings.subject_prefix, channel)
@@ -363,36 +403,95 @@ class Connection:
         last = await backbone.stream_last_offset(stream, subject)
         payload["offset"] = last
         since = action.since
-        if since is None or since.epoch != epoch:
-            return []
-        if since.offset + 1 < await backbone.stream_first_offset(stream):
-            return []  # part of what followed `since` is gone
-        payload["recovered"] = True
-        if since.offset >= last:
-            return []
-        frames = []
-        for delivery in await backbone.stream_replay(stream, subject, since.offset + 1, last):
+        if since is None:
+            return None
+        if since.epoch == epoch and since.offset + 1 >= await backbone.stream_first_offset(stream):
+            payload["recovered"] = True
+            return since.offset + 1
+        return last + 1  # what arrived since the ack's offset is still owed
+
+    def _start_replay(self, channel: str, stream: str, start: int, epoch: str) -> None:
+        """Replay from `start` in the background: the client's other requests go on."""
+        assert self._recovering is not None
+        self._recovering[channel] = start - 1
+        if self._replays is None:
+            self._replays = {}
+        task = asyncio.create_task(self._replay(channel, stream, start, epoch))
+        self._replays[channel] = task
+        task.add_done_callback(lambda _: self._replays and self._replays.pop(channel, None))
+
+    async def _replay(self, channel: str, stream: str, start: int, epoch: str) -> None:
+        """Stored events from `start` until the replay meets the live feed.
+
+        A batch is read only once the client has taken most of the last one
+        (`_room_for`), so any backlog costs one batch of memory and no deadline
+        applies while the client reads; a client that stops reading is evicted
+        by the outbox's usual rule. Live events of the channel are dropped
+        meanwhile and read from the stream instead; the switch to live happens
+        without an await, once the replay has reached what the feed handed out.
+        """
+        if self._replay_lock is None:
+            self._replay_lock = asyncio.Lock()
+        hub = self.server.hub
+        subject = channel_subject(self.server.settings.subject_prefix, channel)
+        size = self.server.policy_for(channel).max_message_bytes
+        batch = max(1, min(REPLAY_BATCH_MAX, REPLAY_BATCH_BYTES // size))
+        async with self._replay_lock:
+            cursor = None
             try:
-                data = decode_data(delivery.data)
-            except UnicodeDecodeError:
-                continue
-            frames.append(self.server.hub.stored_event(channel, data, delivery, epoch))
-        return frames
+                cursor = await self.server.backbone.open_cursor(stream, subject, start)
+                empty = 0
+                while not self._closing:
+                    done = self._recovering[channel] if self._recovering else start - 1
+                    if done >= (hub.delivered_offset(channel) or 0):
+                        break  # caught up with the live feed
+                    deliveries, _ = await cursor.fetch(batch, REPLAY_WAIT_S)
+                    empty = 0 if deliveries else empty + 1
+                    if empty >= REPLAY_EMPTY_TRIES:
+                        self.log.warning("replay of %s found nothing more; going live", channel)
+                        break
+                    for delivery in deliveries:
+                        await self._replay_one(channel, delivery, epoch)
+            except Unavailable as exc:
+                # the client has all events up to its last offset: it resumes from there
+                self.log.warning("replay of %s interrupted: %s", channel, exc)
+                self._stop_recovering(channel, None)
+                self._spawn(self._abandon(CloseCode.TRY_AGAIN_LATER, "recovery interrupted"))
+                return
+            finally:
+                if cursor is not None:
+                    await cursor.close()
+            if self._recovering and channel in self._recovering:
+                self._stop_recovering(channel, self._recovering[channel])
 
-    def _hold(self, channel: str) -> None:
-        if self._held is None:
-            self._held = {}
-        self._held[channel] = []
-
-    def _release(self, channel: str, replayed_to: int | None) -> None:
-        """Deliver the live events held during the replay that it did not cover."""
-        if not self._held or channel not in self._held:
+    async def _replay_one(self, channel: str, delivery: Delivery, epoch: str) -> None:
+        recovering = self._recovering
+        if not recovering or channel not in recovering or delivery.offset is None:
             return
-        for offset, frame in self._held.pop(channel):
-            if replayed_to is not None and offset > replayed_to:
-                self.deliver(frame)
-        if not self._held:
-            self._held = None
+        if delivery.offset <= recovering[channel]:
+            return
+        try:
+            data = decode_data(delivery.data)
+        except UnicodeDecodeError:
+            data = None
+        if data is not None or delivery.data == b"null":
+            frame = self.server.hub.stored_event(channel, data, delivery, epoch)
+            await self._room_for(len(frame))
+            if self._closing or channel not in recovering:
+                return
+            self.deliver(frame)
+        recovering[channel] = delivery.offset
+
+    def _stop_recovering(self, channel: str, replayed_to: int | None) -> None:
+        """Back to live: events of the channel up to `replayed_to` are repeats."""
+        if self._recovering is not None:
+            self._recovering.pop(channel, None)
+            if not self._recovering:
+                self._recovering = None
+        if replayed_to is not None:
+            if self._floors is None:
+                self._floors = {}
+            self._floors[channel] = replayed_to
 
     async def _enter_presence(self, channel: str) -> None:
         if self._present is None:
@@ -404,6 +503,12 @@ class Connection:
         await self.server.presence.enter(channel, self.session.user)
 
     async def _leave_channel(self, channel: str) -> None:
+        replay = self._replays.get(channel) if self._replays else None
+        if replay is not None:
+            replay.cancel()
+        self._stop_recovering(channel, None)
+        if self._floors:
+            self._floors.pop(channel, None)
         await self.server.hub.leave_channel(channel, self)
         if self._present and channel in self._present:
             self._present.discard(channel)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from edge import protocol, tracing
-from edge.ports import Backbone, Delivery, Member, SubscriptionHandle
+from edge.ports import Backbone, Delivery, Member, SubscriptionHandle, Unavailable
 from edge.presence import feed_subject
 from switchboard.channels import channel_subject, personal_channel, user_subject
 
@@ -23,27 +23,62 @@ log = logging.getLogger("switchboard.edge.hub")
 
 HEADER_FROM = "Sb-From"
 HEADER_TS = "Sb-Ts"
+STREAM_RETRY_S = 0.2  # between attempts to rebuild a history consumer after a reconnect
 
 
 class _Topic:
-    __slots__ = ("channel", "epoch", "handle", "last_offset", "members")
+    __slots__ = ("channel", "delivered", "epoch", "handle", "last_offset", "members", "stream")
 
-    def __init__(self, channel: str, handle: SubscriptionHandle, epoch: str | None) -> None:
+    def __init__(
+        self,
+        channel: str,
+        handle: SubscriptionHandle | None,
+        epoch: str | None,
+        stream: str | None = None,
+        delivered: int | None = None,
+    ) -> None:
         self.channel = channel
         self.handle = handle
         self.epoch = epoch  # set for channels with history
-        self.last_offset: int | None = None  # of the newest event handed to members
+        self.stream = stream
+        self.last_offset: int | None = None  # newest offset members were handed or told
+        # newest offset the stream consumer handed to members: a rebuilt consumer
+        # starts after it, and anything at or below it is a repeat
+        self.delivered = delivered
         self.members: set[Member] = set()
 
 
 def decode_data(data: bytes) -> Any:
-    """Backend payloads are JSON; other UTF-8 text is delivered as a string."""
+    """Backend payloads are JSON; other UTF-8 text is delivered as a string.
+
+    "Other" includes JSON that could not be sent on as it is: not strict (NaN,
+    1e999, lone surrogates) or nested deeper than `protocol.MAX_DEPTH`. So the
+    result always encodes. Bytes that are not UTF-8 raise UnicodeDecodeError.
+    """
     try:
-        return protocol.loads(data)
+        value = protocol.loads(data)
     except UnicodeDecodeError:
         raise
     except (ValueError, RecursionError):
         return data.decode()
+    if not protocol.nesting_allowed(data, value, protocol.MAX_DEPTH):
+        return data.decode()
+    return value
+
+
+def _timestamp(headers: Mapping[str, str]) -> int:
+    """`Sb-Ts` if it is a plain integer of milliseconds, else the time now."""
+    value = headers.get(HEADER_TS, "")
+    if 0 < len(value) <= 16 and value.isascii() and value.isdigit():
+        return int(value)
+    return int(time.time() * 1000)
+
+
+def _text(value: str) -> str:
+    """A header string that encodes as UTF-8 (nats-py already replaces bad bytes)."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "replace").decode()
 
 
 class Hub:
@@ -65,7 +100,7 @@ class Hub:
         self._topics: dict[str, _Topic] = {}
         self._lock = asyncio.Lock()
         self.delivered = 0
-        self.dropped_undecodable = 0
+        self.dropped = 0  # backbone messages not delivered (counted, logged: never silent)
 
     @property
     def subscription_count(self) -> int:
@@ -83,6 +118,11 @@ class Hub:
         topic = self._topics.get(channel_subject(self._prefix, channel))
         if topic is not None and (topic.last_offset is None or offset > topic.last_offset):
             topic.last_offset = offset
+
+    def delivered_offset(self, channel: str) -> int | None:
+        """Newest offset of `channel` the stream consumer handed to members (None: none)."""
+        topic = self._topics.get(channel_subject(self._prefix, channel))
+        return None if topic is None else topic.delivered
 
     def position(self, channel: str) -> dict[str, Any]:
         """`{offset, epoch}` of the newest event members of `channel` were handed."""
@@ -142,17 +182,19 @@ class Hub:
             topic = self._topics.get(subject)
             if topic is None:
                 deliver = self._forward if raw else self._deliver
-                epoch: str | None = None
                 if stream is not None:  # offsets come from JetStream
                     epoch = await self.epoch(stream)
-                    handle = await self._backbone.subscribe_stream(
-                        subject, stream, lambda d: deliver(channel, subject, d)
+                    start = await self._backbone.stream_last_offset(stream, subject)
+                    topic = _Topic(channel, None, epoch, stream, delivered=start)
+                    topic.handle = await self._backbone.subscribe_stream(
+                        subject, stream, lambda d: deliver(channel, subject, d), start=start + 1
                     )
                 else:
                     handle = await self._backbone.subscribe(
                         subject, lambda d: deliver(channel, subject, d), confirm=confirm
                     )
-                topic = self._topics[subject] = _Topic(channel, handle, epoch)
+                    topic = _Topic(channel, handle, None)
+                self._topics[subject] = topic
             topic.members.add(member)
 
     async def _leave(self, subject: str, member: Member) -> None:
@@ -163,29 +205,76 @@ class Hub:
             topic.members.discard(member)
             if not topic.members:
                 del self._topics[subject]
-                await topic.handle.unsubscribe()
+                if topic.handle is not None:
+                    await topic.handle.unsubscribe()
 
     def notify_gap(self, since_ms: int, until_ms: int) -> None:
-        """Tell every member that messages between the two times may be lost.
+        """Tell members of channels without history that messages between the two
+        times may be lost.
 
         Called after the backbone reconnects: core NATS does not replay what was
         published while this edge was cut off (DESIGN: gaps are always reported).
+        Channels with history lose nothing: `resume_streams` reads on from JetStream.
         """
         for topic in self._topics.values():
-            frame = protocol.frame(
-                "gap", {"channel": topic.channel, "since_ts": since_ms, "until_ts": until_ms}
-            ).encode()
-            for member in tuple(topic.members):
-                member.deliver(frame)
+            if topic.stream is None:
+                self._gap(topic, since_ms, until_ms)
+
+    @staticmethod
+    def _gap(topic: _Topic, since_ms: int, until_ms: int) -> None:
+        frame = protocol.frame(
+            "gap", {"channel": topic.channel, "since_ts": since_ms, "until_ts": until_ms}
+        ).encode()
+        for member in tuple(topic.members):
+            member.deliver(frame)
+
+    async def resume_streams(self, since_ms: int) -> None:
+        """After the backbone returns, read every history channel on from the last
+        offset handed out, at once.
+
+        The old consumer may have died with its server; nats-py would only notice
+        after two missed idle heartbeats (~10 s of silence). A channel whose stream
+        was recreated meanwhile (new epoch) cannot be continued: it gets a `gap`.
+        """
+        for subject, topic in tuple(self._topics.items()):
+            if topic.stream is None:
+                continue
+            while self._topics.get(subject) is topic and self._backbone.connected:
+                try:
+                    await self._resume_stream(subject, topic, since_ms)
+                    break
+                except Unavailable as exc:
+                    log.warning("history consumer not rebuilt yet: %s", exc)
+                    await asyncio.sleep(STREAM_RETRY_S)
+
+    async def _resume_stream(self, subject: str, topic: _Topic, since_ms: int) -> None:
+        assert topic.stream is not None
+        async with self._lock:
+            if self._topics.get(subject) is not topic:
+                return  # everyone left meanwhile
+            old, topic.handle = topic.handle, None
+            if old is not None:
+                await old.unsubscribe()
+            epoch = await self._backbone.stream_epoch(topic.stream)
+            if epoch != topic.epoch or topic.delivered is None:
+                self.epochs[topic.stream] = topic.epoch = epoch
+                topic.delivered = await self._backbone.stream_last_offset(topic.stream, subject)
+                self._gap(topic, since_ms, int(time.time() * 1000))
+            channel = topic.channel
+            topic.handle = await self._backbone.subscribe_stream(
+                subject,
+                topic.stream,
+                lambda d: self._deliver(channel, subject, d),
+                start=topic.delivered + 1,
+            )
 
     def _forward(self, channel: str, subject: str, delivery: Delivery) -> None:
         """Hand an already-encoded server frame to every member as it is."""
         topic = self._topics.get(subject)
         if topic is None:
             return
-        try:
-            protocol.loads(delivery.data)  # only well-formed frames reach clients
-        except (ValueError, RecursionError):
+        if not _well_formed_frame(delivery.data):  # only frames clients can read go out
+            self.dropped += 1
             log.warning("dropped a malformed presence frame", extra={"subject": subject})
             return
         for member in tuple(topic.members):
@@ -195,23 +284,32 @@ class Hub:
         topic = self._topics.get(subject)
         if topic is None or not topic.members:
             return
+        if delivery.offset is not None:
+            if topic.delivered is not None and delivery.offset <= topic.delivered:
+                return  # a rebuilt consumer's repeat: members have it already
+            topic.delivered = delivery.offset
         span = tracing.start_delivery(delivery.subject, delivery.headers, self._pod)
         try:
             data = decode_data(delivery.data)
-        except UnicodeDecodeError:
-            self.dropped_undecodable += 1
-            log.warning("dropped a non-UTF-8 message", extra={"subject": delivery.subject})
+            frame = (
+                self.encode_event(channel, data, delivery.headers).encode()  # once per edge
+                if delivery.offset is None
+                else self.stored_event(channel, data, delivery, topic.epoch)
+            )
+        except (ValueError, RecursionError) as exc:  # not UTF-8 (decode_data's output
+            # always encodes, so anything else is a broken invariant): counted, never silent
+            self.dropped += 1
+            reason = "not utf-8" if isinstance(exc, UnicodeDecodeError) else "not encodable"
+            log.warning("dropped a message: %s", reason, extra={"subject": delivery.subject})
             if span is not None:
-                span.set_attribute("sb.error", "not utf-8")
+                span.set_attribute("sb.error", reason)
                 span.end()
             return
         if delivery.offset is None:
-            frame = self.encode_event(channel, data, delivery.headers).encode()  # once per edge
             for member in tuple(topic.members):
                 member.deliver(frame)
         else:
-            topic.last_offset = delivery.offset
-            frame = self.stored_event(channel, data, delivery, topic.epoch)
+            topic.last_offset = max(delivery.offset, topic.last_offset or 0)
             for member in tuple(topic.members):
                 member.deliver_stored(channel, delivery.offset, frame)
         self.delivered += len(topic.members)
@@ -231,10 +329,22 @@ class Hub:
         headers: Mapping[str, str] | None,
         extra: dict[str, Any] | None = None,
     ) -> str:
+        """The `event` frame; for `data` from decode_data it always encodes as UTF-8."""
         headers = headers or {}
-        try:
-            ts = int(headers.get(HEADER_TS, ""))
-        except ValueError:
-            ts = int(time.time() * 1000)
         sender = headers.get(HEADER_FROM) if self._expose_publisher else None
-        return protocol.event_frame(channel, data, ts=ts, sender=sender, extra=extra)
+        if sender is not None:
+            sender = _text(sender)
+        return protocol.event_frame(
+            channel, data, ts=_timestamp(headers), sender=sender, extra=extra
+        )
+
+
+def _well_formed_frame(data: bytes) -> bool:
+    """A ready-made server frame: a strict JSON object on one line, nested within limits."""
+    if b"\n" in data:
+        return False
+    try:
+        value = protocol.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(value, dict) and protocol.nesting_allowed(data, value, protocol.FRAME_DEPTH)

@@ -40,6 +40,17 @@ class SubscriptionHandle(Protocol):
     async def unsubscribe(self) -> None: ...
 
 
+class StreamCursor(Protocol):
+    """A position in a history stream, read forward a batch at a time."""
+
+    async def fetch(self, max_msgs: int, wait_s: float) -> tuple[list[Delivery], int | None]:
+        """The next messages (at most `max_msgs`, waiting at most `wait_s` for the first)
+        and how many more are stored after them (None: unknown)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class Backbone(Protocol):
     """What the edge needs from the message backbone."""
 
@@ -80,16 +91,14 @@ class Backbone(Protocol):
         """The oldest offset still stored in the stream (older ones are gone)."""
         ...
 
-    async def stream_replay(
-        self, stream: str, subject: str, start: int, end: int
-    ) -> list[Delivery]:
-        """Stored messages of `subject` with offsets in [start, end], in order."""
+    async def open_cursor(self, stream: str, subject: str, start: int) -> StreamCursor:
+        """Stored messages of `subject` from offset `start` on, read in batches."""
         ...
 
     async def subscribe_stream(
-        self, subject: str, stream: str, handler: Callable[[Delivery], None]
+        self, subject: str, stream: str, handler: Callable[[Delivery], None], *, start: int
     ) -> SubscriptionHandle:
-        """New messages of `subject` in `stream`, with their offsets."""
+        """Messages of `subject` in `stream` from offset `start` on, with their offsets."""
         ...
 
     async def presence_put(self, key: str) -> None: ...

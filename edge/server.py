@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import secrets
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,8 +40,19 @@ from edge.presence import Presence
 from edge.ratelimit import TokenBucket
 from edge.session import Limits, Session
 from edge.tracing import SpanKind
-from edge.upgrade import SUBPROTOCOL, find_credential, origin_allowed, route
+from edge.upgrade import (
+    SUBPROTOCOL,
+    Refusal,
+    find_credential,
+    is_ticket_shaped,
+    new_ticket,
+    origin_allowed,
+    refuse_in_band,
+    route,
+)
 from switchboard.codes import CloseCode
+from switchboard.localdrain import HEADER as DRAIN_SECRET_HEADER
+from switchboard.localdrain import remove_secret, secret_path, write_secret
 from switchboard.resume import mint_resume, read_resume
 from switchboard.settings import ChannelPolicy, EdgeSettings
 from switchboard.tokens import Claims, TokenError, TokenVerifier, mint_token
@@ -46,6 +60,7 @@ from switchboard.tokens import Claims, TokenError, TokenVerifier, mint_token
 log = logging.getLogger("switchboard.edge.server")
 
 WS_PATH = "/v1/ws"
+ORIGIN_REFUSAL = Refusal(403, "origin not allowed")
 
 
 def _response(
@@ -130,6 +145,12 @@ class EdgeServer:
         self._server: Server | None = None
         self._down_since_ms: int | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # Upgrades refused in band: answered 101, closed by `_handle` before any frame.
+        self._refused: weakref.WeakKeyDictionary[ServerConnection, Refusal] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._drain_secret: str | None = None  # written at start, for `POST /v1/drain`
+        self._resuming: asyncio.Task[None] | None = None  # history consumers after a reconnect
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -153,10 +174,15 @@ class EdgeServer:
             server_header=None,
             backlog=4096,
         )
+        self._drain_secret = write_secret(self._drain_secret_path)
         self._sweeper = asyncio.create_task(self._sweep())
         self._reporter = asyncio.create_task(self._report_stats())
         self._watcher = asyncio.create_task(self.backbone.watch_channels(self.directory.apply))
         self._presence_refresher = asyncio.create_task(self.presence.refresh_forever())
+
+    @property
+    def _drain_secret_path(self) -> Path:
+        return secret_path(self.port, self.settings.drain_secret_file)
 
     @property
     def port(self) -> int:
@@ -175,6 +201,7 @@ class EdgeServer:
             log.warning("backbone lost: publishes and RPCs answer 'unavailable'")
         elif self._down_since_ms is not None:
             self.hub.notify_gap(self._down_since_ms, now_ms)
+            self._resuming = asyncio.create_task(self.hub.resume_streams(self._down_since_ms))
             log.info("backbone back after %d ms", now_ms - self._down_since_ms)
             self._down_since_ms = None
 
@@ -254,7 +281,7 @@ class EdgeServer:
         if secret is None:
             return None
         subscriptions = [
-            {"channel": channel, **self.hub.position(channel)}
+            {"channel": channel, **conn.position(channel)}
             for channel in sorted(conn.session.subscriptions)
         ]
         return mint_resume(
@@ -320,6 +347,7 @@ class EdgeServer:
             if task is not None:
                 task.cancel()
         if self._server is not None:
+            remove_secret(self._drain_secret_path)
             self._server.close(close_connections=False)
             await self._server.wait_closed()
 
@@ -387,11 +415,24 @@ class EdgeServer:
                 "sb.upgrade", kind=SpanKind.SERVER, attributes={"sb.pod": self.settings.pod_name}
             ) as span:
                 refusal = await self._check_upgrade(ws, request)
-                status = 101 if refusal is None else refusal.status_code
+                # A forbidden Origin stays HTTP 403: a page from another site learns nothing.
+                origin = request.headers.get("Origin")
+                in_band = (
+                    refusal is not None
+                    and refusal is not ORIGIN_REFUSAL
+                    and refuse_in_band(self.settings.in_band_refusals, origin)
+                )
+                status = 101 if refusal is None or in_band else refusal.status
                 span.set_attribute("http.response.status_code", status)
-            if refusal is not None:
-                self.metrics.refusals[refusal.status_code] += 1
-            return refusal
+                if refusal is not None and in_band:
+                    span.set_attribute("sb.refusal.close_code", refusal.close_code)
+            if refusal is None:
+                return None
+            self.metrics.refusals[refusal.status, "close" if in_band else "http"] += 1
+            if in_band:  # 101, then `_handle` closes with the refusal's code at once
+                self._refused[ws] = refusal
+                return None
+            return _response(refusal.status, f"{refusal.reason}\n", headers=refusal.headers)
         if path == "/healthz":
             return _response(200, "ok\n")
         if path == "/readyz":
@@ -403,7 +444,7 @@ class EdgeServer:
                 connections=len(self.connections),
                 subscriptions=self.hub.subscription_count,
                 deliveries=self.hub.delivered,
-                dropped=self.hub.dropped_undecodable,
+                dropped=self.hub.dropped,
                 nats_connected=self.backbone.connected,
                 accepting=self.accepting,
             )
@@ -426,48 +467,51 @@ class EdgeServer:
             self.settings.allowed_origins,
         )
 
-    async def _check_upgrade(self, ws: ServerConnection, request: Request) -> Response | None:
-        if not self.accepting:
-            return _response(503, "edge is draining\n", headers={"Retry-After": "1"})
-        if len(self.connections) >= self.settings.max_connections:
-            return _response(503, "edge is full\n", headers={"Retry-After": "5"})
+    async def _check_upgrade(self, ws: ServerConnection, request: Request) -> Refusal | None:
+        """None with `ws.claims` set, or why not (docs/protocol.md §2, in this order)."""
         if not self._origin_ok(request):
-            return _response(403, "origin not allowed\n")
+            return ORIGIN_REFUSAL
+        if not self.accepting:
+            return Refusal(503, "edge is draining", retry_after_s=1)
+        if len(self.connections) >= self.settings.max_connections:
+            return Refusal(503, "edge is full", retry_after_s=5)
         if not self._upgrades.take(time.monotonic()):
-            return _response(429, "too many new connections\n", headers={"Retry-After": "1"})
+            return Refusal(429, "too many new connections", retry_after_s=1)
         credential = find_credential(
             request.path,
             request.headers.get_all("Sec-WebSocket-Protocol"),
             request.headers.get("Authorization"),
         )
         if credential is None:
-            return _response(401, "missing credentials\n")
+            return Refusal(401, "missing credentials")
         assert isinstance(ws, EdgeConnection)
         if credential.kind == "resume":
             secret = self.resume_secret
             if secret is None:
-                return _response(401, "resume tokens are not enabled\n")
+                return Refusal(401, "resume tokens are not enabled")
             try:
                 ws.claims, ws.resume = read_resume(secret, credential.value)
             except TokenError as exc:
-                return _response(401, f"{exc}\n")
+                return Refusal(401, str(exc))
             return None
         token = credential.value
         if credential.kind == "ticket":
+            if not is_ticket_shaped(credential.value):
+                return Refusal(401, "malformed ticket")
             try:
                 stored = await self.backbone.take_ticket(credential.value)
             except Unavailable:
-                return _response(503, "ticket store unavailable\n", headers={"Retry-After": "1"})
+                return Refusal(503, "ticket store unavailable", retry_after_s=1)
             if stored is None:
-                return _response(401, "unknown or used ticket\n")
+                return Refusal(401, "unknown or used ticket")
             record = json.loads(stored)
             if time.time() - record["created"] > self.settings.ticket_ttl_s:
-                return _response(401, "ticket expired\n")
+                return Refusal(401, "ticket expired")
             token = record["token"]
         try:
             claims = self.verifier.verify(token)
         except TokenError as exc:
-            return _response(401, f"{exc}\n")
+            return Refusal(401, str(exc))
         ws.claims = claims
         return None
 
@@ -495,7 +539,7 @@ class EdgeServer:
             self.verifier.verify(credential.value)
         except TokenError as exc:
             return _response(401, f"{exc}\n", headers=cors)
-        ticket = secrets.token_urlsafe(24)
+        ticket = new_ticket()
         record = json.dumps({"token": credential.value, "created": time.time()}).encode()
         try:
             await self.backbone.put_ticket(ticket, record)
@@ -505,12 +549,17 @@ class EdgeServer:
 
     def _local_drain(self, ws: ServerConnection, request: Request) -> Response:
         """The pod's preStop hook (`switchboard drain`) starts the drain from inside
-        the pod; nobody else may, so only loopback peers are heard."""
+        the pod; nobody else may: only loopback peers that show the secret this edge
+        wrote to its pod-local file (switchboard/localdrain.py) are heard."""
         if request.method != "POST":
             return _response(405, "use POST\n", headers={"Allow": "POST"})
         host = str(ws.remote_address[0]) if ws.remote_address else ""
         if host not in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
             return _response(403, "drain is only accepted from inside the pod\n")
+        given = request.headers.get(DRAIN_SECRET_HEADER, "")
+        expected = self._drain_secret
+        if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
+            return _response(403, "drain needs the pod's drain secret (switchboard drain)\n")
         self.start_drain("prestop")
         return _json(202, {"draining": True, "connections": len(self.connections)})
 
@@ -528,6 +577,10 @@ class EdgeServer:
     # -- connections -----------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        refusal = self._refused.pop(ws, None)
+        if refusal is not None:  # refused in band: no session, no hub, no cap slot
+            await ws.close(refusal.close_code, refusal.close_reason)
+            return
         assert isinstance(ws, EdgeConnection)
         assert ws.claims is not None
         claims: Claims = ws.claims

@@ -7,6 +7,11 @@ token, then connect; 1000/1003/1007/1009/4003 → stop. After each reconnect it
 subscribes to its channels again, from the last offset it saw on channels with
 history, and drops events it already had (by offset). Events from every
 connection come out of one `events()` stream.
+
+Every failure on the way back (a refused handshake, a close or an error frame
+answering a re-subscription, a timeout, the token source raising) is handled
+like a dropped connection: back off and try again. Only the "do not reconnect"
+codes stop it, and `stopped_with` / `stop_reason` say why.
 """
 
 from __future__ import annotations
@@ -22,12 +27,54 @@ from typing import Any
 from websockets.exceptions import InvalidStatus
 
 from switchboard.backoff import full_jitter
-from switchboard.client import Client, Closed
+from switchboard.client import Client, Closed, SwitchboardError
 from switchboard.codes import ReconnectAdvice, close_advice
 
 log = logging.getLogger("switchboard.client")
 
 TokenSource = Callable[[], Awaitable[str]]
+
+
+# HTTP refusals of the upgrade, read as the close codes a browser would get in band
+STATUS_ADVICE: dict[int, ReconnectAdvice] = {
+    401: ReconnectAdvice.NEW_TOKEN,
+    403: ReconnectAdvice.NEVER,
+}
+
+
+class Stopped(Exception):
+    """The client stopped for good (a "do not reconnect" close or refusal)."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"stopped: {code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class _Failed(Exception):
+    """A connection or re-subscription failed; what to do next and why."""
+
+    def __init__(self, advice: ReconnectAdvice, code: int | None, reason: str) -> None:
+        super().__init__(reason)
+        self.advice = advice
+        self.code = code
+        self.reason = reason
+
+
+def _failure(exc: BaseException) -> _Failed:
+    """Map anything that went wrong on the way (back) onto the close-code table."""
+    if isinstance(exc, _Failed):
+        return exc
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        advice = STATUS_ADVICE.get(status, ReconnectAdvice.BACKOFF)
+        return _Failed(advice, status, f"HTTP {status}")
+    if isinstance(exc, Closed):
+        code = exc.code if exc.code is not None else 1006
+        return _Failed(close_advice(code), code, exc.reason or f"closed {code}")
+    if isinstance(exc, SwitchboardError):
+        return _Failed(ReconnectAdvice.BACKOFF, None, f"re-subscription refused: {exc}")
+    return _Failed(ReconnectAdvice.BACKOFF, None, repr(exc))
 
 
 class ResilientClient:
@@ -38,25 +85,31 @@ class ResilientClient:
         *,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        timeout_s: float = 10.0,
     ) -> None:
         self._urls = itertools.cycle(urls)
         self._token = token
         self._rng = rng or random.Random()
         self._sleep = sleep
+        self._timeout_s = timeout_s
         self.channels: list[str] = []
         self.positions: dict[str, dict[str, Any]] = {}  # channel -> {offset, epoch} last seen
         self.recoveries: list[dict[str, Any]] = []  # acks of re-subscriptions with `since`
+        self.failures: list[str] = []  # why each attempt or connection ended, in order
         self.client: Client | None = None
         self.connections = 0  # how many times a connection was made
         self.resumed = 0  # of which with a resume token
         self.stopped_with: int | None = None
+        self.stop_reason: str | None = None
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._connected = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Connect; returns once connected (raises Stopped if refused for good)."""
         self._runner = asyncio.create_task(self._run())
-        await self._connected.wait()
+        await self._current()
 
     async def subscribe(self, channel: str) -> Any:
         if channel not in self.channels:
@@ -72,71 +125,103 @@ class ResilientClient:
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         while (msg := await self._events.get()) is not None:
             yield msg
+        self._events.put_nowait(None)  # every later reader ends too
 
     async def close(self) -> None:
+        """Stop reconnecting and close; never raises for what already went wrong."""
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._runner
         if self.client is not None:
-            await self.client.close()
+            with contextlib.suppress(Exception):
+                await self.client.close()
         self._events.put_nowait(None)
 
     async def _current(self) -> Client:
-        await self._connected.wait()
-        assert self.client is not None
+        """The live connection, once there is one."""
+        if not self._connected.is_set():
+            waits = [asyncio.ensure_future(e.wait()) for e in (self._connected, self._stopped)]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        if self._stopped.is_set() or self.client is None:
+            raise Stopped(self.stopped_with, self.stop_reason or "stopped")
         return self.client
+
+    def _stop(self, failure: _Failed) -> None:
+        self.stopped_with = failure.code
+        self.stop_reason = failure.reason
+        log.warning("stopped for good: %s (%s)", failure.reason, failure.code)
+        self._stopped.set()
+        self._events.put_nowait(None)
 
     async def _run(self) -> None:
         attempt = 0
-        token = await self._token()
+        token: str | None = None
         resume: str | None = None  # from the last `reconnect`: restores subscriptions
         while True:
-            url = next(self._urls)
+            client: Client | None = None
+            after_ms: int | None = None
             try:
-                if resume is not None:
-                    client = await Client.connect(url, resume=resume)
-                else:
-                    client = await Client.connect(url, token=token)
-            except (InvalidStatus, OSError, TimeoutError) as exc:
-                status = exc.response.status_code if isinstance(exc, InvalidStatus) else None
-                if status == 401 and resume is not None:
-                    resume = None  # expired or refused: plain token and `since` instead
-                elif status == 401:
+                if token is None:
                     token = await self._token()
-                delay = full_jitter(attempt, self._rng)
-                log.info("connect to %s failed (%s); retrying in %.2fs", url, status or exc, delay)
-                attempt += 1
-                await self._sleep(delay)
-                continue
-            attempt = 0
-            self.client = client
-            self.connections += 1
-            if resume is not None:
-                self.resumed += 1
-            else:  # with a resume token the edge restores the subscriptions itself
-                for channel in self.channels:
-                    since = self.positions.get(channel)
-                    self._recovered(channel, await client.subscribe(channel, since=since), since)
-            resume = None
-            self._connected.set()
-            after_ms, resume = await self._pump(client)
-            self._connected.clear()
-            code = client.close_code
-            advice = close_advice(code if code is not None else 1006)
-            if advice is ReconnectAdvice.NEVER:
-                self.stopped_with = code
-                self._events.put_nowait(None)
-                return
-            if advice is not ReconnectAdvice.AFTER_MS:
+                client = await self._connect(token, resume)
+                self.client = client
+                self.connections += 1
+                if resume is not None:
+                    self.resumed += 1
+                else:  # with a resume token the edge restores the subscriptions itself
+                    await self._resubscribe(client)
                 resume = None
-            if advice is ReconnectAdvice.NEW_TOKEN:
-                token = await self._token()
-            if advice is ReconnectAdvice.AFTER_MS and after_ms is not None:
+                attempt = 0
+                self._connected.set()
+                after_ms, resume = await self._pump(client)
+                code = client.close_code if client.close_code is not None else 1006
+                raise _Failed(close_advice(code), code, client.ws.close_reason or "closed")
+            except Exception as exc:
+                failure = _failure(exc)
+            self._connected.clear()
+            if client is not None and client.close_code is None:
+                with contextlib.suppress(Exception):
+                    await client.close()
+            self.failures.append(failure.reason)
+            if failure.advice is ReconnectAdvice.NEVER:
+                self._stop(failure)
+                return
+            if failure.advice is not ReconnectAdvice.AFTER_MS:
+                resume = None
+            if failure.advice is ReconnectAdvice.NEW_TOKEN:
+                token = None
+            if failure.advice is ReconnectAdvice.AFTER_MS and after_ms is not None:
                 await self._sleep(after_ms / 1000)
             else:
-                await self._sleep(full_jitter(attempt, self._rng))
+                delay = full_jitter(attempt, self._rng)
+                log.info("%s; reconnecting in %.2fs", failure.reason, delay)
                 attempt += 1
+                await self._sleep(delay)
+
+    async def _connect(self, token: str, resume: str | None) -> Client:
+        url = next(self._urls)
+        if resume is not None:
+            try:
+                return await Client.connect(url, resume=resume, open_timeout=self._timeout_s)
+            except (InvalidStatus, Closed) as exc:
+                failure = _failure(exc)
+                if failure.advice is not ReconnectAdvice.NEW_TOKEN:
+                    raise
+                # expired or refused: the plain token and `since` instead
+                log.info("resume token refused (%s); subscribing from offsets", failure.reason)
+        return await Client.connect(url, token=token, open_timeout=self._timeout_s)
+
+    async def _resubscribe(self, client: Client) -> None:
+        for channel in self.channels:
+            since = self.positions.get(channel)
+            async with asyncio.timeout(self._timeout_s):
+                ack = await client.subscribe(channel, since=since)
+            self._recovered(channel, ack, since)
 
     def _recovered(self, channel: str, ack: dict[str, Any], since: object) -> None:
         """Note a re-subscription's outcome; after a gap, count from where it stands."""
@@ -168,7 +253,13 @@ class ResilientClient:
                 if kind == "reconnect":
                     after_ms = int(msg["payload"].get("after_ms", 0))
                     resume = msg["payload"].get("resume_token")
-                if kind == "ack" and str(msg.get("id", "")).startswith("resume:"):
+                if str(msg.get("id", "")).startswith("resume:"):
+                    if kind == "error":  # a subscription the token listed was not restored
+                        raise SwitchboardError(
+                            msg["payload"].get("code", "error"),
+                            msg["payload"].get("message", ""),
+                            bool(msg["payload"].get("retryable")),
+                        )
                     channel = msg["payload"]["channel"]
                     self._recovered(channel, msg["payload"], self.positions.get(channel))
                 if msg.get("type") == "event" and self._seen_before(msg["payload"]):

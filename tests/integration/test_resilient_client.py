@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import random
+
+import nats
+import pytest
 
 from switchboard.client import Client
-from switchboard.resilient import ResilientClient
+from switchboard.natsserver import NatsServer
+from switchboard.resilient import ResilientClient, Stopped
 from tests.conftest import Edge, EdgeFactory, token
+from tests.integration.helpers import channel_cli
 
 
 async def next_data(client: ResilientClient, timeout: float = 10) -> object:
@@ -68,3 +74,105 @@ async def test_expired_token_is_replaced_and_the_client_reconnects(edge2: Edge) 
             await asyncio.sleep(0.05)
     assert len(minted) >= 2
     await client.close()
+
+
+HIST = """\
+apiVersion: switchboard.dev/v1alpha1
+kind: Channel
+metadata: {name: keep}
+spec:
+  history: {size: 1000, ttl: 10m}
+"""
+
+
+async def test_a_failed_resubscription_is_retried_until_it_succeeds(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """NATS down: the re-subscription after a dropped connection is answered
+    `unavailable`. The client backs off and tries again until NATS is back; then it
+    has every event exactly once."""
+    nats_server = NatsServer(store_dir=str(tmp_path_factory.mktemp("nats-resub"))).start()
+    factory = EdgeFactory(nats_server, str(tmp_path_factory.mktemp("resub-edges")))
+    try:
+        edge = factory.start("edge-resub")
+        assert await asyncio.to_thread(channel_cli, nats_server, "apply", "-f", "-", stdin=HIST)
+        await asyncio.sleep(0.5)
+
+        async def dave() -> str:
+            return token("dave")
+
+        client = ResilientClient([edge.ws_url], dave)
+        await client.start()
+        await client.subscribe("keep:room")
+        backend = await nats.connect(nats_server.url, max_reconnect_attempts=-1)
+        js = backend.jetstream()
+        sent = [(await js.publish("sb.ch.keep.room", b'"before"')).seq]
+        assert await next_data(client) == "before"
+
+        nats_server.stop(keep_store=True)
+        assert client.client is not None
+        client.client.ws.transport.abort()  # and the network drops
+        async with asyncio.timeout(15):
+            while "unavailable" not in " ".join(client.failures):
+                await asyncio.sleep(0.05)
+        assert client.stopped_with is None
+        assert client._runner is not None and not client._runner.done()
+        nats_server.start()
+        async with asyncio.timeout(20):
+            while not client._connected.is_set():
+                await asyncio.sleep(0.05)
+        sent += [
+            (await js.publish("sb.ch.keep.room", f'"after {i}"'.encode())).seq for i in range(3)
+        ]
+        got = []
+        async with asyncio.timeout(10):
+            async for msg in client.events():
+                if msg["type"] == "event":
+                    got.append(msg["payload"]["offset"])
+                    if len(got) == 3:
+                        break
+        assert got == sent[1:]
+        await client.close()
+        await backend.close()
+    finally:
+        factory.stop_all()
+        nats_server.stop()
+
+
+async def test_a_do_not_reconnect_close_stops_the_client_and_says_why(edge2: Edge) -> None:
+    async def erin() -> str:
+        return token("erin")
+
+    client = ResilientClient([edge2.ws_url], erin)
+    await client.start()
+    await client.subscribe("big:frames")
+    assert client.client is not None
+    await client.client.send_raw("x" * 70_000)  # over the edge's 64 KiB frame limit: 1009
+    async with asyncio.timeout(10):
+        async for _ in client.events():
+            pass  # the stream ends when the client stops
+    assert client.stopped_with == 1009
+    assert client.stop_reason
+    with pytest.raises(Stopped):
+        await client.publish("big:frames", "anything")
+    await client.close()  # does not raise
+    await client.close()
+
+
+async def test_a_refused_edge_is_skipped_and_the_next_url_used(
+    edge_factory: EdgeFactory, edge2: Edge
+) -> None:
+    full = edge_factory.start("edge-full", max_connections="1")
+    hog = await Client.connect(full.ws_url, token=token("hog"))
+
+    async def frank() -> str:
+        return token("frank")
+
+    client = ResilientClient([full.ws_url, edge2.ws_url], frank, rng=random.Random(1))
+    await client.start()
+    assert client.client is not None
+    assert client.client.welcome["node"] == "edge-2"
+    assert client.failures and "503" in client.failures[0]
+    await client.close()
+    await hog.close()
+    full.stop()
