@@ -26,6 +26,7 @@ async def connect_backbone(settings: EdgeSettings) -> NatsBackbone:
         ticket_ttl_s=settings.ticket_ttl_s,
         stats_ttl_s=settings.stats_ttl_s,
         presence_ttl_s=settings.presence_ttl_s,
+        jetstream_replicas=settings.jetstream_replicas,
     )
     delay = 0.2
     while True:

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from switchboard.channels import is_valid_channel
-from switchboard.settings import ChannelPolicy
+from switchboard.settings import ChannelPolicy, Replicas, ReplicasSetting
 
 API_VERSION = "switchboard.dev/v1alpha1"
 KIND = "Channel"
@@ -31,10 +31,24 @@ class _Spec(BaseModel):
 class HistorySpec(_Spec):
     size: int = Field(100, ge=1, description="Messages kept.")
     ttl: str = Field("10m", pattern=r"^\d+[smhd]$", description="How long messages are kept.")
+    replicas: Replicas | None = Field(
+        None,
+        description="Copies JetStream keeps of the history: 1, 3 or 5 (unset: 3 on a "
+        "clustered NATS, else 1).",
+    )
 
     @property
     def ttl_seconds(self) -> int:
         return int(self.ttl[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[self.ttl[-1]]
+
+
+def resolve_replicas(setting: ReplicasSetting, clustered: bool) -> int:
+    """The replica count to create with: explicit, or `auto` from whether the NATS server
+    announces a cluster. That is the cluster as configured, not as reachable now, so a
+    node down at creation time does not turn a 3-node cluster's R3 into R1."""
+    if setting == "auto":
+        return 3 if clustered else 1
+    return setting
 
 
 def stream_name(channel_config: str) -> str:

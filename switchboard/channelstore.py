@@ -2,6 +2,9 @@
 
 In a cluster the operator writes these entries; in dev mode
 `switchboard channel apply -f` does, so both paths produce the same entry.
+Streams and buckets are created with the replica count of the NATS they live
+on (`ensure_bucket`, also used by edges for theirs), and raised when an older
+one has fewer copies.
 """
 
 from __future__ import annotations
@@ -11,17 +14,49 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from switchboard.channel_config import BUCKET, ChannelSpec, stream_name, stream_subjects
+from switchboard.channel_config import (
+    BUCKET,
+    ChannelSpec,
+    resolve_replicas,
+    stream_name,
+    stream_subjects,
+)
+from switchboard.settings import ReplicasSetting
 
 CONNECT_TIMEOUT_S = 5
+STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists (with another config)
+# JetStream's answers when it cannot place that many copies: too few servers in the
+# cluster (no suitable peers, insufficient resources), or a server without a cluster.
+REPLICAS_REFUSED = {10005, 10023, 10074}
+SETTLE_TIMEOUT_S = 10
+
+
+class ReplicasRefused(nats.errors.Error):
+    """NATS cannot keep the requested number of copies; the message says which and why."""
+
+
+@contextlib.contextmanager
+def _placing(what: str, replicas: int) -> Iterator[None]:
+    try:
+        yield
+    except APIError as exc:  # 10074 comes as a server error (500), the others as 400
+        if exc.err_code in REPLICAS_REFUSED:
+            raise ReplicasRefused(
+                f"{what}: NATS cannot keep {replicas} replicas ({exc.description}); "
+                "set fewer (jetstream_replicas, or the Channel's history.replicas)"
+            ) from None
+        raise
+
+
 DUPLICATE_WINDOW_S = 120  # how long a `msg_id` is remembered
 DEV_STATE = Path(tempfile.gettempdir()) / f"switchboard-dev-{os.getuid()}.json"
 
@@ -45,7 +80,10 @@ async def connect_once(nats_url: str) -> Client:
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             return await nats.connect(
-                nats_url, connect_timeout=2, allow_reconnect=False, error_cb=quiet
+                servers=[u.strip() for u in nats_url.split(",") if u.strip()],
+                connect_timeout=2,
+                allow_reconnect=False,
+                error_cb=quiet,
             )
     except TimeoutError:
         raise ConnectionError(f"no NATS server answered within {CONNECT_TIMEOUT_S} s") from None
@@ -53,17 +91,69 @@ async def connect_once(nats_url: str) -> Client:
         raise ConnectionError(f"{exc.__class__.__name__}: {exc}") from None
 
 
-async def channels_bucket(nc: Client) -> KeyValue:
+def is_clustered(nc: Client) -> bool:
+    """Whether the server we are connected to belongs to a NATS cluster (its INFO
+    names one). Configuration, not liveness: true while a member is down."""
+    info: dict[str, object] = getattr(nc, "_server_info", None) or {}
+    return bool(info.get("cluster"))
+
+
+def replicas_for(nc: Client, setting: ReplicasSetting) -> int:
+    return resolve_replicas(setting, is_clustered(nc))
+
+
+async def ensure_bucket(nc: Client, name: str, ttl_s: float, replicas: int) -> KeyValue:
+    """The KV bucket `name`: created with `replicas` copies if missing, raised to
+    `replicas` if it has fewer (never lowered: another writer may want more)."""
     js = nc.jetstream()
-    try:
-        return await js.key_value(BUCKET)
-    except (NotFoundError, BucketNotFoundError):
-        return await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1))
+    for _ in range(2):  # a second pass when another process created it meanwhile
+        try:
+            info = await js.stream_info(f"KV_{name}")
+        except NotFoundError:
+            try:
+                with _placing(f"bucket {name}", replicas):
+                    return await js.create_key_value(
+                        KeyValueConfig(bucket=name, ttl=ttl_s or None, history=1, replicas=replicas)
+                    )
+            except BadRequestError as exc:
+                if exc.err_code != STREAM_NAME_IN_USE:
+                    raise
+                continue
+        if (info.config.num_replicas or 1) < replicas:
+            info.config.num_replicas = replicas
+            with _placing(f"bucket {name}", replicas):
+                await js.update_stream(info.config)
+            await _settle(nc, f"KV_{name}")
+        return await js.key_value(name)
+    raise BadRequestError(description=f"bucket {name} could not be created")
 
 
-async def write_channel(nc: Client, name: str, spec: ChannelSpec, prefix: str = "sb") -> int:
+async def _settle(nc: Client, stream: str) -> None:
+    """After a change of replicas JetStream re-forms the stream's group, and a write in
+    that moment (~0.1-0.3 s) is not answered at all: wait until it has a leader."""
+    js = nc.jetstream()
+    async with asyncio.timeout(SETTLE_TIMEOUT_S):
+        while True:
+            info = await js.stream_info(stream)
+            if info.cluster is None or info.cluster.leader:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def channels_bucket(nc: Client, replicas: ReplicasSetting = "auto") -> KeyValue:
+    return await ensure_bucket(nc, BUCKET, 0, replicas_for(nc, replicas))
+
+
+async def write_channel(
+    nc: Client,
+    name: str,
+    spec: ChannelSpec,
+    prefix: str = "sb",
+    replicas: ReplicasSetting = "auto",
+) -> int:
     """Write the config; with `history`, create or update its stream first, so an edge
-    that sees the entry finds the stream."""
+    that sees the entry finds the stream. The stream gets `history.replicas` copies,
+    else `replicas`; an existing stream is changed to that count (NATS moves the data)."""
     js = nc.jetstream()
     if spec.history is not None:
         config = StreamConfig(
@@ -73,20 +163,25 @@ async def write_channel(nc: Client, name: str, spec: ChannelSpec, prefix: str = 
             max_age=spec.history.ttl_seconds,
             duplicate_window=min(DUPLICATE_WINDOW_S, spec.history.ttl_seconds),
             storage=StorageType.FILE,
+            num_replicas=spec.history.replicas or replicas_for(nc, replicas),
         )
-        try:
-            await js.update_stream(config)
-        except NotFoundError:
-            await js.add_stream(config)
+        with _placing(f"stream {config.name}", config.num_replicas or 1):
+            try:
+                before = (await js.stream_info(stream_name(name))).config.num_replicas
+                await js.update_stream(config)
+                if (before or 1) != config.num_replicas:
+                    await _settle(nc, stream_name(name))
+            except NotFoundError:
+                await js.add_stream(config)
     else:
         with contextlib.suppress(NotFoundError):
             await js.delete_stream(stream_name(name))
-    return await (await channels_bucket(nc)).put(name, spec.to_json())
+    return await (await channels_bucket(nc, replicas)).put(name, spec.to_json())
 
 
-async def erase_channel(nc: Client, name: str) -> None:
+async def erase_channel(nc: Client, name: str, replicas: ReplicasSetting = "auto") -> None:
     """Remove the config, then the stream (history is deleted with its Channel)."""
-    await (await channels_bucket(nc)).delete(name)
+    await (await channels_bucket(nc, replicas)).delete(name)
     with contextlib.suppress(NotFoundError):
         await nc.jetstream().delete_stream(stream_name(name))
 

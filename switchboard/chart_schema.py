@@ -41,6 +41,7 @@ EDGE_CHART_KEYS = (
     "resume_secret",
     "drain_timeout_s",
     "dev_tokens",
+    "jetstream_replicas",
 )
 
 # OperatorSettings the chart sets itself: NATS, the prefix, the watched
@@ -56,6 +57,7 @@ OPERATOR_CHART_KEYS = (
     "peering_priority",
     "health_port",
     "metrics_port",
+    "jetstream_replicas",
 )
 
 # EdgePoolSpec.deployment is the chart's edge Deployment.
@@ -464,6 +466,12 @@ def values_schema() -> JSON:
                     "jetstream": _obj(
                         "JetStream storage.",
                         {
+                            "replicas": {
+                                **_field(EdgeSettings, "jetstream_replicas"),
+                                "description": "Copies of each history stream and of the "
+                                "sb_* buckets: 1, 3, 5, or auto (bundled NATS: 3, or 1 with "
+                                "one server; external: 3 if it is clustered, else 1).",
+                            },
                             "memoryStore": _str(
                                 "max_memory_store, e.g. 256Mi.", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$"
                             ),

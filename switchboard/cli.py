@@ -186,6 +186,9 @@ async def _channel_store(args: argparse.Namespace, manifests: list[tuple[str, Ch
     except OSError as exc:
         print(f"error: cannot reach NATS at {url}: {exc}", file=sys.stderr)
         return 1
+    except channelstore.ReplicasRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

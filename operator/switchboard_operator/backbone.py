@@ -23,6 +23,7 @@ from nats.js.errors import NotFoundError
 
 from switchboard import channelstore
 from switchboard.channel_config import ChannelSpec, stream_name
+from switchboard.settings import ReplicasSetting
 
 log = logging.getLogger("switchboard.operator.backbone")
 
@@ -54,9 +55,17 @@ class Unreachable(Exception):
 
 
 class OperatorBackbone:
-    def __init__(self, servers: str, prefix: str, stale_after_s: float) -> None:
+    def __init__(
+        self,
+        servers: str,
+        prefix: str,
+        stale_after_s: float,
+        *,
+        replicas: ReplicasSetting = "auto",
+    ) -> None:
         self._servers = [s.strip() for s in servers.split(",") if s.strip()]
         self._prefix = prefix
+        self._replicas: ReplicasSetting = replicas
         self._stale_after_s = stale_after_s
         self._nc: Client | None = None
         self._edges: dict[str, EdgeStats] = {}
@@ -107,13 +116,13 @@ class OperatorBackbone:
 
     async def apply_channel(self, name: str, spec: ChannelSpec) -> None:
         try:
-            await channelstore.write_channel(self.client, name, spec, self._prefix)
+            await channelstore.write_channel(self.client, name, spec, self._prefix, self._replicas)
         except (nats.errors.Error, TimeoutError) as exc:
             raise Unreachable(f"channel {name}: {exc!r}") from None
 
     async def remove_channel(self, name: str) -> None:
         try:
-            await channelstore.erase_channel(self.client, name)
+            await channelstore.erase_channel(self.client, name, self._replicas)
         except (nats.errors.Error, TimeoutError) as exc:
             raise Unreachable(f"channel {name}: {exc!r}") from None
 

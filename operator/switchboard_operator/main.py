@@ -70,7 +70,12 @@ async def metrics_server(ctx: Context) -> AsyncIterator[None]:
 
 
 async def serve(settings: OperatorSettings, stop: asyncio.Event | None = None) -> None:
-    backbone = OperatorBackbone(settings.nats_url, settings.subject_prefix, STATS_STALE_S)
+    backbone = OperatorBackbone(
+        settings.nats_url,
+        settings.subject_prefix,
+        STATS_STALE_S,
+        replicas=settings.jetstream_replicas,
+    )
     # A replica paused by peering stops refreshing pools, so after this it answers nothing.
     ctx = Context(settings, backbone, KubeApi(), DrainLedger(3 * settings.scale_interval_s + 1))
     registry = kopf.OperatorRegistry()

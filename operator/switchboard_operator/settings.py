@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from switchboard.settings import load_settings
+from switchboard.settings import ReplicasSetting, load_settings
 
 ENV_PREFIX = "SB_OPERATOR_"
 
@@ -26,6 +26,12 @@ class OperatorSettings(BaseSettings):
 
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-sep.")
     subject_prefix: str = Field("sb", pattern=r"^[A-Za-z0-9_-]+$", description="NATS prefix.")
+    jetstream_replicas: ReplicasSetting = Field(
+        "auto",
+        description="Copies of history streams (unless a Channel sets `history.replicas`) "
+        "and of `sb_channels`: 1, 3, 5, or auto (3 on a clustered NATS, else 1). Existing "
+        "ones are changed to it on the next reconcile.",
+    )
     namespace: str | None = Field(
         None, description="Namespace to watch (unset: all namespaces, needs a ClusterRole)."
     )

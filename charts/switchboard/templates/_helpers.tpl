@@ -173,6 +173,18 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end }}
 
+{{/* SB_*_JETSTREAM_REPLICAS: the copies of streams and buckets. "auto" with the
+bundled NATS is decided here (3, or 1 for a single server); with an external NATS
+the processes ask the server whether it is clustered. */}}
+{{- define "switchboard.jetstreamReplicas" -}}
+{{- $r := .Values.nats.jetstream.replicas }}
+{{- if and (eq (toString $r) "auto") .Values.nats.enabled }}
+{{- min 3 (int .Values.nats.replicas) }}
+{{- else }}
+{{- toString $r }}
+{{- end }}
+{{- end }}
+
 {{/* Values the schema cannot judge alone (they span keys): refused with the key's name. */}}
 {{- define "switchboard.validate" -}}
 {{- $v := .Values }}
@@ -181,6 +193,11 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- if and $v.nats.enabled (or $v.nats.url $v.nats.urlSecret.name) }}
 {{- fail "nats.url / nats.urlSecret: an external NATS needs nats.enabled: false (the bundled cluster is enabled)" }}
+{{- end }}
+{{- if and $v.nats.enabled (ne (toString $v.nats.jetstream.replicas) "auto") }}
+{{- if gt (int $v.nats.jetstream.replicas) (int $v.nats.replicas) }}
+{{- fail (printf "nats.jetstream.replicas (%d) exceeds nats.replicas (%d): JetStream keeps each copy on its own server" (int $v.nats.jetstream.replicas) (int $v.nats.replicas)) }}
+{{- end }}
 {{- end }}
 {{- if gt (int $v.edgePool.minReplicas) (int $v.edgePool.maxReplicas) }}
 {{- fail (printf "edgePool.minReplicas (%d) exceeds edgePool.maxReplicas (%d)" (int $v.edgePool.minReplicas) (int $v.edgePool.maxReplicas)) }}
