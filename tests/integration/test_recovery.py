@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect
 from switchboard.client import Client, Closed
 from switchboard.natsserver import NatsServer
 from switchboard.resilient import ResilientClient
-from tests.conftest import Edge, token
+from tests.conftest import Edge, EdgeFactory, token
 from tests.integration.helpers import channel_cli, scrape_metrics, wait_for
 
 HISTORY = 1000  # events kept per channel
@@ -210,3 +210,40 @@ async def test_a_client_that_does_not_read_its_recovery_is_evicted(
     await client.close()
     with pytest.raises(Closed):
         await probe.next_message(0.1)
+
+
+async def test_a_drain_mid_recovery_resumes_from_what_was_replayed(
+    backend: NatsClient, edge_factory: EdgeFactory, edge2: Edge
+) -> None:
+    """The resume token of a connection still recovering carries the offset its replay
+    reached, not the channel's newest: the next edge replays the rest."""
+    doomed = edge_factory.start("edge-recovering", reconnect_jitter_ms="100")
+    offsets = await fill(backend, "sb.ch.big.moving", HISTORY)
+
+    async def get_token() -> str:
+        return token("mover")
+
+    resilient = ResilientClient([doomed.ws_url, edge2.ws_url], get_token)
+    await resilient.start()
+    first = resilient.client
+    assert first is not None
+    ack = await first.subscribe("big:moving", since={"offset": offsets[0] - 1, "epoch": ""})
+    resilient.channels.append("big:moving")
+    resilient.positions["big:moving"] = {"offset": offsets[0] - 1, "epoch": ack["epoch"]}
+    await first.unsubscribe("big:moving")
+    await first.subscribe("big:moving", since=resilient.positions["big:moving"])
+    got: list[int] = []
+    async with asyncio.timeout(90):
+        async for msg in resilient.events():
+            if msg["type"] != "event":
+                continue
+            got.append(msg["payload"]["offset"])
+            if len(got) == 200:
+                assert doomed.process is not None
+                doomed.process.terminate()  # SIGTERM: the edge drains
+            if len(got) == HISTORY:
+                break
+    assert resilient.resumed == 1
+    assert got == offsets
+    await resilient.close()
+    doomed.stop()
