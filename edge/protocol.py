@@ -7,6 +7,7 @@ so several can share one WebSocket frame separated by `\n`.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,14 @@ from switchboard.codes import RETRYABLE, ErrorCode
 
 CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "rpc", "presence", "refresh"})
 MAX_ID_LENGTH = 128
+# Arrays and objects may nest this deep inside `data`. Far below the JSON
+# encoder's recursion limit (~1000 levels, less the stack in use), so whatever is
+# accepted can always be encoded again for delivery, and within what common
+# client parsers take (serde_json stops at 128).
+MAX_DEPTH = 64
+FRAME_DEPTH = MAX_DEPTH + 2  # a client frame wraps `data` in the frame and its payload
+TOO_DEEP = f"JSON nested deeper than {MAX_DEPTH} levels"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -43,7 +52,9 @@ def loads(text: str | bytes) -> Any:
     can always be sent out again.
     """
     if isinstance(text, bytes):
-        text = text.decode()
+        text = text.decode()  # strict UTF-8: never yields a surrogate
+    elif _SURROGATE.search(text):  # a str handed in directly may hold one
+        raise ValueError("lone surrogate")
     value = _decoder.decode(text)
     if "\\ud" in text.lower():  # only a \uXXXX escape can smuggle in a surrogate
         try:
@@ -51,6 +62,37 @@ def loads(text: str | bytes) -> Any:
         except UnicodeEncodeError:
             raise ValueError("lone surrogate") from None
     return value
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays/objects in decoded JSON nest more than `limit` levels (scalar: 0).
+
+    Recursion stops at `limit`, so it stays far from the recursion limit. About
+    twice the cost of decoding in the worst case (64 KiB of `[]`), nothing otherwise.
+    """
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return False
+    if limit == 0:
+        return True
+    for child in value.values() if kind is dict else value:
+        kind = type(child)
+        if (kind is dict or kind is list) and deeper_than(child, limit - 1):
+            return True
+    return False
+
+
+def nesting_allowed(text: str | bytes, value: Any, limit: int) -> bool:
+    """`value` (decoded from `text`) nests at most `limit` levels.
+
+    A text with no more brackets than the limit cannot nest deeper, which spares
+    the walk for almost every message.
+    """
+    if isinstance(text, bytes):
+        opening = text.count(b"[") + text.count(b"{")
+    else:
+        opening = text.count("[") + text.count("{")
+    return opening <= limit or not deeper_than(value, limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +116,9 @@ def parse(text: str) -> Request:
     """Decode one client frame into a Request, or raise ProtocolError."""
     try:
         obj = loads(text)
-    except (ValueError, RecursionError):
+    except RecursionError:  # nested deeper than the decoder goes
+        raise ProtocolError(ErrorCode.BAD_REQUEST, TOO_DEEP) from None
+    except ValueError:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "malformed JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a message must be a JSON object")
@@ -90,6 +134,8 @@ def parse(text: str) -> Request:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'type'", request_id)
     if kind not in CLIENT_TYPES:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type '{kind[:64]}'", request_id)
+    if not nesting_allowed(text, obj, FRAME_DEPTH):  # refused before any ack (issue 18)
+        raise ProtocolError(ErrorCode.BAD_REQUEST, TOO_DEEP, request_id)
     payload = obj.get("payload", {})
     if not isinstance(payload, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "'payload' must be an object", request_id)

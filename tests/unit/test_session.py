@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from edge import protocol
 from edge.session import (
     Close,
     Limits,
@@ -372,3 +373,61 @@ def test_presence_query_where_enabled_and_allowed() -> None:
     outsider = make_session(Claims("eve", NOW + 60, channels=("other",)), policy=on)
     frame = only_error(outsider.receive(msg("presence", {"channel": "room"}), NOW))
     assert frame["payload"]["code"] == "forbidden"
+
+
+def nested(depth: int, leaf: str = "1") -> str:
+    """`data` text with arrays and objects alternating `depth` levels deep."""
+    text = leaf
+    for level in range(depth):
+        text = f"[{text}]" if level % 2 else f'{{"k":{text}}}'
+    return text
+
+
+def publish_text(data: str, id: str | None = "1") -> str:
+    head = f'"id":"{id}",' if id is not None else ""
+    return '{"type":"publish",' + head + '"payload":{"channel":"c","data":' + data + "}}"
+
+
+def test_data_nested_at_the_limit_is_accepted_and_encodes_for_delivery() -> None:
+    actions = make_session().receive(publish_text(nested(64)), NOW)
+    assert len(actions) == 1 and isinstance(actions[0], Publish)
+    # what the hub will make of it: the same value, inside an event frame
+    data = json.loads(actions[0].body)
+    assert data == json.loads(nested(64))
+    assert json.loads(protocol.event_frame("c", data, ts=1, sender="a"))["payload"]["data"] == data
+
+
+@pytest.mark.parametrize("depth", [65, 200, 600])
+def test_data_nested_deeper_than_the_limit_is_refused_before_any_ack(depth: int) -> None:
+    for text in (
+        publish_text(nested(depth)),
+        '{"type":"rpc","id":"1","payload":{"method":"m","data":' + nested(depth) + "}}",
+        '{"type":"subscribe","id":"1","payload":{"channel":"c","x":' + nested(depth) + "}}",
+    ):
+        frame = only_error(make_session().receive(text, NOW))
+        assert frame == {
+            "type": "error",
+            "id": "1",
+            "payload": {
+                "code": "bad_request",
+                "message": "JSON nested deeper than 64 levels",
+                "retryable": False,
+            },
+        }
+
+
+def test_nesting_beyond_what_the_decoder_can_read_gets_the_same_answer() -> None:
+    frame = only_error(make_session().receive(publish_text("[" * 5000 + "]" * 5000), NOW))
+    assert frame["payload"]["message"] == "JSON nested deeper than 64 levels"
+    assert "id" not in frame  # the decoder gave up before the id could be read
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    data = json.dumps({"text": "[" * 500 + "{" * 500})
+    assert isinstance(make_session().receive(publish_text(data), NOW)[0], Publish)
+
+
+def test_a_lone_surrogate_handed_in_as_text_is_malformed() -> None:
+    """websockets never yields one, but the session must not trust its caller for it."""
+    text = publish_text('"\ud800"')
+    assert only_error(make_session().receive(text, NOW))["payload"]["message"] == "malformed JSON"
