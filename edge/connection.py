@@ -472,8 +472,9 @@ class Connection:
             return
         try:
             data = decode_data(delivery.data)
-        except UnicodeDecodeError:
+        except UnicodeDecodeError:  # not sent live either: counted there and here
             data = None
+            self.server.hub.dropped += 1
         if data is not None or delivery.data == b"null":
             frame = self.server.hub.stored_event(channel, data, delivery, epoch)
             await self._room_for(len(frame))
