@@ -470,13 +470,13 @@ class Connection:
             return
         if delivery.offset <= recovering[channel]:
             return
+        hub = self.server.hub
         try:
-            data = decode_data(delivery.data)
-        except UnicodeDecodeError:  # not sent live either: counted there and here
-            data = None
-            self.server.hub.dropped += 1
-        if data is not None or delivery.data == b"null":
-            frame = self.server.hub.stored_event(channel, data, delivery, epoch)
+            frame = hub.stored_event(channel, decode_data(delivery.data), delivery, epoch)
+        except (ValueError, RecursionError):  # not sent live either: counted there and here
+            hub.dropped += 1
+            self.log.warning("replay skipped an undeliverable message at %s", delivery.offset)
+        else:
             await self._room_for(len(frame))
             if self._closing or channel not in recovering:
                 return
