@@ -13,7 +13,8 @@ class EdgeMetrics:
     closes: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     connections_total: int = 0
-    refusals: Counter[int] = field(default_factory=Counter)
+    # (HTTP status, "http" or "close"): refused before the 101, or closed in band after it
+    refusals: Counter[tuple[int, str]] = field(default_factory=Counter)
 
 
 def render(
@@ -80,8 +81,8 @@ def render(
     metric(
         "sb_edge_upgrade_refusals_total",
         "counter",
-        "Upgrades refused, by HTTP status.",
-        {f'{{status="{s}"}}': n for s, n in sorted(metrics.refusals.items())},
+        "Upgrades refused, by HTTP status and how (http: the status; close: 101, then a close).",
+        {f'{{status="{s}",via="{via}"}}': n for (s, via), n in sorted(metrics.refusals.items())},
     )
     metric(
         "sb_edge_nats_connected",

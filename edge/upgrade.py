@@ -1,15 +1,24 @@
-"""Pure checks on the HTTP upgrade request: credentials and Origin."""
+"""Pure checks on the HTTP upgrade request: credentials, Origin, and how to refuse."""
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
+from switchboard.codes import CloseCode
+
 SUBPROTOCOL = "switchboard.v1"
 BEARER_PREFIX = "bearer."
+TICKET_BYTES = 24  # `POST /v1/tickets` mints 24 random bytes, base64url: 32 characters
+TICKET_SHAPE = re.compile(r"[A-Za-z0-9_-]{32}")
+MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
+
+InBandMode = Literal["auto", "always", "never"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +57,59 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
     if not allowed:
         return host is not None and urlsplit(origin).netloc == host
     return any(fnmatchcase(origin, pattern) for pattern in allowed)
+
+
+def new_ticket() -> str:
+    return secrets.token_urlsafe(TICKET_BYTES)
+
+
+def is_ticket_shaped(value: str) -> bool:
+    """What `new_ticket` makes; anything else is refused before the ticket store is asked."""
+    return TICKET_SHAPE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refused upgrade, as an HTTP answer or (for browsers) as a close right after 101.
+
+    `status` is the HTTP status (401, 403, 429, 503), `reason` the text the client
+    reads: the HTTP body, or the close reason for 4001/4003.
+    """
+
+    status: int
+    reason: str
+    retry_after_s: int | None = None
+
+    @property
+    def close_code(self) -> int:
+        if self.status == 401:
+            return CloseCode.TOKEN_EXPIRED
+        if self.status == 403:
+            return CloseCode.FORBIDDEN
+        return CloseCode.TRY_AGAIN_LATER  # 429, 503: over the rate, full, draining
+
+    @property
+    def close_reason(self) -> str:
+        if self.close_code == CloseCode.TRY_AGAIN_LATER:
+            return f"retry after {(self.retry_after_s or 1) * 1000}"
+        return truncate_utf8(self.reason, MAX_CLOSE_REASON_BYTES)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+
+
+def truncate_utf8(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, never inside a character."""
+    return text.encode()[:limit].decode(errors="ignore")
+
+
+def refuse_in_band(mode: InBandMode, origin: str | None) -> bool:
+    """Whether a refusal is sent as a close after 101 (readable by page JavaScript)
+    rather than as an HTTP status; `auto` does so for browsers, which send `Origin`."""
+    if mode == "auto":
+        return origin is not None
+    return mode == "always"
 
 
 def route(path: str) -> str:

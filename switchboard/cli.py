@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
 
     drain = sub.add_parser("drain", help="start this pod's edge drain (preStop hook)")
     drain.add_argument("--port", type=int, default=int(os.environ.get("SB_EDGE_PORT", "8080")))
+    drain.add_argument(
+        "--secret-file",
+        type=Path,
+        default=os.environ.get("SB_EDGE_DRAIN_SECRET_FILE"),
+        help="the edge's drain secret (default: as the edge, from $SB_EDGE_DRAIN_SECRET_FILE "
+        "or the port)",
+    )
 
     probe = sub.add_parser("probe", help="publish/subscribe round trip through an edge")
     probe.add_argument("--url", default="ws://localhost:8080/v1/ws")
@@ -225,9 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             logs.configure("INFO")
             return asyncio.run(cleanup(args.namespace, args.selector, args.timeout))
         if args.command == "drain":
-            from switchboard.probe import start_local_drain
+            from switchboard.localdrain import secret_path, start_local_drain
 
-            return start_local_drain(args.port)
+            return start_local_drain(args.port, secret_path(args.port, args.secret_file))
         if args.command == "probe":
             from switchboard.probe import probe
 

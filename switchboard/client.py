@@ -80,6 +80,9 @@ class Client:
         client = cls(ws)
         async with asyncio.timeout(open_timeout):
             await client._welcomed.wait()
+        if not client.welcome:  # closed before `welcome`: refused in band (4001/4003/1013)
+            await client._reader
+            raise Closed(client.close_code, ws.close_reason or "")
         return client
 
     async def _read(self) -> None:
@@ -97,6 +100,7 @@ class Client:
                 if not future.done():
                     future.set_exception(closed)
             self._events.put_nowait(None)
+            self._welcomed.set()  # `connect` stops waiting for a welcome that cannot come
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         if msg.get("type") == "welcome":

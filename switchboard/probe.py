@@ -1,13 +1,10 @@
-"""Small checks run inside a cluster: the `helm test` round trip and the preStop drain."""
+"""The `helm test` round trip, run inside a cluster (the preStop drain: localdrain.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import sys
-import urllib.error
-import urllib.request
 
 from switchboard.client import Client, Closed, SwitchboardError
 from switchboard.tokens import mint_token
@@ -44,16 +41,3 @@ async def probe(url: str, token: str | None, secret: str | None, timeout_s: floa
         return 1
     print("the connection closed before the event came back", file=sys.stderr)
     return 1
-
-
-def start_local_drain(port: int) -> int:
-    """POST /v1/drain on this pod's edge; it answers only loopback callers."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/drain", method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            print(json.loads(response.read()))
-            return 0
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        # Nothing to drain if the edge is already gone; SIGTERM follows anyway.
-        print(f"drain not started: {exc}", file=sys.stderr)
-        return 0

@@ -12,9 +12,15 @@ from typing import Any
 
 import jwt
 
-from switchboard.tokens import Claims, TokenError
+from switchboard.tokens import (
+    RESUME_AUDIENCE,
+    TIME_CLAIMS,
+    Claims,
+    TokenError,
+    check_time_claims,
+)
 
-AUDIENCE = "switchboard-resume"
+AUDIENCE = RESUME_AUDIENCE
 
 
 def mint_resume(
@@ -51,6 +57,7 @@ def read_resume(
         raise TokenError("resume token expired") from None
     except jwt.InvalidTokenError:
         raise TokenError("invalid resume token") from None
+    check_time_claims(body, (*TIME_CLAIMS, "token_exp"))
     moment = time.time() if now is None else now
     if float(body["token_exp"]) <= moment:
         raise TokenError("token expired")

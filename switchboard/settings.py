@@ -84,6 +84,14 @@ class EdgeSettings(BaseSettings):
         default_factory=list,
         description="Browser Origins allowed (glob). Empty: same host only. '*': any.",
     )
+    in_band_refusals: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description=(
+            "Refuse upgrades as a close after 101 (4001/4003/1013), which page JavaScript "
+            "can read, instead of an HTTP status: `auto` when the request has an allowed "
+            "`Origin` (browsers), `always`, or `never`."
+        ),
+    )
     max_connections: int = Field(10000, ge=1, description="Connection cap of this edge.")
     new_connections_per_s: float = Field(
         500.0, gt=0, description="Upgrades accepted per second (else 429)."
@@ -130,6 +138,14 @@ class EdgeSettings(BaseSettings):
     )
     resume_ttl_s: float = Field(120.0, gt=0, description="How long a resume token is valid.")
     ticket_ttl_s: int = Field(30, ge=1, description="Lifetime of a `?ticket=`.")
+    drain_secret_file: Path | None = Field(
+        None,
+        description=(
+            "Where the edge writes (0600) the secret `POST /v1/drain` requires; "
+            "`switchboard drain` reads it."
+        ),
+        json_schema_extra={"doc_default": "`<temp dir>/switchboard-edge-<port>.drain`"},
+    )
     default_channel: ChannelPolicy = Field(default_factory=ChannelPolicy)
     expose_publisher: bool = Field(True, description="Events carry `from` (publisher id).")
     demo_page: bool = Field(True, description="Serve the demo chat page at `/`.")

@@ -17,6 +17,12 @@ import jwt
 
 from switchboard.channels import is_valid_user_id
 
+# The audience of resume tokens (switchboard/resume.py). They are signed with the same
+# secret as JWTs by default, so a bearer token with this audience is refused even when
+# `jwt_audience` is unset: a resume token is good for `?resume=` only.
+RESUME_AUDIENCE = "switchboard-resume"
+TIME_CLAIMS = ("exp", "nbf", "iat")
+
 
 class TokenError(Exception):
     """A token was refused; the message is safe to show to the client."""
@@ -37,6 +43,22 @@ class Claims:
         if self.publish is not None:
             out["publish"] = list(self.publish)
         return out
+
+
+def is_number(value: object) -> bool:
+    """A JSON number (PyJWT alone would also take `"1700000000"` and `true`)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_time_claims(payload: dict[str, Any], names: tuple[str, ...] = TIME_CLAIMS) -> None:
+    for name in names:
+        if name in payload and not is_number(payload[name]):
+            raise TokenError(f"claim '{name}' must be a number")
+
+
+def _audiences(payload: dict[str, Any]) -> list[object]:
+    aud = payload.get("aud")
+    return aud if isinstance(aud, list) else [aud]
 
 
 def _str_list(payload: dict[str, Any], name: str) -> tuple[str, ...] | None:
@@ -119,6 +141,9 @@ class TokenVerifier:
             raise TokenError("token is from another issuer") from None
         except jwt.InvalidTokenError:
             raise TokenError("invalid token") from None
+        check_time_claims(payload)
+        if RESUME_AUDIENCE in _audiences(payload):
+            raise TokenError("a resume token is accepted only as ?resume=")
         sub = payload["sub"]
         if not isinstance(sub, str) or not is_valid_user_id(sub):
             raise TokenError("claim 'sub' must be 1-128 of [A-Za-z0-9_@=+-]")

@@ -103,7 +103,7 @@ async def test_ticket_endpoint_refusals(edge1: Edge) -> None:
     assert (await asyncio.to_thread(http, "GET", url))[0] == 405
     preflight = await asyncio.to_thread(http, "OPTIONS", url, {"Origin": "http://allowed.example"})
     assert preflight[0] == 204
-    assert await refused(f"{edge1.ws_url}?ticket=never-issued") == (401, "unknown or used ticket\n")
+    assert await refused(f"{edge1.ws_url}?ticket=never-issued") == (401, "malformed ticket\n")
 
 
 async def test_health_endpoints_and_unknown_paths(edge1: Edge) -> None:
