@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from switchboard.permissions import ROLES, Role, authorization_block, user_name
 
 
 def find_binary() -> str:
@@ -83,7 +86,13 @@ class Routes:
 
 
 class NatsServer:
-    """A nats-server child process with JetStream and the monitoring port on."""
+    """A nats-server child process with JetStream and the monitoring port on.
+
+    With `auth`, it runs with the role users and permissions of
+    `switchboard.permissions` (as the chart's NATS does), each role with a random
+    password: `url` is then a backend's URL (what apps get), `url_for(role)` any
+    role's, and an anonymous connection is refused.
+    """
 
     def __init__(
         self,
@@ -93,6 +102,8 @@ class NatsServer:
         *,
         name: str | None = None,
         routes: Routes | None = None,
+        auth: bool = False,
+        prefix: str = "sb",
     ) -> None:
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
@@ -100,18 +111,52 @@ class NatsServer:
         self.store_dir = store_dir or tempfile.mkdtemp(prefix="sb-nats-")
         self.name = name
         self.routes = routes
+        self.prefix = prefix
+        self.passwords: dict[Role, str] | None = (
+            {role: secrets.token_urlsafe(18) for role in ROLES} if auth else None
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
-    def url(self) -> str:
+    def address(self) -> str:
+        """The URL without credentials."""
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """Where a backend connects (with the backend role's credentials under auth)."""
+        return self.url_for("backend")
+
+    def url_for(self, role: Role) -> str:
+        """The URL with `role`'s credentials (none without auth)."""
+        if self.passwords is None:
+            return self.address
+        return f"nats://{user_name(role)}:{self.passwords[role]}@127.0.0.1:{self.port}"
+
+    def credentials(self, role: Role) -> tuple[str, str]:
+        """`role`'s user name and password (auth only)."""
+        assert self.passwords is not None, "this server runs without auth"
+        return user_name(role), self.passwords[role]
+
+    def _config_file(self) -> str:
+        """The authorization block, in the store directory (never logged)."""
+        assert self.passwords is not None
+        os.makedirs(self.store_dir, exist_ok=True)
+        path = os.path.join(self.store_dir, "switchboard-auth.conf")
+        quoted = {role: json.dumps(pw) for role, pw in self.passwords.items()}
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(authorization_block(quoted, self.prefix))
+        return path
 
     @property
     def monitor_url(self) -> str:
         return f"http://127.0.0.1:{self.monitor_port}"
 
     def _args(self) -> list[str]:
-        args = [find_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
+        args = [find_binary()]
+        if self.passwords is not None:
+            args += ["-c", self._config_file()]  # flags below override the file
+        args += ["-a", "127.0.0.1", "-p", str(self.port)]
         args += ["-m", str(self.monitor_port), "-js", "-sd", self.store_dir]
         if self.name is not None:
             args += ["--name", self.name]
