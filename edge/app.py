@@ -10,6 +10,7 @@ import signal
 from edge import tracing
 from edge.backbone import NatsBackbone
 from edge.server import EdgeServer
+from switchboard.natsauth import connect_options
 from switchboard.settings import EdgeSettings
 from switchboard.tokens import TokenVerifier
 
@@ -27,6 +28,7 @@ async def connect_backbone(settings: EdgeSettings) -> NatsBackbone:
         stats_ttl_s=settings.stats_ttl_s,
         presence_ttl_s=settings.presence_ttl_s,
         jetstream_replicas=settings.jetstream_replicas,
+        options=connect_options(settings),
     )
     delay = 0.2
     while True:

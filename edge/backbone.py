@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -85,9 +86,11 @@ class NatsBackbone:
         stats_ttl_s: float,
         presence_ttl_s: float,
         jetstream_replicas: ReplicasSetting = "auto",
+        options: dict[str, Any] | None = None,
     ) -> None:
         self._servers = [s.strip() for s in servers.split(",") if s.strip()]
         self._name = name
+        self._options = options or {}  # credentials and TLS (switchboard.natsauth)
         self._replicas_setting: ReplicasSetting = jetstream_replicas
         self._ticket_ttl_s = ticket_ttl_s
         self._nc: Client | None = None
@@ -107,6 +110,7 @@ class NatsBackbone:
             disconnected_cb=self._disconnected,
             reconnected_cb=self._reconnected,
             error_cb=self._error,
+            **self._options,
         )
         log.info("nats connected", extra={"servers": self._servers})
 

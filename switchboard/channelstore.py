@@ -30,6 +30,7 @@ from switchboard.channel_config import (
     stream_name,
     stream_subjects,
 )
+from switchboard.natsauth import cli_connect_options
 from switchboard.settings import ReplicasSetting
 
 CONNECT_TIMEOUT_S = 5
@@ -84,6 +85,7 @@ async def connect_once(nats_url: str) -> Client:
                 connect_timeout=2,
                 allow_reconnect=False,
                 error_cb=quiet,
+                **cli_connect_options(),
             )
     except TimeoutError:
         raise ConnectionError(f"no NATS server answered within {CONNECT_TIMEOUT_S} s") from None

@@ -28,14 +28,17 @@ def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None
         print(f"port(s) {busy} already in use on {host}: pick others with --ports", file=sys.stderr)
         return 2
     edges: list[subprocess.Popen[bytes]] = []
-    nats = NatsServer().start()
+    nats = NatsServer(auth=True).start()  # the roles and permissions a cluster runs with
+    edge_user, edge_password = nats.credentials("edge")
     try:
         for index, port in enumerate(ports, start=1):
             env = os.environ | {
                 "SB_EDGE_HOST": host,
                 "SB_EDGE_PORT": str(port),
                 "SB_EDGE_POD_NAME": f"edge-{index}",
-                "SB_EDGE_NATS_URL": nats.url,
+                "SB_EDGE_NATS_URL": nats.address,
+                "SB_EDGE_NATS_USER": edge_user,
+                "SB_EDGE_NATS_PASSWORD": edge_password,
                 "SB_EDGE_JETSTREAM_REPLICAS": "1",  # one server: one copy of everything
                 "SB_EDGE_JWT_SECRET": secret,
                 "SB_EDGE_DEV_TOKENS": "true",
@@ -45,7 +48,11 @@ def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None
         for port in ports:
             wait_for_port(port, 20, host)
         token = mint_token(secret, "dev-user", ttl_s=24 * 3600)
-        DEV_STATE.write_text(json.dumps({"nats_url": nats.url, "ports": ports}))
+        # `switchboard channel` does the operator's job here: it gets the operator's role
+        state = json.dumps({"nats_url": nats.url_for("operator"), "ports": ports})
+        fd = os.open(DEV_STATE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(state)
         print(_banner(ports, host, nats, secret, token), flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while all(e.poll() is None for e in edges):
@@ -86,7 +93,9 @@ def _banner(ports: list[int], host: str, nats: NatsServer, secret: str, token: s
 Switchboard dev tier is up (Ctrl-C stops everything)
 {pages}
 {sockets}
-  nats        {nats.url}   (monitoring {nats.monitor_url})
+  nats        {nats.address}   (monitoring {nats.monitor_url})
+  backend     {nats.url}
+              (a backend's NATS URL: publish to sb.ch.> / sb.user.>, answer sb.rpc.>)
   jwt secret  {secret}
   dev token   {token}   (user dev-user, 24 h)
 

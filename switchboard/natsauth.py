@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class NatsCredentials(BaseModel):
@@ -82,3 +83,14 @@ def connect_options(credentials: NatsCredentials) -> dict[str, Any]:
     if (context := tls_context(credentials)) is not None:
         options["tls"] = context
     return options
+
+
+class CliNatsSettings(BaseSettings, NatsCredentials):
+    """`SB_NATS_USER`, `SB_NATS_PASSWORD`, ... for `switchboard channel` and friends."""
+
+    model_config = SettingsConfigDict(env_prefix="SB_", extra="ignore")
+
+
+def cli_connect_options() -> dict[str, Any]:
+    """The CLI's `nats.connect` options, from `SB_NATS_*` (credentials in the URL work too)."""
+    return connect_options(CliNatsSettings())

@@ -8,12 +8,15 @@ at start-up with an error that names the variable. The Helm chart's
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from switchboard.natsauth import NatsCredentials
 
 ENV_PREFIX = "SB_EDGE_"
 
@@ -49,7 +52,7 @@ class ChannelPolicy(BaseModel):
     presence: bool = Field(False, description="Track who is subscribed (join/leave, query).")
 
 
-class EdgeSettings(BaseSettings):
+class EdgeSettings(BaseSettings, NatsCredentials):
     """Everything an edge process can be told."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
@@ -183,7 +186,10 @@ def load_settings(model: type[S], prefix: str, overrides: dict[str, Any]) -> S:
         for err in exc.errors():
             key = "_".join(str(part) for part in err["loc"]).upper()
             name = f"{prefix}{key}" if key else "settings"
-            lines.append(f"{name}: {err['msg']}")
+            message = str(err["msg"])
+            for field_name in model.model_fields:  # a check across fields names them too
+                message = re.sub(rf"\b{field_name}\b", f"{prefix}{field_name.upper()}", message)
+            lines.append(f"{name}: {message}")
         raise SettingsError("; ".join(lines)) from None
 
 

@@ -62,8 +62,10 @@ class OperatorBackbone:
         stale_after_s: float,
         *,
         replicas: ReplicasSetting = "auto",
+        options: dict[str, Any] | None = None,
     ) -> None:
         self._servers = [s.strip() for s in servers.split(",") if s.strip()]
+        self._options = options or {}  # credentials and TLS (switchboard.natsauth)
         self._prefix = prefix
         self._replicas: ReplicasSetting = replicas
         self._stale_after_s = stale_after_s
@@ -84,6 +86,7 @@ class OperatorBackbone:
                     reconnect_time_wait=0.5,
                     connect_timeout=2,
                     error_cb=self._error,
+                    **self._options,
                 )
                 break
             except (nats.errors.Error, OSError) as exc:

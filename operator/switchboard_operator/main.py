@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import kopf
 from aiohttp import web
 
+from switchboard.natsauth import connect_options
 from switchboard_operator.backbone import OperatorBackbone
 from switchboard_operator.drains import DrainLedger
 from switchboard_operator.handlers import Context, register
@@ -75,6 +76,7 @@ async def serve(settings: OperatorSettings, stop: asyncio.Event | None = None) -
         settings.subject_prefix,
         STATS_STALE_S,
         replicas=settings.jetstream_replicas,
+        options=connect_options(settings),
     )
     # A replica paused by peering stops refreshing pools, so after this it answers nothing.
     ctx = Context(settings, backbone, KubeApi(), DrainLedger(3 * settings.scale_interval_s + 1))

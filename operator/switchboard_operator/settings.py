@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from switchboard.natsauth import NatsCredentials
 from switchboard.settings import ReplicasSetting, load_settings
 
 ENV_PREFIX = "SB_OPERATOR_"
@@ -19,7 +20,7 @@ ENV_PREFIX = "SB_OPERATOR_"
 PEERING_PRIORITY_MAX = 2**31 - 1
 
 
-class OperatorSettings(BaseSettings):
+class OperatorSettings(BaseSettings, NatsCredentials):
     """Everything the operator process can be told."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
