@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from switchboard.client import Client, Closed
 from switchboard.localdrain import HEADER, secret_path
+from switchboard.resilient import ResilientClient
 from switchboard.resume import mint_resume
 from switchboard.tokens import Claims, mint_token
 from tests.conftest import Edge, EdgeFactory, token
@@ -220,6 +221,32 @@ async def test_always_closes_in_band_even_without_origin(edge_factory: EdgeFacto
         status, _, _ = await refused_http(edge.ws_url, origin="http://evil.example")
         assert status == 403
     finally:
+        edge.stop()
+
+
+async def test_resilient_client_takes_an_in_band_4001_as_a_new_token_request(
+    edge_factory: EdgeFactory,
+) -> None:
+    """Python clients send no Origin, but with `always` they see 4001 right after the
+    upgrade: `ResilientClient` asks for a new token, as after an HTTP 401."""
+    edge = edge_factory.start("inband-resilient", in_band_refusals="always")
+    tokens = [token("ann", ttl_s=-60), token("ann")]
+    asked = 0
+
+    async def next_token() -> str:
+        nonlocal asked
+        asked += 1
+        return tokens[min(asked, len(tokens)) - 1]
+
+    client = ResilientClient([edge.ws_url], next_token, sleep=lambda _s: asyncio.sleep(0))
+    try:
+        async with asyncio.timeout(10):
+            await client.start()
+        assert asked == 2
+        assert client.failures == ["token expired"]
+        assert client.client is not None and client.client.welcome["user"] == "ann"
+    finally:
+        await client.close()
         edge.stop()
 
 
