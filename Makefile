@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint pytest install clean
+.PHONY: dev test lint pytest install clean js bundle
 
 $(BIN)/switchboard: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,20 @@ lint: install
 pytest: install
 	$(BIN)/pytest
 
-test: lint pytest
+# The browser SDK (clients/js): dev tools from the npm registry, exactly as locked.
+JS := clients/js
+
+$(JS)/node_modules/.package-lock.json: $(JS)/package-lock.json
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+
+js: $(JS)/node_modules/.package-lock.json
+	cd $(JS) && npm run --silent build
+
+# After changing clients/js/src: the bundle the edge serves (committed; a test compares).
+bundle: js
+	cp $(JS)/dist/switchboard.min.js edge/static/switchboard.js
+
+test: lint js pytest
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info $(JS)/node_modules $(JS)/dist

@@ -1,0 +1,126 @@
+/**
+ * One WebSocket connection to an edge: frames in, requests out, and one `closed`
+ * Promise that settles exactly once, whether the edge closed, the network dropped,
+ * or the client gave the connection up (a dead connection never sends a close).
+ */
+
+import { SwitchboardError } from "./errors.js";
+import { splitFrame, type Frame } from "./frames.js";
+
+export const SUBPROTOCOL = "switchboard.v1";
+/** Close code the client uses when it gives a connection up itself. */
+export const CLIENT_ABORT = 4000;
+
+export interface Closure {
+  code: number;
+  reason: string;
+}
+
+interface Pending {
+  resolve: (payload: Record<string, unknown>) => void;
+  reject: (error: SwitchboardError) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+export class Link {
+  readonly closed: Promise<Closure>;
+  /** From the edge's `reconnect` frame, which comes just before a drain's 1001. */
+  reconnect: { afterMs: number; resumeToken: string | null } | null = null;
+  private settle!: (closure: Closure) => void;
+  private ended = false;
+  private readonly pending = new Map<string, Pending>();
+
+  constructor(
+    readonly ws: WebSocket,
+    readonly url: string,
+    private readonly onFrames: (link: Link, frames: Frame[]) => void,
+  ) {
+    this.closed = new Promise((resolve) => (this.settle = resolve));
+    ws.onmessage = (e: MessageEvent) => {
+      if (this.ended) return;
+      if (typeof e.data === "string") this.onFrames(this, splitFrame(e.data));
+    };
+    ws.onclose = (e: CloseEvent) => this.finish({ code: e.code || 1006, reason: e.reason || "" });
+    ws.onerror = () => {
+      // An error is always followed by a close event, which carries the code.
+    };
+  }
+
+  get open(): boolean {
+    return !this.ended;
+  }
+
+  send(message: Record<string, unknown>): boolean {
+    if (this.ended || this.ws.readyState !== 1) return false;
+    this.ws.send(JSON.stringify(message));
+    return true;
+  }
+
+  /** Send a request and wait for the answer that echoes its id. */
+  request(
+    id: string,
+    type: string,
+    payload: Record<string, unknown>,
+    timeoutMs: number,
+  ): Promise<Record<string, unknown>> {
+    const answer = this.expect(id, timeoutMs);
+    if (!this.send({ type, id, payload })) {
+      this.answer(id, null, new SwitchboardError("disconnected", "not connected", true));
+    }
+    return answer;
+  }
+
+  /** Wait for an answer with `id` that the edge sends on its own (resume acks). */
+  expect(id: string, timeoutMs: number): Promise<Record<string, unknown>> {
+    return new Promise((resolve, reject) => {
+      if (this.ended) {
+        reject(new SwitchboardError("disconnected", "the connection is closed", true));
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new SwitchboardError("no_answer", `no answer within ${timeoutMs} ms`, true));
+      }, timeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+    });
+  }
+
+  /** Settle the request `id`: with an ack payload, or with an error. True if one waited. */
+  answer(id: string, payload: Record<string, unknown> | null, error?: SwitchboardError): boolean {
+    const waiting = this.pending.get(id);
+    if (!waiting) return false;
+    this.pending.delete(id);
+    clearTimeout(waiting.timer);
+    if (error) waiting.reject(error);
+    else waiting.resolve(payload ?? {});
+    return true;
+  }
+
+  /** Give the connection up now: close it (politely, if it can) and settle `closed`. */
+  end(code: number, reason: string): void {
+    if (this.ended) return;
+    try {
+      this.ws.close(code === 1000 ? 1000 : CLIENT_ABORT, reason.slice(0, 120));
+    } catch {
+      // already closing
+    }
+    this.finish({ code, reason });
+  }
+
+  private finish(closure: Closure): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.ws.onmessage = this.ws.onclose = this.ws.onerror = null;
+    const error = new SwitchboardError(
+      "disconnected",
+      `connection closed (${closure.code}${closure.reason ? " " + closure.reason : ""}) before the answer`,
+      true,
+    );
+    for (const [id, waiting] of [...this.pending]) {
+      this.pending.delete(id);
+      clearTimeout(waiting.timer);
+      waiting.reject(error);
+    }
+    this.settle(closure);
+  }
+}

@@ -1,0 +1,71 @@
+"""The browser SDK's own tests (node's test runner) against real edges and nats-server.
+
+Pure logic (backoff, the close-code table, frame splitting, dedupe) and, on the
+wire, requests and typed errors, in-band refresh, 4001, tickets, a drain with the
+resume token, a frozen edge (SIGSTOP) noticed by the silence probe, and a stop code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+
+import pytest
+
+from switchboard.natsserver import NatsServer
+from tests.browser.sdk import JS_DIR, SHIPPED_BUNDLE, build_sdk, node
+from tests.conftest import SECRET, Edge, EdgeFactory
+from tests.integration.helpers import channel_cli
+
+HISTORY = """\
+apiVersion: switchboard.dev/v1alpha1
+kind: Channel
+metadata: {name: jshist}
+spec:
+  history: {size: 1000, ttl: 10m}
+"""
+
+
+def test_shipped_bundle_is_built_from_the_current_source() -> None:
+    """edge/static/switchboard.js is committed (pip installs need no Node); it must match."""
+    built = build_sdk().read_bytes()
+    assert SHIPPED_BUNDLE.read_bytes() == built, (
+        "edge/static/switchboard.js is stale: run `make js` and commit it"
+    )
+
+
+@pytest.mark.timeout(240)
+async def test_sdk_node_suite(
+    nats_server: NatsServer, edge_factory: EdgeFactory, edge1: Edge, edge2: Edge
+) -> None:
+    build_sdk()
+    await asyncio.to_thread(channel_cli, nats_server, "apply", "-f", "-", stdin=HISTORY)
+    draining = edge_factory.start("js-drain")
+    frozen = edge_factory.start("js-frozen", ping_interval_s="1")
+    assert draining.process is not None
+    assert frozen.process is not None
+    env = os.environ | {
+        "SB_URLS": f"{edge1.ws_url},{edge2.ws_url}",
+        "SB_DRAIN_URL": draining.ws_url,
+        "SB_DRAIN_PID": str(draining.process.pid),
+        "SB_STOP_URL": frozen.ws_url,
+        "SB_STOP_PID": str(frozen.process.pid),
+        "SB_SECRET": SECRET,
+        "SB_HISTORY": "jshist",
+    }
+    await asyncio.sleep(0.5)  # every edge has read the Channel
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [node(), "--experimental-websocket", "--test", "--test-reporter=spec", "test/"],
+        cwd=JS_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "skipped 0" in output, output  # every wire test ran
+    assert "fail 0" in output, output
