@@ -458,6 +458,9 @@ class EdgeServer:
         if path in ("/", "/index.html") and self.settings.demo_page:
             page = resources.files("edge").joinpath("static/demo.html").read_bytes()
             return _response(200, page, "text/html; charset=utf-8")
+        if path == "/switchboard.js" and self.settings.demo_page:  # the browser SDK, for the demo
+            sdk = resources.files("edge").joinpath("static/switchboard.js").read_bytes()
+            return _response(200, sdk, "text/javascript; charset=utf-8")
         return _response(404, "not found\n")
 
     def _origin_ok(self, request: Request) -> bool:
