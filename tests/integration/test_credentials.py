@@ -23,9 +23,12 @@ from websockets.exceptions import InvalidStatus
 
 from switchboard.client import Client, SwitchboardError
 from switchboard.localdrain import HEADER, secret_path
+from switchboard.natsserver import NatsServer
 from switchboard.resume import mint_resume
 from switchboard.tokens import Claims
 from tests.conftest import SECRET, Edge, EdgeFactory, token
+from tests.integration.helpers import scrape_metrics, wait_for
+from tests.integration.test_refusals_in_band import ORIGIN, closed_in_band
 
 RESUME_AS_BEARER = "a resume token is accepted only as ?resume="
 
@@ -124,6 +127,29 @@ async def test_racing_redemptions_admit_one_and_refuse_the_rest_with_401(
             *(upgrade(f"{edge.ws_url}?ticket={ticket}") for edge in (edge1, edge2) * 4)
         )
         assert sorted(results) == [(101, "")] + [(401, "unknown or used ticket\n")] * 7
+
+
+async def test_503_only_when_the_ticket_store_really_is_unavailable(tmp_path: Any) -> None:
+    """A private nats-server is stopped under an edge: minting and redeeming answer 503
+    (1013 `retry after 1000` in band), while a malformed ticket is still a 401."""
+    nats = NatsServer(store_dir=str(tmp_path / "nats")).start()
+    edges = EdgeFactory(nats, str(tmp_path))
+    try:
+        edge = edges.start("ticket-store-down")
+        ticket = await mint_ticket(edge, token("alice"))
+        nats.stop()
+        await wait_for(lambda: scrape_metrics(edge)["sb_edge_nats_connected"] == 0)
+        url = f"{edge.ws_url}?ticket={ticket}"
+        assert await upgrade(url) == (503, "ticket store unavailable\n")
+        assert await closed_in_band(url, origin=ORIGIN) == (1013, "retry after 1000")
+        assert await upgrade(f"{edge.ws_url}?ticket=a*b") == (401, "malformed ticket\n")
+        status, body = await asyncio.to_thread(
+            http, "POST", f"{edge.http_url}/v1/tickets", {"Authorization": f"Bearer {token()}"}
+        )
+        assert (status, body) == (503, "ticket store unavailable\n")
+    finally:
+        edges.stop_all()
+        nats.stop()
 
 
 # -- time claims are numbers --------------------------------------------------------
