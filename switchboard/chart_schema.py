@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from switchboard.natsauth import NatsCredentials
 from switchboard.settings import EdgeSettings
 from switchboard_operator.models import ChannelSpec, EdgePoolSpec
 from switchboard_operator.settings import OperatorSettings
@@ -30,7 +31,12 @@ JSON = dict[str, Any]
 # the operator), key material (`auth`, from a Secret), the drain deadline
 # (`edgePool.drain.timeoutSeconds`, which also sets the grace period), and the
 # token-minting endpoint that only `switchboard dev` may open.
+# How edges and the operator log in to NATS: the chart wires these from `nats.auth`
+# (its generated Secret, or `nats.auth.existingSecret` for an external NATS).
+NATS_CREDENTIAL_KEYS = tuple(NatsCredentials.model_fields)
+
 EDGE_CHART_KEYS = (
+    *NATS_CREDENTIAL_KEYS,
     "host",
     "port",
     "pod_name",
@@ -49,6 +55,7 @@ EDGE_CHART_KEYS = (
 # KopfPeering object it names; the priority stays unset so that each replica draws
 # its own) and the probe/metrics ports its manifests use.
 OPERATOR_CHART_KEYS = (
+    *NATS_CREDENTIAL_KEYS,
     "nats_url",
     "subject_prefix",
     "namespace",
