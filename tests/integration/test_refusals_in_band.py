@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -203,33 +204,39 @@ async def test_draining_edge_closes_1013_with_origin_and_stays_503_without(
 # -- the setting: `always` refuses in band without Origin, `never` by HTTP with it ------
 
 
-async def test_always_closes_in_band_even_without_origin(edge_factory: EdgeFactory) -> None:
+@pytest.fixture(scope="module")
+def always_edge(edge_factory: EdgeFactory) -> Iterator[Edge]:
     edge = edge_factory.start("inband-always", in_band_refusals="always", max_connections="1")
-    try:
-        assert await closed_in_band(edge.ws_url) == (4001, "missing credentials")
-        assert await closed_in_band(edge.ws_url, subprotocols=bearer(token(ttl_s=-60))) == (
-            4001,
-            "token expired",
-        )
-        held = await Client.connect(edge.ws_url, token=token())
-        assert await closed_in_band(edge.ws_url, subprotocols=bearer(token())) == (
-            1013,
-            "retry after 5000",
-        )
-        await held.close()
-        # A forbidden Origin is still HTTP 403.
-        status, _, _ = await refused_http(edge.ws_url, origin="http://evil.example")
-        assert status == 403
-    finally:
-        edge.stop()
+    yield edge
+    edge.stop()
+
+
+async def test_always_closes_in_band_even_without_origin(always_edge: Edge) -> None:
+    edge = always_edge
+    assert await closed_in_band(edge.ws_url) == (4001, "missing credentials")
+    assert await closed_in_band(edge.ws_url, subprotocols=bearer(token(ttl_s=-60))) == (
+        4001,
+        "token expired",
+    )
+    held = await Client.connect(edge.ws_url, token=token())
+    assert await closed_in_band(edge.ws_url, subprotocols=bearer(token())) == (
+        1013,
+        "retry after 5000",
+    )
+    await held.close()
+    # A forbidden Origin is still HTTP 403.
+    status, _, _ = await refused_http(edge.ws_url, origin="http://evil.example")
+    assert status == 403
+    await wait_for(lambda: scrape_metrics(edge)["sb_edge_connections"] == 0)
 
 
 async def test_resilient_client_takes_an_in_band_4001_as_a_new_token_request(
-    edge_factory: EdgeFactory,
+    always_edge: Edge,
 ) -> None:
     """Python clients send no Origin, but with `always` they see 4001 right after the
     upgrade: `ResilientClient` asks for a new token, as after an HTTP 401."""
-    edge = edge_factory.start("inband-resilient", in_band_refusals="always")
+    edge = always_edge
+    await wait_for(lambda: scrape_metrics(edge)["sb_edge_connections"] == 0)
     tokens = [token("ann", ttl_s=-60), token("ann")]
     asked = 0
 
@@ -247,7 +254,6 @@ async def test_resilient_client_takes_an_in_band_4001_as_a_new_token_request(
         assert client.client is not None and client.client.welcome["user"] == "ann"
     finally:
         await client.close()
-        edge.stop()
 
 
 async def test_never_answers_by_http_even_with_origin(edge_factory: EdgeFactory) -> None:
