@@ -415,13 +415,7 @@ class EdgeServer:
                 "sb.upgrade", kind=SpanKind.SERVER, attributes={"sb.pod": self.settings.pod_name}
             ) as span:
                 refusal = await self._check_upgrade(ws, request)
-                # A forbidden Origin stays HTTP 403: a page from another site learns nothing.
-                origin = request.headers.get("Origin")
-                in_band = (
-                    refusal is not None
-                    and refusal is not ORIGIN_REFUSAL
-                    and refuse_in_band(self.settings.in_band_refusals, origin)
-                )
+                in_band = refusal is not None and self._in_band(refusal, request)
                 status = 101 if refusal is None or in_band else refusal.status
                 span.set_attribute("http.response.status_code", status)
                 if refusal is not None and in_band:
@@ -462,6 +456,13 @@ class EdgeServer:
             sdk = resources.files("edge").joinpath("static/switchboard.js").read_bytes()
             return _response(200, sdk, "text/javascript; charset=utf-8")
         return _response(404, "not found\n")
+
+    def _in_band(self, refusal: Refusal, request: Request) -> bool:
+        """Refuse with a close after 101 (browsers), not the HTTP status? Never for a
+        forbidden Origin: a page from another site learns nothing."""
+        if refusal is ORIGIN_REFUSAL:
+            return False
+        return refuse_in_band(self.settings.in_band_refusals, request.headers.get("Origin"))
 
     def _origin_ok(self, request: Request) -> bool:
         return origin_allowed(
