@@ -7,7 +7,6 @@ so several can share one WebSocket frame separated by `\n`.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,6 @@ MAX_ID_LENGTH = 128
 MAX_DEPTH = 64
 FRAME_DEPTH = MAX_DEPTH + 2  # a client frame wraps `data` in the frame and its payload
 TOO_DEEP = f"JSON nested deeper than {MAX_DEPTH} levels"
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -53,8 +51,11 @@ def loads(text: str | bytes) -> Any:
     """
     if isinstance(text, bytes):
         text = text.decode()  # strict UTF-8: never yields a surrogate
-    elif _SURROGATE.search(text):  # a str handed in directly may hold one
-        raise ValueError("lone surrogate")
+    elif not text.isascii():  # a str handed in directly may hold a lone surrogate
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ValueError("lone surrogate") from None
     value = _decoder.decode(text)
     if "\\ud" in text.lower():  # only a \uXXXX escape can smuggle in a surrogate
         try:
