@@ -57,7 +57,7 @@ def render(
     metric(
         "sb_edge_dropped_messages_total",
         "counter",
-        "Backbone messages not delivered because they are not UTF-8.",
+        "Backbone messages not delivered: not UTF-8, or a malformed presence frame.",
         {"": dropped},
     )
     metric(
