@@ -1,0 +1,260 @@
+"""The browser SDK in real headless Chromium against real edges and a real nats-server.
+
+A page from the app's own origin (app_server.py) loads the shipped bundle and
+subscribes to a history channel while a backend publishes 50 msg/s to it on NATS
+(JetStream, with msg ids so a retried publish is stored once). Each scenario ends
+with the page holding exactly what the backend got acked: none lost, none twice,
+in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import nats
+import pytest
+from nats.js.client import JetStreamContext
+
+from switchboard.client import Client
+from switchboard.natsserver import NatsServer
+from tests.browser.app_server import app_server
+from tests.conftest import Edge, EdgeFactory, token
+from tests.integration.helpers import channel_cli
+
+pytestmark = pytest.mark.timeout(120)
+
+HISTORY = """\
+apiVersion: switchboard.dev/v1alpha1
+kind: Channel
+metadata: {name: pagehist}
+spec:
+  history: {size: 5000, ttl: 10m}
+"""
+
+
+class Backend:
+    """Publishes {"n": 0, 1, 2, …} at 50 msg/s with JetStream acks; retries what failed."""
+
+    def __init__(self, js: JetStreamContext, subject: str) -> None:
+        self.js = js
+        self.subject = subject
+        self.acked: list[int] = []
+        self.failures = 0
+        self._task = asyncio.create_task(self._run())
+        self._run_id = f"{time.time_ns()}"
+
+    async def _run(self) -> None:
+        n = 0
+        while True:
+            try:
+                await self.js.publish(
+                    self.subject,
+                    b'{"n": %d}' % n,
+                    timeout=1.0,
+                    headers={"Nats-Msg-Id": f"{self._run_id}-{n}", "Sb-From": "backend"},
+                )
+            except Exception:  # NATS away: the same n again, stored at most once
+                self.failures += 1
+                await asyncio.sleep(0.1)
+                continue
+            self.acked.append(n)
+            n += 1
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> list[int]:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return self.acked
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[str]:
+    with app_server() as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def history(nats_server: NatsServer) -> None:
+    channel_cli(nats_server, "apply", "-f", "-", stdin=HISTORY)
+    time.sleep(0.5)  # edges started later read it at start; running ones within this
+
+
+@contextlib.asynccontextmanager
+async def backend_on(nats_url: str, channel: str) -> AsyncIterator[Backend]:
+    nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    backend = Backend(nc.jetstream(), "sb.ch." + channel.replace(":", "."))
+    try:
+        yield backend
+    finally:
+        await backend.stop()
+        await nc.close()
+
+
+async def open_page(browser: Any, app: str, edges: list[Edge], channel: str, **query: str) -> Any:
+    urls = ",".join(edge.ws_url for edge in edges)
+    params = "&".join(f"{k}={v}" for k, v in ({"urls": urls, "history": channel} | query).items())
+    page = await browser.new_page()
+    await page.goto(f"{app}/?{params}")
+    await page.wait_for_function("() => window.sbLog && window.sbLog.acks.length >= 1")
+    return page
+
+
+async def wait_js(page: Any, condition: str, timeout_s: float = 15) -> None:
+    try:
+        await page.wait_for_function(f"() => {condition}", timeout=timeout_s * 1000)
+    except Exception as exc:
+        log = await page.evaluate("() => window.sbLog")
+        raise AssertionError(f"page never reached `{condition}`; its log: {summary(log)}") from exc
+
+
+def summary(log: dict[str, Any]) -> dict[str, Any]:
+    hist = log["hist"]
+    return {k: v for k, v in log.items() if k != "hist"} | {"hist": f"{len(hist)}: {hist[-5:]}"}
+
+
+async def everything_arrived(page: Any, backend: Backend) -> dict[str, Any]:
+    """Stop publishing; the page's log once it holds as many events as were acked."""
+    acked = await backend.stop()
+    assert len(acked) > 50, "the backend kept publishing through the scenario"
+    await wait_js(page, f"window.sbLog.hist.length >= {len(acked)}")
+    await asyncio.sleep(0.3)  # a duplicate would come now
+    log: dict[str, Any] = await page.evaluate("() => window.sbLog")
+    assert log["hist"] == acked, f"lost, duplicated or out of order: {summary(log)}"
+    return log
+
+
+async def test_a_drain_moves_the_page_with_its_resume_token(
+    browser: Any, app: str, history: None, nats_server: NatsServer, edge_factory: EdgeFactory
+) -> None:
+    a = edge_factory.start("page-a-drained", reconnect_jitter_ms="500")
+    b = edge_factory.start("page-a-other")
+    page = await open_page(browser, app, [a, b], "pagehist:a")
+    async with backend_on(nats_server.url, "pagehist:a") as backend:
+        await wait_js(page, "window.sbLog.hist.length >= 25")
+        assert a.process is not None
+        a.process.terminate()  # SIGTERM, as in a rollout: the edge drains
+        await wait_js(page, "window.sbLog.connected.length >= 2")
+        await asyncio.sleep(1)
+        log = await everything_arrived(page, backend)
+    assert [d["code"] for d in log["disconnected"]] == [1001]
+    assert log["connected"][1]["url"] == b.ws_url
+    assert log["connected"][1]["resumed"] is True
+    assert log["acks"][1]["recovered"] is True
+    assert log["gaps"] == []
+    assert log["tokens"] == 1  # the resume token stood in for the JWT
+
+
+async def test_b_sigkill_backs_off_and_recovers_with_since_elsewhere(
+    browser: Any, app: str, history: None, nats_server: NatsServer, edge_factory: EdgeFactory
+) -> None:
+    a = edge_factory.start("page-b-killed")
+    b = edge_factory.start("page-b-other")
+    page = await open_page(browser, app, [a, b], "pagehist:b")
+    async with backend_on(nats_server.url, "pagehist:b") as backend:
+        await wait_js(page, "window.sbLog.hist.length >= 25")
+        assert a.process is not None
+        a.process.kill()
+        await wait_js(page, "window.sbLog.acks.length >= 2")
+        await asyncio.sleep(1)
+        log = await everything_arrived(page, backend)
+    assert [d["code"] for d in log["disconnected"]] == [1006]
+    assert log["disconnected"][0]["willRetry"] is True
+    assert 0 <= log["disconnected"][0]["delayMs"] <= 500  # first backoff: U(0, 0.5 s)
+    assert log["connected"][1]["url"] == b.ws_url
+    assert log["connected"][1]["resumed"] is False
+    assert log["acks"][1]["resubscribed"] is True
+    assert log["acks"][1]["recovered"] is True
+    assert log["gaps"] == []
+
+
+async def test_c_expired_token_4001_one_new_token_reconnect_resubscribe(
+    browser: Any, app: str, history: None, nats_server: NatsServer, edge_factory: EdgeFactory
+) -> None:
+    a = edge_factory.start("page-c-1")
+    b = edge_factory.start("page-c-2")
+    # refresh off: the token runs out on the open connection
+    page = await open_page(browser, app, [a, b], "pagehist:c", first_ttl="4", refresh="0")
+    async with backend_on(nats_server.url, "pagehist:c") as backend:
+        await wait_js(page, "window.sbLog.acks.length >= 2")
+        await asyncio.sleep(1)
+        log = await everything_arrived(page, backend)
+    assert [(d["code"], d["reason"]) for d in log["disconnected"]] == [(4001, "token expired")]
+    assert log["tokens"] == 2  # once at start, once after the 4001
+    assert len(log["connected"]) == 2
+    assert log["acks"][1]["resubscribed"] is True
+    assert log["acks"][1]["recovered"] is True
+
+
+async def test_d_refused_handshake_at_a_full_edge_1013_then_the_other_url(
+    browser: Any, app: str, history: None, nats_server: NatsServer, edge_factory: EdgeFactory
+) -> None:
+    a = edge_factory.start("page-d-full", max_connections="1")
+    b = edge_factory.start("page-d-other")
+    occupant = await Client.connect(a.ws_url, token=token("occupant"))
+    try:
+        page = await open_page(browser, app, [a, b], "pagehist:d")
+        async with backend_on(nats_server.url, "pagehist:d") as backend:
+            await wait_js(page, "window.sbLog.hist.length >= 60")
+            log = await everything_arrived(page, backend)
+    finally:
+        await occupant.close()
+    # the page read the refusal: 101, then close 1013 with the edge's Retry-After
+    assert [(d["code"], d["reason"]) for d in log["disconnected"]] == [(1013, "retry after 5000")]
+    assert [c["url"] for c in log["connected"]] == [b.ws_url]
+    assert log["tokens"] == 1
+
+
+async def test_d_refused_handshake_at_a_draining_edge_1013_then_the_other_url(
+    browser: Any, app: str, history: None, nats_server: NatsServer, edge_factory: EdgeFactory
+) -> None:
+    a = edge_factory.start("page-d-draining", drain_reconnects_per_s="0.01")
+    b = edge_factory.start("page-d-fine")
+    occupant = await Client.connect(a.ws_url, token=token("occupant"))  # keeps it draining
+    assert a.process is not None
+    a.process.terminate()
+    await asyncio.sleep(0.5)
+    page = await open_page(browser, app, [a, b], "pagehist:d2")
+    log = await page.evaluate("() => window.sbLog")
+    assert [(d["code"], d["reason"]) for d in log["disconnected"]] == [(1013, "retry after 1000")]
+    assert [c["url"] for c in log["connected"]] == [b.ws_url]
+    a.process.kill()
+    await occupant.close()
+
+
+@pytest.fixture
+def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(store_dir=str(tmp_path_factory.mktemp("nats-page"))).start()
+    yield server
+    server.stop()
+
+
+async def test_e_nats_restart_gap_without_history_nothing_lost_with_history(
+    browser: Any, app: str, own_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    channel_cli(own_nats, "apply", "-f", "-", stdin=HISTORY)
+    factory = EdgeFactory(own_nats, str(tmp_path_factory.mktemp("page-e-edges")))
+    try:
+        a = factory.start("page-e-1")
+        b = factory.start("page-e-2")
+        page = await open_page(browser, app, [a, b], "pagehist:e", plain="pageplain:e")
+        async with backend_on(own_nats.url, "pagehist:e") as backend:
+            await wait_js(page, "window.sbLog.hist.length >= 25")
+            own_nats.stop(keep_store=True)
+            await asyncio.sleep(3)
+            own_nats.start()  # same port, same store
+            await wait_js(page, "window.sbLog.gaps.length >= 1", timeout_s=20)
+            await asyncio.sleep(2)
+            log = await everything_arrived(page, backend)
+        assert backend.failures > 0, "the backend saw the outage"
+        plain_gaps = [g for g in log["gaps"] if g["channel"] == "pageplain:e"]
+        assert len(plain_gaps) == 1
+        assert plain_gaps[0]["reason"] == "backbone"
+        assert plain_gaps[0]["untilTs"] - plain_gaps[0]["sinceTs"] >= 3000
+        assert log["disconnected"] == []  # the edges kept the page through the outage
+    finally:
+        factory.stop_all()
