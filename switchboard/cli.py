@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("chart-schema", help="write the chart's values.schema.json")
     schema.add_argument("--out", type=Path, help="file (default: print)")
 
+    authz = sub.add_parser(
+        "nats-authorization", help="write the chart's NATS users and permissions (one per role)"
+    )
+    authz.add_argument("--out", type=Path, help="file (default: print)")
+
     token = sub.add_parser("token", help="mint an HS256 JWT for development")
     token.add_argument("--sub", required=True, help="user id")
     token.add_argument("--secret", default=os.environ.get("SB_EDGE_JWT_SECRET"))
@@ -241,10 +246,13 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(probe(args.url, args.token, args.secret, args.timeout))
         if args.command == "crds":
             return _crds(args.out)
-        if args.command == "chart-schema":
-            from switchboard.chart_schema import render_values_schema
+        if args.command in ("chart-schema", "nats-authorization"):
+            from switchboard.chart_schema import render_nats_authorization, render_values_schema
 
-            text = render_values_schema()
+            if args.command == "chart-schema":
+                text = render_values_schema()
+            else:
+                text = render_nats_authorization()
             if args.out is None:
                 print(text, end="")
             else:

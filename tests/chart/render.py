@@ -48,7 +48,11 @@ VALUE_SETS: dict[str, Values] = {
         "nats": {"enabled": False, "urlSecret": {"name": "nats-url", "key": "url"}}
     },
     "no-examples": {"channels": {"examples": False}},
-    "existing-secret": {"auth": {"existingSecret": "switchboard-keys"}},
+    "existing-secret": {
+        "auth": {"existingSecret": "switchboard-keys"},
+        "nats": {"auth": {"existingSecret": "nats-passwords"}},
+    },
+    "nats-auth-off": {"nats": {"auth": {"enabled": False}}},
     "ingress": {
         "ingress": {
             "enabled": True,

@@ -283,6 +283,7 @@ def test_existing_secret_is_used_and_none_is_created() -> None:
     }
     assert refs["SB_EDGE_JWT_SECRET"] == {"name": "switchboard-keys", "key": "jwt-secret"}
     assert refs["SB_EDGE_RESUME_SECRET"] == {"name": "switchboard-keys", "key": "resume-secret"}
+    assert refs["SB_EDGE_NATS_PASSWORD"] == {"name": "nats-passwords", "key": "edge-password"}
 
 
 def test_given_secrets_are_stored_and_generated_ones_are_long() -> None:

@@ -3,6 +3,7 @@ every server, JetStream on volumes, lame-duck shutdown; or an external NATS."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -10,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nats
 import pytest
 
+from switchboard.natsserver import free_port, stop_process, wait_for_port
 from tests.chart.render import (
     NAMESPACE,
     Doc,
@@ -21,6 +24,7 @@ from tests.chart.render import (
     find,
     find_all,
     parse,
+    pod_specs,
     render,
 )
 
@@ -36,6 +40,21 @@ def _conf(docs: list[Doc]) -> str:
     return text
 
 
+PASSWORDS = {"edge": "pEdge1", "operator": "pOperator2", "backend": "pBackend3"}
+
+
+def _server_env(docs: list[Doc]) -> dict[str, str]:
+    """The NATS container's variables as the kubelet would set them (the role
+    passwords as if read from the chart's Secret)."""
+    env = {"SERVER_NAME": "sb-switchboard-nats-0"}
+    nats = container(find(docs, "StatefulSet", "-nats")["spec"]["template"]["spec"], "nats")
+    for var in nats.get("env", []):
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        if ref is not None and ref["key"].endswith("-password"):
+            env[var["name"]] = PASSWORDS[ref["key"].removesuffix("-password")]
+    return env
+
+
 @pytest.mark.parametrize("replicas", [1, 3, 5])
 def test_nats_server_accepts_the_config(replicas: int, tmp_path: Path) -> None:
     docs = parse(render({"nats": {"replicas": replicas}}))
@@ -43,7 +62,7 @@ def test_nats_server_accepts_the_config(replicas: int, tmp_path: Path) -> None:
     conf.write_text(_conf(docs))
     result = subprocess.run(
         [_nats_server(), "--config", str(conf), "-t"],
-        env={**os.environ, "SERVER_NAME": "sb-switchboard-nats-0"},
+        env={**os.environ, **_server_env(docs)},
         capture_output=True,
         text=True,
         check=False,
@@ -52,7 +71,10 @@ def test_nats_server_accepts_the_config(replicas: int, tmp_path: Path) -> None:
     broken = tmp_path / "broken.conf"
     broken.write_text(_conf(docs).replace("max_file_store", "max_file_stor"))
     refused = subprocess.run(
-        [_nats_server(), "--config", str(broken), "-t"], capture_output=True, check=False
+        [_nats_server(), "--config", str(broken), "-t"],
+        env={**os.environ, **_server_env(docs)},
+        capture_output=True,
+        check=False,
     )
     assert refused.returncode != 0
 
@@ -145,3 +167,81 @@ def test_external_nats_url_from_a_secret() -> None:
         assert env[f"SB_{name.upper()}_NATS_URL"] == "nats://user:pw@nats.example:4222"
     for config_map in find_all(docs, "ConfigMap"):
         assert not any(key.endswith("_NATS_URL") for key in config_map["data"])
+
+
+def _run_server(conf: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        [_nats_server(), "--config", str(conf)],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port)
+    return server
+
+
+async def test_the_rendered_config_admits_each_role_to_its_subjects_only(tmp_path: Path) -> None:
+    """The chart's own nats.conf (adapted to loopback) run by a real nats-server."""
+    docs = parse(render({"nats": {"replicas": 1}, "subjectPrefix": "app"}))
+    port, monitor = free_port(), free_port()
+    conf = (
+        _conf(docs)
+        .replace("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{port}")
+        .replace("http_port: 8222", f"http_port: {monitor}")
+        .replace("store_dir: /data", f"store_dir: {tmp_path / 'js'}")
+        .replace("/var/run/nats/nats.pid", str(tmp_path / "nats.pid"))
+    )
+    (tmp_path / "nats.conf").write_text(conf)
+    server = _run_server(tmp_path / "nats.conf", _server_env(docs), port)
+    try:
+
+        async def refused(role: str, action: str, subject: str) -> bool:
+            errors: list[str] = []
+
+            async def on_error(exc: Exception) -> None:
+                errors.append(str(exc).lower())
+
+            url = f"nats://sb-{role}:{PASSWORDS[role]}@127.0.0.1:{port}"
+            nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False)
+            if action == "publish":
+                await nc.publish(subject, b"{}")
+            else:
+                await nc.subscribe(subject)
+            await nc.flush()
+            await nc.flush()
+            await asyncio.sleep(0.05)
+            await nc.close()
+            return any("permissions violation" in e for e in errors)
+
+        # the prefix came from subjectPrefix
+        assert not await refused("backend", "publish", "app.ch.chat.lobby")
+        assert not await refused("backend", "subscribe", "app.rpc.orders")
+        assert not await refused("edge", "subscribe", "app.user.alice")
+        assert not await refused("operator", "publish", "app.edge.edge-1.ctl")
+        assert await refused("backend", "publish", "app.edge.edge-1.ctl")
+        assert await refused("backend", "publish", "$KV.sb_tickets.x")
+        assert await refused("edge", "publish", "app.user.alice")
+        assert await refused("operator", "publish", "$KV.sb_tickets.x")
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False)
+    finally:
+        stop_process(server)
+
+
+def test_nats_auth_can_be_turned_off() -> None:
+    docs = docs_of("nats-auth-off")
+    assert "authorization" not in _conf(docs)
+    assert not [d for d in find_all(docs, "Secret") if "nats" in d["metadata"]["name"]]
+    for _, spec in pod_specs(docs):
+        for c in spec["containers"]:
+            assert not [e for e in c.get("env", []) if "NATS_PASSWORD" in e["name"]]
+
+
+def test_the_committed_authorization_is_generated_from_the_permissions() -> None:
+    from switchboard.chart_schema import render_nats_authorization
+
+    committed = Path(__file__).parents[2] / "charts/switchboard/files/nats-authorization.conf"
+    assert committed.read_text() == render_nats_authorization(), (
+        "stale: run `switchboard nats-authorization --out "
+        "charts/switchboard/files/nats-authorization.conf`"
+    )

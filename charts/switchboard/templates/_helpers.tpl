@@ -215,3 +215,22 @@ the processes ask the server whether it is clustered. */}}
 {{- fail "otel.endpoint: required with otel.enabled (e.g. http://otel-collector:4318)" }}
 {{- end }}
 {{- end }}
+
+{{/* The Secret holding each NATS role's password. */}}
+{{- define "switchboard.natsAuthSecretName" -}}
+{{- .Values.nats.auth.existingSecret | default (printf "%s-nats-credentials" (include "switchboard.fullname" .)) }}
+{{- end }}
+
+{{/* Environment of a process that logs in to NATS as `role` (prefix SB_EDGE_ / SB_OPERATOR_). */}}
+{{- define "switchboard.natsAuthEnv" -}}
+{{- $v := .ctx.Values }}
+{{- if $v.nats.auth.enabled }}
+- name: {{ .prefix }}NATS_USER
+  value: {{ index $v.nats.auth.users .role | quote }}
+- name: {{ .prefix }}NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "switchboard.natsAuthSecretName" .ctx }}
+      key: {{ .role }}-password
+{{- end }}
+{{- end }}
