@@ -258,3 +258,19 @@ async def test_e_nats_restart_gap_without_history_nothing_lost_with_history(
         assert log["disconnected"] == []  # the edges kept the page through the outage
     finally:
         factory.stop_all()
+
+
+async def test_tickets_across_origins(
+    browser: Any, app: str, history: None, edge1: Edge, edge2: Edge
+) -> None:
+    """`tickets: true`: POST /v1/tickets from the app's origin (CORS), then `?ticket=`."""
+    page = await open_page(browser, app, [edge1, edge2], "pagehist:t", tickets="1")
+    log = await page.evaluate("() => window.sbLog")
+    assert [c["url"] for c in log["connected"]] == [edge1.ws_url]
+    assert log["disconnected"] == []
+    assert log["errors"] == []
+    asked = await page.evaluate(
+        "() => performance.getEntriesByType('resource').map((e) => e.name)"
+        ".filter((name) => name.endsWith('/v1/tickets'))"
+    )
+    assert asked == [f"{edge1.http_url}/v1/tickets"]
