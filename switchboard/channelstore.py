@@ -20,6 +20,7 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -39,6 +40,7 @@ STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists (with anot
 # cluster (no suitable peers, insufficient resources), or a server without a cluster.
 REPLICAS_REFUSED = {10005, 10023, 10074}
 SETTLE_TIMEOUT_S = 10
+ADMIN_TIMEOUT_S = 15
 
 
 class ReplicasRefused(nats.errors.Error):
@@ -93,6 +95,13 @@ async def connect_once(nats_url: str) -> Client:
         raise ConnectionError(f"{exc.__class__.__name__}: {exc}") from None
 
 
+def _admin(nc: Client) -> JetStreamContext:
+    """JetStream for creating and changing streams: with a node down, creating an R3
+    stream can take ~4 s (its group elects a leader first), and a lost meta leader is
+    replaced after 4-9 s, so nats-py's 5 s default would give up on what succeeds."""
+    return nc.jetstream(timeout=ADMIN_TIMEOUT_S)
+
+
 def is_clustered(nc: Client) -> bool:
     """Whether the server we are connected to belongs to a NATS cluster (its INFO
     names one). Configuration, not liveness: true while a member is down."""
@@ -106,34 +115,33 @@ def replicas_for(nc: Client, setting: ReplicasSetting) -> int:
 
 async def ensure_bucket(nc: Client, name: str, ttl_s: float, replicas: int) -> KeyValue:
     """The KV bucket `name`: created with `replicas` copies if missing, raised to
-    `replicas` if it has fewer (never lowered: another writer may want more)."""
-    js = nc.jetstream()
-    for _ in range(2):  # a second pass when another process created it meanwhile
+    `replicas` if it has fewer (never lowered: another writer may want more). The
+    handle returned uses nats-py's usual timeouts: a write the stream leader never
+    answers (it is being replaced) does not get any answer later either."""
+    js = _admin(nc)
+    try:
+        info = await js.stream_info(f"KV_{name}")
+    except NotFoundError:
+        config = KeyValueConfig(bucket=name, ttl=ttl_s or None, history=1, replicas=replicas)
         try:
-            info = await js.stream_info(f"KV_{name}")
-        except NotFoundError:
-            try:
-                with _placing(f"bucket {name}", replicas):
-                    return await js.create_key_value(
-                        KeyValueConfig(bucket=name, ttl=ttl_s or None, history=1, replicas=replicas)
-                    )
-            except BadRequestError as exc:
-                if exc.err_code != STREAM_NAME_IN_USE:
-                    raise
-                continue
-        if (info.config.num_replicas or 1) < replicas:
-            info.config.num_replicas = replicas
             with _placing(f"bucket {name}", replicas):
-                await js.update_stream(info.config)
-            await _settle(nc, f"KV_{name}")
-        return await js.key_value(name)
-    raise BadRequestError(description=f"bucket {name} could not be created")
+                await js.create_key_value(config)
+        except BadRequestError as exc:  # created meanwhile by another process: use it
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
+        info = await js.stream_info(f"KV_{name}")
+    if (info.config.num_replicas or 1) < replicas:
+        info.config.num_replicas = replicas
+        with _placing(f"bucket {name}", replicas):
+            await js.update_stream(info.config)
+        await _settle(nc, f"KV_{name}")
+    return await nc.jetstream().key_value(name)
 
 
 async def _settle(nc: Client, stream: str) -> None:
     """After a change of replicas JetStream re-forms the stream's group, and a write in
     that moment (~0.1-0.3 s) is not answered at all: wait until it has a leader."""
-    js = nc.jetstream()
+    js = _admin(nc)
     async with asyncio.timeout(SETTLE_TIMEOUT_S):
         while True:
             info = await js.stream_info(stream)
@@ -155,29 +163,33 @@ async def write_channel(
 ) -> int:
     """Write the config; with `history`, create or update its stream first, so an edge
     that sees the entry finds the stream. The stream gets `history.replicas` copies,
-    else `replicas`; an existing stream is changed to that count (NATS moves the data)."""
-    js = nc.jetstream()
-    if spec.history is not None:
-        config = StreamConfig(
-            name=stream_name(name),
-            subjects=stream_subjects(prefix, name),
-            max_msgs_per_subject=spec.history.size,
-            max_age=spec.history.ttl_seconds,
-            duplicate_window=min(DUPLICATE_WINDOW_S, spec.history.ttl_seconds),
-            storage=StorageType.FILE,
-            num_replicas=spec.history.replicas or replicas_for(nc, replicas),
-        )
-        with _placing(f"stream {config.name}", config.num_replicas or 1):
-            try:
-                before = (await js.stream_info(stream_name(name))).config.num_replicas
-                await js.update_stream(config)
-                if (before or 1) != config.num_replicas:
-                    await _settle(nc, stream_name(name))
-            except NotFoundError:
-                await js.add_stream(config)
-    else:
+    else `replicas`; an existing stream is changed to that count (NATS moves the data).
+    Without `history` the config goes first and a stream left from before is deleted
+    after it: edges stop using it first, and the config does not wait on the JetStream
+    meta leader (which the delete needs, and which a lost node can take 4-9 s to elect)."""
+    js = _admin(nc)
+    if spec.history is None:
+        revision = await (await channels_bucket(nc, replicas)).put(name, spec.to_json())
         with contextlib.suppress(NotFoundError):
             await js.delete_stream(stream_name(name))
+        return revision
+    config = StreamConfig(
+        name=stream_name(name),
+        subjects=stream_subjects(prefix, name),
+        max_msgs_per_subject=spec.history.size,
+        max_age=spec.history.ttl_seconds,
+        duplicate_window=min(DUPLICATE_WINDOW_S, spec.history.ttl_seconds),
+        storage=StorageType.FILE,
+        num_replicas=spec.history.replicas or replicas_for(nc, replicas),
+    )
+    with _placing(f"stream {config.name}", config.num_replicas or 1):
+        try:
+            before = (await js.stream_info(stream_name(name))).config.num_replicas
+            await js.update_stream(config)
+            if (before or 1) != config.num_replicas:
+                await _settle(nc, stream_name(name))
+        except NotFoundError:
+            await js.add_stream(config)
     return await (await channels_bucket(nc, replicas)).put(name, spec.to_json())
 
 
@@ -185,7 +197,7 @@ async def erase_channel(nc: Client, name: str, replicas: ReplicasSetting = "auto
     """Remove the config, then the stream (history is deleted with its Channel)."""
     await (await channels_bucket(nc, replicas)).delete(name)
     with contextlib.suppress(NotFoundError):
-        await nc.jetstream().delete_stream(stream_name(name))
+        await _admin(nc).delete_stream(stream_name(name))
 
 
 async def put_channel(nats_url: str, name: str, spec: ChannelSpec, prefix: str = "sb") -> int:
@@ -213,5 +225,15 @@ async def list_channels(nats_url: str) -> dict[str, ChannelSpec]:
         except nats.js.errors.NoKeysError:
             return {}
         return {k: ChannelSpec.from_json((await kv.get(k)).value or b"{}") for k in keys}
+    finally:
+        await nc.close()
+
+
+async def backend_publish(nats_url: str, subject: str, data: bytes) -> None:
+    """Publish as a backend would (the `helm test` probe proves the backend role works)."""
+    nc = await connect_once(nats_url)
+    try:
+        await nc.publish(subject, data)
+        await nc.flush()
     finally:
         await nc.close()

@@ -457,6 +457,24 @@ def values_schema() -> JSON:
                     **_pod_placement(),
                 },
             ),
+            "networkPolicy": _obj(
+                "NetworkPolicies for NATS and the operator (docs/security.md).",
+                {
+                    "enabled": _bool("Create them (needs a CNI that enforces them)."),
+                    "backends": _obj(
+                        "Pods that may reach NATS as backends.",
+                        {
+                            "namespaceSelector": _free("Namespaces ({}: all)."),
+                            "podSelector": _free("Pods in those namespaces."),
+                        },
+                    ),
+                    "monitoringNamespaces": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1},
+                        "description": "Namespaces whose pods may scrape NATS and the operator.",
+                    },
+                },
+            ),
             "nats": _obj(
                 "NATS: a bundled JetStream cluster, or an external one.",
                 {

@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--secret", default=os.environ.get("SB_EDGE_JWT_SECRET"))
     probe.add_argument("--token", default=os.environ.get("SB_TOKEN"), help="instead of --secret")
     probe.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    probe.add_argument(
+        "--nats-url",
+        default=os.environ.get("SB_NATS_URL"),
+        help="also publish as a backend through NATS (credentials: SB_NATS_USER/PASSWORD...)",
+    )
 
     crds = sub.add_parser("crds", help="write the CRDs generated from the operator's models")
     crds.add_argument("--out", type=Path, help="directory (default: print)")
@@ -243,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "probe":
             from switchboard.probe import probe
 
-            return asyncio.run(probe(args.url, args.token, args.secret, args.timeout))
+            return asyncio.run(
+                probe(args.url, args.token, args.secret, args.timeout, args.nats_url)
+            )
         if args.command == "crds":
             return _crds(args.out)
         if args.command in ("chart-schema", "nats-authorization"):

@@ -358,10 +358,15 @@ def test_helm_test_pod_round_trips_through_the_service() -> None:
     assert probe["args"][:3] == ["probe", "--url", url]
     _, edge = _edge(docs)
     edge_secret = next(e for e in edge["env"] if e["name"] == "SB_EDGE_JWT_SECRET")
-    assert probe["env"] == [edge_secret]
+    env = {e["name"]: e for e in probe["env"]}
+    assert env["SB_EDGE_JWT_SECRET"] == edge_secret
+    # and a backend's publish through NATS, as the backend role
+    assert env["SB_NATS_URL"]["value"] == f"nats://sb-switchboard-nats.{NAMESPACE}.svc:4222"
+    assert env["SB_NATS_USER"]["value"] == "sb-backend"
+    assert env["SB_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "backend-password"
+    assert env["SB_SUBJECT_PREFIX"]["value"] == "sb"
     (keyed,) = find_all(docs_of("public-key"), "Pod")
-    (token,) = container(keyed["spec"], "probe")["env"]
-    assert token["name"] == "SB_TOKEN"
+    token = next(e for e in container(keyed["spec"], "probe")["env"] if e["name"] == "SB_TOKEN")
     assert token["valueFrom"]["secretKeyRef"] == {"name": "probe-token", "key": "token"}
 
 
