@@ -14,11 +14,14 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import nats
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, BadRequestError, NotFoundError
@@ -40,7 +43,10 @@ STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists (with anot
 # cluster (no suitable peers, insufficient resources), or a server without a cluster.
 REPLICAS_REFUSED = {10005, 10023, 10074}
 SETTLE_TIMEOUT_S = 10
-ADMIN_TIMEOUT_S = 15
+ATTEMPT_TIMEOUT_S = 2  # one JetStream admin request
+ADMIN_DEADLINE_S = 20  # retrying it: longer than a Raft election (4-9 s), twice
+RETRY_S = 0.25
+T = TypeVar("T")
 
 
 class ReplicasRefused(nats.errors.Error):
@@ -96,10 +102,10 @@ async def connect_once(nats_url: str) -> Client:
 
 
 def _admin(nc: Client) -> JetStreamContext:
-    """JetStream for creating and changing streams: with a node down, creating an R3
-    stream can take ~4 s (its group elects a leader first), and a lost meta leader is
-    replaced after 4-9 s, so nats-py's 5 s default would give up on what succeeds."""
-    return nc.jetstream(timeout=ADMIN_TIMEOUT_S)
+    """JetStream for creating and changing streams, with short attempts (see
+    `_patiently`): a create that takes longer (~4 s with a node down, while the new
+    group elects its leader) succeeds when repeated, as the same config is accepted."""
+    return nc.jetstream(timeout=ATTEMPT_TIMEOUT_S)
 
 
 def is_clustered(nc: Client) -> bool:
@@ -113,7 +119,9 @@ def replicas_for(nc: Client, setting: ReplicasSetting) -> int:
     return resolve_replicas(setting, is_clustered(nc))
 
 
-async def ensure_bucket(nc: Client, name: str, ttl_s: float, replicas: int) -> KeyValue:
+async def ensure_bucket(
+    nc: Client, name: str, ttl_s: float, replicas: int, op_timeout_s: float = 5
+) -> KeyValue:
     """The KV bucket `name`: created with `replicas` copies if missing, raised to
     `replicas` if it has fewer (never lowered: another writer may want more). The
     handle returned uses nats-py's usual timeouts: a write the stream leader never
@@ -135,7 +143,7 @@ async def ensure_bucket(nc: Client, name: str, ttl_s: float, replicas: int) -> K
         with _placing(f"bucket {name}", replicas):
             await js.update_stream(info.config)
         await _settle(nc, f"KV_{name}")
-    return await nc.jetstream().key_value(name)
+    return await nc.jetstream(timeout=op_timeout_s).key_value(name)
 
 
 async def _settle(nc: Client, stream: str) -> None:
@@ -151,7 +159,21 @@ async def _settle(nc: Client, stream: str) -> None:
 
 
 async def channels_bucket(nc: Client, replicas: ReplicasSetting = "auto") -> KeyValue:
-    return await ensure_bucket(nc, BUCKET, 0, replicas_for(nc, replicas))
+    return await ensure_bucket(nc, BUCKET, 0, replicas_for(nc, replicas), ATTEMPT_TIMEOUT_S)
+
+
+async def _patiently(op: Callable[[], Awaitable[T]]) -> T:
+    """Run an idempotent change, again through a Raft election: JetStream drops (does
+    not answer) a request that reaches a stream or the meta group while it has no
+    leader, so short attempts retried until ADMIN_DEADLINE_S beat one long wait."""
+    deadline = time.monotonic() + ADMIN_DEADLINE_S
+    while True:
+        try:
+            return await op()
+        except (TimeoutError, NoRespondersError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(RETRY_S)
 
 
 async def write_channel(
@@ -167,6 +189,12 @@ async def write_channel(
     Without `history` the config goes first and a stream left from before is deleted
     after it: edges stop using it first, and the config does not wait on the JetStream
     meta leader (which the delete needs, and which a lost node can take 4-9 s to elect)."""
+    return await _patiently(lambda: _write_channel(nc, name, spec, prefix, replicas))
+
+
+async def _write_channel(
+    nc: Client, name: str, spec: ChannelSpec, prefix: str, replicas: ReplicasSetting
+) -> int:
     js = _admin(nc)
     if spec.history is None:
         revision = await (await channels_bucket(nc, replicas)).put(name, spec.to_json())
@@ -195,9 +223,13 @@ async def write_channel(
 
 async def erase_channel(nc: Client, name: str, replicas: ReplicasSetting = "auto") -> None:
     """Remove the config, then the stream (history is deleted with its Channel)."""
-    await (await channels_bucket(nc, replicas)).delete(name)
-    with contextlib.suppress(NotFoundError):
-        await _admin(nc).delete_stream(stream_name(name))
+
+    async def erase() -> None:
+        await (await channels_bucket(nc, replicas)).delete(name)
+        with contextlib.suppress(NotFoundError):
+            await _admin(nc).delete_stream(stream_name(name))
+
+    await _patiently(erase)
 
 
 async def put_channel(nats_url: str, name: str, spec: ChannelSpec, prefix: str = "sb") -> int:

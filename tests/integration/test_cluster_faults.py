@@ -9,20 +9,31 @@ the stream leader's, each bucket leader's, and an edge's own node in turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import json
 import os
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
 
 import nats
+import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StreamInfo
+from nats.js.client import JetStreamContext
+from websockets.exceptions import InvalidStatus
 
 from switchboard import channelstore
 from switchboard.channel_config import ChannelSpec, HistorySpec
-from switchboard.client import Client
+from switchboard.client import Client, Closed, SwitchboardError
 from switchboard.natsserver import NatsCluster, NatsServer
-from tests.conftest import token
-from tests.nats_cluster import ClusterEdges, cluster_edges, connect, nats_cluster
+from switchboard.resilient import ResilientClient
+from tests.conftest import Edge, token
+from tests.nats_cluster import ClusterEdges, cluster_edges, connect, nats_cluster, node_of
 
 __all__ = ["cluster_edges", "nats_cluster"]
 
@@ -129,17 +140,27 @@ async def test_existing_r1_state_is_raised_to_r3(
 async def test_new_state_is_r3_even_with_a_node_down(nats_cluster: NatsCluster) -> None:
     """`auto` reads the cluster from the server's INFO (configured, not live), so a
     node that is down when a stream or bucket is created does not make it R1."""
-    victim = nats_cluster.nodes[2]
+    # Not the meta leader: creating needs one, and electing a new one takes 4-9 s.
+    leader = nats_cluster.meta_leader()
+    victim = next(node for node in nats_cluster.nodes if node.name != leader)
     victim.kill()
     try:
         await asyncio.sleep(1)
         spec = ChannelSpec(history=HistorySpec(size=10, ttl="1m"))
-        await channelstore.put_channel(nats_cluster.url, "downtime", spec)
         nc = await connect(nats_cluster)
-        kv = await channelstore.ensure_bucket(
-            nc, "sb_probe", 0, channelstore.replicas_for(nc, "auto")
-        )
-        await kv.put("k", b"v")
+        # Retried as the operator does (every 5 s): the killed node may have led
+        # `sb_channels`, which takes its writes again after an election (4-9 s).
+        async with asyncio.timeout(40):
+            while True:
+                try:
+                    await channelstore.put_channel(nats_cluster.url, "downtime", spec)
+                    kv = await channelstore.ensure_bucket(
+                        nc, "sb_probe", 0, channelstore.replicas_for(nc, "auto")
+                    )
+                    await kv.put("k", b"v")
+                    break
+                except (nats.errors.Error, OSError):
+                    await asyncio.sleep(1)
         assert (await copies(nc, "SB_CH_downtime"))[0] == 3
         assert (await copies(nc, "KV_sb_probe"))[0] == 3
     finally:
@@ -188,3 +209,340 @@ async def test_single_server_keeps_one_copy_and_refuses_three(nats_server: NatsS
     assert (await stream_info(nc, "SB_CH_solo")).config.num_replicas == 1  # unchanged
     assert channel_cli(nats_server.url, "delete", "solo").returncode == 0
     await nc.close()
+
+
+# -- one node lost while the tier is in use -------------------------------------------
+
+HISTORY = "faults:room"  # governed by the Channel `faults`, with history (R3)
+PLAIN = "plain:room"  # no Channel: fire-and-forget
+ROUNDS = ("SB_CH_faults", "KV_sb_tickets", "KV_sb_channels", "KV_sb_presence", "KV_sb_edges")
+DOWN_S = 3.0  # how long the killed node stays down
+# A lost Raft leader (of a stream, a bucket, or JetStream's meta group) is replaced
+# after 4-9 s (nats-server raft.go: minElectionTimeoutDefault..maxElectionTimeoutDefault);
+# until then that stream or bucket takes no writes. Everything must be back within it.
+ELECTION_BOUND_S = 12.0
+LIVE_BOUND_S = 1.0  # once JetStream takes writes again, they reach clients this fast
+PUBLISH_EVERY_S = 0.02  # the backend's pace: 50 events/s on each channel
+
+
+@dataclass
+class Received:
+    """What one subscriber got, stamped with the monotonic time it arrived."""
+
+    name: str
+    edge: str
+    events: list[tuple[float, int, int]] = field(default_factory=list)  # (t, offset, n)
+    plain: list[float] = field(default_factory=list)
+    gaps: list[tuple[float, str]] = field(default_factory=list)
+
+
+@dataclass
+class Acked:
+    """Every event the backend published and JetStream acked: n → (offset, ack time)."""
+
+    by_n: dict[int, tuple[int, float]] = field(default_factory=dict)
+
+    def after(self, t: float) -> list[tuple[int, int, float]]:
+        return sorted((n, off, ta) for n, (off, ta) in self.by_n.items() if ta >= t)
+
+
+@dataclass
+class Probe:
+    """Successes and failures of one operation over time."""
+
+    ok: list[float] = field(default_factory=list)
+    failed: list[tuple[float, str]] = field(default_factory=list)
+
+    def back_after(self, t: float) -> float | None:
+        """Time from `t` to the first success after the last failure following `t`
+        (None: it never failed after `t`, or never worked again)."""
+        failures = [tf for tf, _ in self.failed if tf >= t]
+        if not failures:
+            return None
+        later = [to for to in self.ok if to > failures[-1]]
+        return (later[0] - t) if later else float("inf")
+
+
+async def backend(js: JetStreamContext, nc: NatsClient, acked: Acked, stop: asyncio.Event) -> None:
+    """Publishes n = 0, 1, 2... to both channels. History events go through JetStream
+    and are retried with the same Nats-Msg-Id until acked, as a careful backend does:
+    what is acked must not be lost; what never was, was never promised."""
+    n = 0
+    while not stop.is_set():
+        data = json.dumps({"n": n}).encode()
+        while not stop.is_set():
+            try:
+                ack = await js.publish(
+                    "sb.ch.faults.room", data, timeout=0.5, headers={"Nats-Msg-Id": f"n-{n}"}
+                )
+                acked.by_n[n] = (int(ack.seq), time.monotonic())
+                break
+            except (nats.errors.Error, TimeoutError):
+                await asyncio.sleep(0.05)
+        with contextlib.suppress(nats.errors.Error):
+            await nc.publish("sb.ch.plain.room", data)
+        n += 1
+        await asyncio.sleep(PUBLISH_EVERY_S)
+
+
+async def read_raw(client: Client, into: Received) -> None:
+    async for msg in client.events():
+        now = time.monotonic()
+        payload = msg.get("payload") or {}
+        if msg["type"] == "gap":
+            into.gaps.append((now, str(payload.get("channel"))))
+        elif msg["type"] == "event" and payload.get("channel") == HISTORY:
+            into.events.append((now, int(payload["offset"]), int(payload["data"]["n"])))
+        elif msg["type"] == "event" and payload.get("channel") == PLAIN:
+            into.plain.append(now)
+
+
+async def read_resilient(client: ResilientClient, into: Received) -> None:
+    async for msg in client.events():
+        payload = msg.get("payload") or {}
+        if msg.get("type") == "event" and payload.get("channel") == HISTORY:
+            into.events.append(
+                (time.monotonic(), int(payload["offset"]), int(payload["data"]["n"]))
+            )
+
+
+def post_ticket(edge: Edge, user: str) -> str:
+    request = urllib.request.Request(
+        f"{edge.http_url}/v1/tickets",
+        method="POST",
+        headers={"Authorization": f"Bearer {token(user)}"},
+    )
+    with urllib.request.urlopen(request, timeout=2) as response:
+        return str(json.load(response)["ticket"])
+
+
+async def probe_tickets(edges: list[Edge], probe: Probe, stop: asyncio.Event) -> None:
+    """Log in with a ticket every 100 ms, round robin over the edges."""
+    for i in itertools.count():
+        if stop.is_set():
+            return
+        edge = edges[i % len(edges)]
+        started = time.monotonic()
+        try:
+            ticket = await asyncio.to_thread(post_ticket, edge, f"probe-{i}")
+            client = await Client.connect(edge.ws_url, ticket=ticket, open_timeout=3)
+            await client.close()
+            probe.ok.append(started)
+        except (OSError, urllib.error.HTTPError, InvalidStatus, Closed, TimeoutError) as exc:
+            probe.failed.append((started, repr(exc)[:120]))
+        await asyncio.sleep(0.1)
+
+
+async def config_change(
+    url: str, edges: list[Edge], limit: int, started: float
+) -> tuple[float, float]:
+    """Write Channel `cfg` with maxMessageBytes `limit` (retrying as the operator does)
+    while watching every edge until it enforces it: seconds from `started` until the
+    write succeeded, and until the last edge applied it."""
+    spec = ChannelSpec(max_message_bytes=limit)
+
+    async def write() -> float:
+        while True:
+            try:
+                await channelstore.put_channel(url, "cfg", spec)
+                return time.monotonic() - started
+            except (OSError, nats.errors.Error):
+                await asyncio.sleep(0.2)
+
+    async def enforced(edge: Edge) -> None:
+        client = await Client.connect(edge.ws_url, token=token("cfg"))
+        try:
+            while True:
+                try:
+                    await client.publish("cfg:x", "x" * 300)  # over 100, under 16384
+                    refused = False
+                except SwitchboardError as exc:
+                    refused = exc.code == "too_large"
+                if refused == (limit < 300):
+                    return
+                await asyncio.sleep(0.05)
+        finally:
+            await client.close()
+
+    writer = asyncio.create_task(write())
+    await asyncio.gather(*(enforced(edge) for edge in edges))
+    applied = time.monotonic() - started
+    return await writer, applied
+
+
+async def leader_of(nc: NatsClient, stream: str) -> str:
+    async with asyncio.timeout(20):
+        while True:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                info = await nc.jetstream().stream_info(stream, subjects_filter=None)
+                if info.cluster is not None and info.cluster.leader:
+                    return str(info.cluster.leader)
+            await asyncio.sleep(0.1)
+
+
+def max_silence(times: list[float], start: float, end: float) -> float:
+    """The longest stretch without an arrival inside [start, end]."""
+    inside = [start] + [t for t in times if start <= t <= end] + [end]
+    return max(b - a for a, b in itertools.pairwise(inside))
+
+
+@pytest.mark.timeout(240)
+async def test_one_node_lost_and_back_loses_nothing_acked(
+    nats_cluster: NatsCluster, cluster_edges: ClusterEdges
+) -> None:
+    url = nats_cluster.url
+    await channelstore.put_channel(
+        url, "faults", ChannelSpec(history=HistorySpec(size=100_000, ttl="10m"))
+    )
+    await channelstore.put_channel(url, "pres", ChannelSpec(presence=True))
+    await channelstore.put_channel(url, "cfg", ChannelSpec(max_message_bytes=16384))
+    # abuse_errors: the config probe publishes over the limit until it applies
+    edges = [
+        cluster_edges.start(f"edge-f{i}", stats_interval_s="0.5", abuse_errors="100000")
+        for i in range(3)
+    ]
+    nc = await connect(nats_cluster)
+    js = nc.jetstream()
+    assert (await copies(nc, "SB_CH_faults"))[0] == 3
+
+    # Subscribers: a raw client and a presence member per edge, logged in with tickets,
+    # and a ResilientClient over all edges.
+    received: list[Received] = []
+    tasks: list[asyncio.Task[None]] = []
+    clients: list[Client] = []
+    for edge in edges:
+        client = await ticket_login(edge.http_url, edge.ws_url, f"sub-{edge.name}")
+        await client.subscribe(HISTORY)
+        await client.subscribe(PLAIN)
+        await client.subscribe("pres:room")
+        clients.append(client)
+        received.append(Received(f"raw@{edge.name}", edge.name))
+        tasks.append(asyncio.create_task(read_raw(client, received[-1])))
+
+    async def resilient_token() -> str:
+        return token("resilient")
+
+    resilient = ResilientClient([e.ws_url for e in edges], resilient_token)
+    await resilient.start()
+    await resilient.subscribe(HISTORY)
+    received.append(Received("resilient", "any"))
+    tasks.append(asyncio.create_task(read_resilient(resilient, received[-1])))
+
+    acked = Acked()
+    stop = asyncio.Event()
+    tasks.append(asyncio.create_task(backend(js, nc, acked, stop)))
+    tickets = Probe()
+    tasks.append(asyncio.create_task(probe_tickets(edges, tickets, stop)))
+    await asyncio.sleep(1.0)
+
+    report: list[str] = []
+    broken: list[str] = []  # promises NATS lets us keep: must hold
+    slow: list[str] = []  # live within LIVE_BOUND_S: known to fail, see the end
+    limit = 100
+    targets: list[tuple[str, str | None]] = [(r, None) for r in ROUNDS]
+    targets.append(("node of edge-f0", f"sb-edge:{edges[0].name}"))
+    for what, connection in targets:
+        victim_name = node_of(nats_cluster, connection) if connection else await leader_of(nc, what)
+        assert victim_name is not None, what
+        on_victim = {
+            e.name for e in edges if node_of(nats_cluster, f"sb-edge:{e.name}") == victim_name
+        }
+        victim = nats_cluster.node(victim_name)
+        was_meta_leader = nats_cluster.meta_leader() == victim_name
+        killed = time.monotonic()
+        victim.kill()
+        written_s, applied_s = await config_change(url, edges, limit, killed)
+        await asyncio.sleep(max(0.0, DOWN_S - (time.monotonic() - killed)))
+        victim.start()
+        restarted = time.monotonic()
+        await asyncio.to_thread(nats_cluster.wait_ready)
+        # every event acked so far reaches every subscriber
+        target = max(acked.by_n)
+        async with asyncio.timeout(30):
+            while any(not r.events or r.events[-1][2] < target for r in received):
+                await asyncio.sleep(0.05)
+        settled = time.monotonic()
+
+        # measurements of the round
+        acks = [ta for _, _, ta in acked.after(killed - 1)]
+        write_stall = max_silence(acks, killed, restarted)
+        lags = {
+            r.name: max(
+                (
+                    t - acked.by_n[n][1]
+                    for t, _, n in r.events
+                    if acked.by_n.get(n, (0, 0.0))[1] >= killed
+                ),
+                default=0.0,
+            )
+            for r in received
+        }
+        stalls = {
+            r.name: max_silence([t for t, _, _ in r.events], killed, settled) for r in received
+        }
+        ticket_back = tickets.back_after(killed)
+        plain_gaps = {
+            r.edge: [c for t, c in r.gaps if t >= killed and c == PLAIN] for r in received[:3]
+        }
+        report.append(
+            f"{what:16} victim {victim_name}{' (meta leader)' if was_meta_leader else ''} "
+            f"(edges on it: {sorted(on_victim) or '-'}): "
+            f"writes stalled {write_stall:.2f} s; delivery stall "
+            f"{max(stalls.values()):.2f} s, worst ack→client {max(lags.values()):.2f} s; "
+            f"tickets back after {'-' if ticket_back is None else round(ticket_back, 2)} s; "
+            f"config written after {written_s:.2f} s, "
+            f"applied on all edges after {applied_s:.2f} s; "
+            f"plain gaps on {sorted(e for e, g in plain_gaps.items() if g)}"
+        )
+        for edge_name in on_victim:
+            if not plain_gaps[edge_name]:
+                broken.append(f"{what}: no gap on {PLAIN} at {edge_name}")
+        for name, seconds in (("writes", write_stall), ("config write", written_s)):
+            if seconds > ELECTION_BOUND_S:
+                broken.append(f"{what}: {name} back after {seconds:.2f} s")
+        if ticket_back is not None and ticket_back > ELECTION_BOUND_S:
+            broken.append(f"{what}: ticket logins back after {ticket_back:.2f} s")
+        if max(lags.values()) > LIVE_BOUND_S:
+            slow.append(f"{what}: acked events reached clients {max(lags.values()):.2f} s late")
+        if applied_s - written_s > LIVE_BOUND_S:
+            slow.append(f"{what}: config reached every edge {applied_s - written_s:.2f} s late")
+        limit = 16384 if limit == 100 else 100
+        await asyncio.sleep(0.5)
+
+    stop.set()
+    await asyncio.sleep(0.2)
+    print("\n" + "\n".join(report))
+    print(f"ticket logins: {len(tickets.ok)} ok, {len(tickets.failed)} failed")
+    for _, why in tickets.failed[:5]:
+        print(f"  failed: {why}")
+
+    for task in tasks:
+        task.cancel()
+    for client in clients:
+        await client.close()
+    await resilient.close()
+    await nc.close()
+    for edge in edges:
+        edge.stop()
+        cluster_edges.started.remove(edge)
+
+    assert not broken, broken
+    # 0 lost, exactly once, in order: every acked event, at every subscriber.
+    for r in received:
+        offsets = [off for _, off, _ in r.events]
+        assert offsets == sorted(set(offsets)), f"{r.name}: duplicates or out of order"
+        got = {n for _, _, n in r.events}
+        lost = sorted(set(acked.by_n) - got)
+        assert not lost, f"{r.name}: lost {len(lost)} acked events, e.g. {lost[:5]}"
+        assert all(acked.by_n[n][0] == off for _, off, n in r.events if n in acked.by_n)
+    print(
+        f"{len(acked.by_n)} events acked, each delivered once and in order to "
+        f"{len(received)} subscribers"
+    )
+    if slow:
+        # Known (issue 18): edges follow a stream or `sb_channels` through an ordered
+        # consumer that nats-py rebuilds only after two missed idle heartbeats (5 s
+        # each by default), and such a consumer lives on one server of the stream: when
+        # that server dies the edge hears nothing for ~10-18 s although JetStream took
+        # the writes. Everything above held; this marks the open part, with the numbers.
+        pytest.xfail("live delivery not back within 1 s: " + "; ".join(slow))
