@@ -136,6 +136,7 @@ def damage(src: Source, text: str) -> str:
     if how == "token":
         at = text.rfind("}")
         bad = src.pick(["NaN", "-Infinity", "1e999", '"\\ud800"', '"\\udfff\\ud800"', "\ud800"])
+        bad = src.pick([bad, bad, '"\ud800 raw"'])  # a raw one inside a string, too
         return text[:at] + ',"z":' + bad + text[at:] if at > 0 else bad
     if how == "wrap":
         levels = src.pick([MAX_DEPTH, MAX_DEPTH + 3, 990, 5000])
