@@ -483,6 +483,29 @@ def values_schema() -> JSON:
                     "urlSecret": _secret_ref(
                         "Read the external URL (with credentials) from a Secret instead."
                     ),
+                    "tls": _obj(
+                        "TLS for NATS clients and routes (docs/security.md).",
+                        {
+                            "enabled": _bool("Turn TLS on."),
+                            "secretName": _str(
+                                "Secret with tls.crt, tls.key and ca.crt (unset: issued by "
+                                "cert-manager)."
+                            ),
+                            "certManager": _obj(
+                                "cert-manager Certificate (when secretName is unset).",
+                                {
+                                    "issuerRef": _obj(
+                                        "The Issuer or ClusterIssuer.",
+                                        {
+                                            "name": _str("Its name."),
+                                            "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                                            "group": _str("Its API group.", minLength=1),
+                                        },
+                                    )
+                                },
+                            ),
+                        },
+                    ),
                     "auth": _obj(
                         "Each client of NATS logs in as its role (edge, operator, backend) "
                         "with only that role's subjects (docs/security.md).",

@@ -188,6 +188,9 @@ the processes ask the server whether it is clustered. */}}
 {{/* Values the schema cannot judge alone (they span keys): refused with the key's name. */}}
 {{- define "switchboard.validate" -}}
 {{- $v := .Values }}
+{{- if and $v.nats.tls.enabled (not $v.nats.tls.secretName) (or (not $v.nats.enabled) (not $v.nats.tls.certManager.issuerRef.name)) }}
+{{- fail "nats.tls.secretName: name the Secret with tls.crt, tls.key and ca.crt (or, with the bundled NATS, nats.tls.certManager.issuerRef.name to have cert-manager issue it)" }}
+{{- end }}
 {{- if and (not $v.nats.enabled) (not $v.nats.url) (not $v.nats.urlSecret.name) }}
 {{- fail "nats.url: set the external NATS URL (or nats.urlSecret.name), or nats.enabled: true for the bundled cluster" }}
 {{- end }}
@@ -232,5 +235,35 @@ the processes ask the server whether it is clustered. */}}
     secretKeyRef:
       name: {{ include "switchboard.natsAuthSecretName" .ctx }}
       key: {{ .role }}-password
+{{- end }}
+{{- end }}
+
+{{/* The Secret with the NATS TLS certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "switchboard.natsTlsSecretName" -}}
+{{- .Values.nats.tls.secretName | default (printf "%s-tls" (include "switchboard.natsName" .)) }}
+{{- end }}
+
+{{/* TLS toward NATS for a client process: trust the CA of the NATS certificate. */}}
+{{- define "switchboard.natsTlsEnv" -}}
+{{- if .ctx.Values.nats.tls.enabled }}
+- name: {{ .prefix }}NATS_TLS_CA_FILE
+  value: /etc/switchboard/nats-ca/ca.crt
+{{- end }}
+{{- end }}
+{{- define "switchboard.natsTlsMount" -}}
+{{- if .Values.nats.tls.enabled }}
+- name: nats-ca
+  mountPath: /etc/switchboard/nats-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- define "switchboard.natsTlsVolume" -}}
+{{- if .Values.nats.tls.enabled }}
+- name: nats-ca
+  secret:
+    secretName: {{ include "switchboard.natsTlsSecretName" . }}
+    items:
+      - key: ca.crt
+        path: ca.crt
 {{- end }}
 {{- end }}
