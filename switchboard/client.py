@@ -125,7 +125,13 @@ class Client:
         request_id = str(next(self._ids))
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        await self.ws.send(json.dumps({"type": kind, "id": request_id, "payload": payload}))
+        try:
+            await self.ws.send(json.dumps({"type": kind, "id": request_id, "payload": payload}))
+        except ConnectionClosed:  # closed before it went out: the same `Closed` as after
+            self._pending.pop(request_id, None)
+            if future.done():
+                future.exception()  # already failed by the reader: nobody else will look
+            raise Closed(self.close_code, self.ws.close_reason or "") from None
         async with asyncio.timeout(timeout):
             answer = await future
         if answer["type"] == "error":

@@ -123,6 +123,8 @@ async def test_python_client_raises_the_in_band_close(edge1: Edge) -> None:
     good = await Client.connect(edge1.ws_url, token=token("alice"), origin=ORIGIN)
     assert good.welcome["user"] == "alice"
     await good.close()
+    with pytest.raises(Closed):  # a request on a closed connection: `Closed`, as ever
+        await good.publish("chat:lobby", "too late")
 
 
 # -- overload: 1013 "retry after <ms>" with Origin, 503/429 + Retry-After without ------
