@@ -15,6 +15,7 @@ import { Emitter } from "./emitter.js";
 import { SwitchboardError } from "./errors.js";
 import type { Frame } from "./frames.js";
 import { CLIENT_ABORT, Link, SUBPROTOCOL, type Closure } from "./link.js";
+import { Liveness } from "./liveness.js";
 import { Positions } from "./positions.js";
 import { expiresAtMs, resumedChannels } from "./tokens.js";
 import type {
@@ -81,9 +82,7 @@ export class Client {
   private lostAt = 0;
   private wake: (() => void) | null = null;
   private refreshTimer: ReturnType<typeof setTimeout> | null = null;
-  private idleTimer: ReturnType<typeof setTimeout> | null = null;
-  private deadTimer: ReturnType<typeof setTimeout> | null = null;
-  private pingIntervalMs = 0;
+  private liveness: Liveness | null = null;
   private readonly unwatch: () => void;
 
   constructor(private readonly options: ConnectOptions) {
@@ -141,7 +140,8 @@ export class Client {
           current.rejectReady(new SwitchboardError("closed", "unsubscribed"));
           const link = this.link;
           if (link && this.state === "connected") {
-            link.request(this.id(), "unsubscribe", { channel }, this.requestTimeout).catch(() => undefined);
+            const id = this.id();
+            link.request(id, "unsubscribe", { channel }, this.requestTimeout).catch(() => undefined);
           }
         }
       },
@@ -161,7 +161,11 @@ export class Client {
   }
 
   /** Call a backend method (`sb.rpc.<method>`); resolves with its answer's `data`. */
-  async rpc<T = unknown>(method: string, data?: unknown, options: { timeoutMs?: number } = {}): Promise<T> {
+  async rpc<T = unknown>(
+    method: string,
+    data?: unknown,
+    options: { timeoutMs?: number } = {},
+  ): Promise<T> {
     const payload: Record<string, unknown> = { method, data: data ?? null };
     if (options.timeoutMs !== undefined) payload.timeout_ms = options.timeoutMs;
     const serverTimeout = options.timeoutMs ?? 5_000;
@@ -253,7 +257,7 @@ export class Client {
       try {
         outcome = await this.attempt(url);
       } catch (err) {
-        outcome = { code: 1006, reason: String((err as Error)?.message ?? err), established: false, link: null };
+        outcome = { code: 1006, reason: messageOf(err), established: false, link: null };
       }
       if (this.stopped) return;
       if (outcome.established && this.stable(outcome.link)) attempt = 0;
@@ -324,7 +328,7 @@ export class Client {
       try {
         token = await this.currentToken();
       } catch (err) {
-        const error = new SwitchboardError("unauthorized", `getToken failed: ${String((err as Error)?.message ?? err)}`, true);
+        const error = new SwitchboardError("unauthorized", `getToken failed: ${messageOf(err)}`, true);
         this.events.emit("error", error);
         return { code: 1006, reason: error.message, established: false, link: null };
       }
@@ -336,7 +340,9 @@ export class Client {
         protocols = [SUBPROTOCOL, "bearer." + token];
       }
     }
-    if (this.stopped) return { code: 1000, reason: "closed by the client", established: false, link: null };
+    if (this.stopped) {
+      return { code: 1000, reason: "closed by the client", established: false, link: null };
+    }
     let welcome: Record<string, unknown> | null = null;
     let welcomed!: (payload: Record<string, unknown>) => void;
     const gotWelcome = new Promise<Record<string, unknown>>((resolve) => (welcomed = resolve));
@@ -359,7 +365,9 @@ export class Client {
     this.link = link;
     const timeoutMs = this.options.connectTimeoutMs ?? 10_000;
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const timedOut = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), timeoutMs)));
+    const timedOut = new Promise<null>((resolve) => {
+      timer = setTimeout(() => resolve(null), timeoutMs);
+    });
     const first = await Promise.race([gotWelcome, link.closed.then(() => null), timedOut]);
     clearTimeout(timer);
     if (!first) {
@@ -371,7 +379,7 @@ export class Client {
     this.stats.connects += 1;
     if (resume) this.stats.resumes += 1;
     this.setState("connected");
-    this.armLiveness(link, Number(first.ping_interval_s) || 30);
+    this.watchLiveness(link, Number(first.ping_interval_s) || 30);
     this.scheduleRefresh(link, first.expires_at);
     this.takeSubscriptions(link, resume);
     const queued = backlog;
@@ -425,7 +433,7 @@ export class Client {
         headers: { Authorization: "Bearer " + token },
       });
     } catch (err) {
-      return { code: 1006, reason: `ticket request failed: ${String((err as Error)?.message ?? err)}` };
+      return { code: 1006, reason: `ticket request failed: ${messageOf(err)}` };
     }
     const body = await response.text().catch(() => "");
     if (response.status === 201) {
@@ -460,7 +468,8 @@ export class Client {
     for (const entry of this.entries.values()) entry.rejectReady(error);
     this.wake?.();
     this.setState("closed");
-    this.events.emit("disconnected", { code, reason, willRetry: false, delayMs: 0, url: url || (link?.url ?? "") });
+    url = url || (link?.url ?? "");
+    this.events.emit("disconnected", { code, reason, willRetry: false, delayMs: 0, url });
   }
 
   private setState(state: State): void {
@@ -510,45 +519,26 @@ export class Client {
     };
   }
 
-  // -- liveness: browsers cannot see WebSocket pings ---------------------------
-
-  /**
-   * Any frame re-arms a timer of `ping_interval_s`. When it runs out, the client sends
-   * a probe the edge always answers; no frame within `probeTimeoutMs` means the
-   * connection is dead (the edge or the network went away without a close).
-   */
-  private armLiveness(link: Link, pingIntervalS: number): void {
-    this.pingIntervalMs = pingIntervalS * 1000;
-    this.touch(link);
-  }
-
-  private touch(link: Link): void {
-    if (this.link !== link || !link.open) return;
-    if (this.deadTimer !== null) {
-      clearTimeout(this.deadTimer);
-      this.deadTimer = null;
-    }
-    if (this.idleTimer !== null) clearTimeout(this.idleTimer);
-    this.idleTimer = setTimeout(() => this.probe(link), this.pingIntervalMs);
-  }
-
-  private probe(link: Link): void {
-    this.idleTimer = null;
-    if (this.link !== link || !link.open) return;
-    const waitMs = this.options.probeTimeoutMs ?? 10_000;
-    this.stats.probes += 1;
-    link.send({ type: "unsubscribe", id: "probe", payload: { channel: PROBE_CHANNEL } });
-    this.deadTimer = setTimeout(() => {
-      this.deadTimer = null;
-      link.end(CLIENT_ABORT, `no answer from the edge for ${Math.round((this.pingIntervalMs + waitMs) / 1000)} s`);
-    }, waitMs);
-  }
-
   private clearTimers(): void {
-    for (const timer of [this.idleTimer, this.deadTimer, this.refreshTimer]) {
-      if (timer !== null) clearTimeout(timer);
-    }
-    this.idleTimer = this.deadTimer = this.refreshTimer = null;
+    this.liveness?.stop();
+    this.liveness = null;
+    if (this.refreshTimer !== null) clearTimeout(this.refreshTimer);
+    this.refreshTimer = null;
+  }
+
+  /** Probes after silences of `ping_interval_s`; gives the connection up when unanswered. */
+  private watchLiveness(link: Link, pingIntervalS: number): void {
+    this.liveness = new Liveness(
+      pingIntervalS * 1000,
+      this.options.probeTimeoutMs ?? 10_000,
+      () => {
+        this.stats.probes += 1;
+        link.send({ type: "unsubscribe", id: "probe", payload: { channel: PROBE_CHANNEL } });
+      },
+      (silentMs) => {
+        link.end(CLIENT_ABORT, `no answer from the edge for ${Math.round(silentMs / 1000)} s`);
+      },
+    );
   }
 
   // -- token refresh -----------------------------------------------------------
@@ -569,7 +559,8 @@ export class Client {
     try {
       token = await this.options.getToken();
     } catch (err) {
-      this.events.emit("error", new SwitchboardError("unauthorized", `getToken failed: ${String((err as Error)?.message ?? err)}`, true));
+      const message = `getToken failed: ${messageOf(err)}`;
+      this.events.emit("error", new SwitchboardError("unauthorized", message, true));
       return; // at `exp` the edge closes with 4001 and the client asks again
     }
     this.token = token;
@@ -577,7 +568,8 @@ export class Client {
       const ack = await link.request(this.id(), "refresh", { token }, this.requestTimeout);
       this.scheduleRefresh(link, ack.expires_at);
     } catch (err) {
-      if ((err as SwitchboardError).code !== "disconnected") this.events.emit("error", err as SwitchboardError);
+      const error = err as SwitchboardError;
+      if (error.code !== "disconnected") this.events.emit("error", error);
     }
   }
 
@@ -610,7 +602,7 @@ export class Client {
       const entry = this.entries.get(channel);
       const answer = link.expect(`resume:${channel}`, this.requestTimeout);
       if (entry) this.follow(link, entry, answer, true);
-      else answer.then(() => link.send({ type: "unsubscribe", id: this.id(), payload: { channel } }), () => undefined);
+      else answer.then(() => this.unsubscribeOn(link, channel), () => undefined);
     }
     for (const entry of this.entries.values()) {
       if (!restored.has(entry.channel)) this.subscribeOn(link, entry, entry.acked);
@@ -621,7 +613,8 @@ export class Client {
     const payload: Record<string, unknown> = { channel: entry.channel };
     const since = this.positions.get(entry.channel);
     if (since) payload.since = { offset: since.offset, epoch: since.epoch };
-    this.follow(link, entry, link.request(this.id(), "subscribe", payload, this.requestTimeout), again, since !== undefined);
+    const answer = link.request(this.id(), "subscribe", payload, this.requestTimeout);
+    this.follow(link, entry, answer, again, since !== undefined);
   }
 
   /** Act on a (re)subscription's answer. */
@@ -636,7 +629,7 @@ export class Client {
     answer.then(
       (ack) => {
         if (this.entries.get(entry.channel) !== entry) {
-          link.send({ type: "unsubscribe", id: this.id(), payload: { channel: entry.channel } });
+          this.unsubscribeOn(link, entry.channel); // given up while it was being taken
           return;
         }
         if (entry.link !== link) return;
@@ -649,10 +642,17 @@ export class Client {
         } else if (!hadSince) {
           this.positions.start(entry.channel, offset, epoch);
           if (again && offset === null) {
-            this.gap(entry, { channel: entry.channel, reason: "reconnect", sinceTs: this.lostAt, untilTs: Date.now() });
+            const { channel } = entry;
+            this.gap(entry, { channel, reason: "reconnect", sinceTs: this.lostAt, untilTs: Date.now() });
           }
         }
-        const info: Subscribed = { channel: entry.channel, offset, epoch, recovered, resubscribed: again };
+        const info: Subscribed = {
+          channel: entry.channel,
+          offset,
+          epoch,
+          recovered,
+          resubscribed: again,
+        };
         entry.acked = true;
         entry.ackedOn = link;
         entry.resolveReady(info);
@@ -674,6 +674,10 @@ export class Client {
     );
   }
 
+  private unsubscribeOn(link: Link, channel: string): void {
+    link.send({ type: "unsubscribe", id: this.id(), payload: { channel } });
+  }
+
   private gap(entry: Entry | undefined, gap: Gap): void {
     this.events.emit("gap", gap);
     for (const handlers of [...(entry?.handlers ?? [])]) handlers.gap?.(gap);
@@ -683,7 +687,7 @@ export class Client {
 
   private onFrame(link: Link, frame: Frame): void {
     if (this.link !== link) return;
-    this.touch(link);
+    this.liveness?.touch();
     const p = frame.payload;
     switch (frame.type) {
       case "event":
@@ -700,7 +704,8 @@ export class Client {
           p.retryable === true,
         );
         if (frame.id === "probe") return;
-        if (frame.id === undefined || !link.answer(frame.id, null, error)) this.events.emit("error", error);
+        const waited = frame.id !== undefined && link.answer(frame.id, null, error);
+        if (!waited) this.events.emit("error", error);
         return;
       }
       case "gap": {
@@ -717,7 +722,8 @@ export class Client {
       case "leave": {
         const change: PresenceChange = { channel: String(p.channel ?? ""), user: String(p.user ?? "") };
         this.events.emit(frame.type, change);
-        for (const handlers of [...(this.entries.get(change.channel)?.handlers ?? [])]) handlers[frame.type]?.(change);
+        const entry = this.entries.get(change.channel);
+        for (const handlers of [...(entry?.handlers ?? [])]) handlers[frame.type]?.(change);
         return;
       }
       case "reconnect":
@@ -749,6 +755,10 @@ export class Client {
     }
     for (const handlers of [...entry.handlers]) handlers.event?.(event);
   }
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 function withQuery(url: string, key: string, value: string): string {

@@ -8,6 +8,8 @@ import { SwitchboardError } from "./errors.js";
 import { splitFrame, type Frame } from "./frames.js";
 
 export const SUBPROTOCOL = "switchboard.v1";
+/** How long an `error` event waits for its `close` before the link ends as 1006. */
+const ERROR_GRACE_MS = 500;
 /** Close code the client uses when it gives a connection up itself. */
 export const CLIENT_ABORT = 4000;
 
@@ -42,7 +44,9 @@ export class Link {
     };
     ws.onclose = (e: CloseEvent) => this.finish({ code: e.code || 1006, reason: e.reason || "" });
     ws.onerror = () => {
-      // An error is always followed by a close event, which carries the code.
+      // Browsers follow an error with a close event, which carries the code; some
+      // runtimes (Node 20's WebSocket after a refused connection) never do.
+      setTimeout(() => this.finish({ code: 1006, reason: "connection failed" }), ERROR_GRACE_MS);
     };
   }
 
@@ -111,11 +115,8 @@ export class Link {
     if (this.ended) return;
     this.ended = true;
     this.ws.onmessage = this.ws.onclose = this.ws.onerror = null;
-    const error = new SwitchboardError(
-      "disconnected",
-      `connection closed (${closure.code}${closure.reason ? " " + closure.reason : ""}) before the answer`,
-      true,
-    );
+    const why = `${closure.code}${closure.reason ? " " + closure.reason : ""}`;
+    const error = new SwitchboardError("disconnected", `closed (${why}) before the answer`, true);
     for (const [id, waiting] of [...this.pending]) {
       this.pending.delete(id);
       clearTimeout(waiting.timer);
