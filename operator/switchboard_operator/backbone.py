@@ -54,6 +54,11 @@ class Unreachable(Exception):
     """NATS cannot take the request now; the caller retries later."""
 
 
+class Refused(Unreachable):
+    """NATS cannot do it as asked (e.g. more replicas than it has servers); retried
+    later too, as servers may be added."""
+
+
 class OperatorBackbone:
     def __init__(
         self,
@@ -120,6 +125,8 @@ class OperatorBackbone:
     async def apply_channel(self, name: str, spec: ChannelSpec) -> None:
         try:
             await channelstore.write_channel(self.client, name, spec, self._prefix, self._replicas)
+        except channelstore.ReplicasRefused as exc:
+            raise Refused(f"channel {name}: {exc}") from None
         except (nats.errors.Error, TimeoutError) as exc:
             raise Unreachable(f"channel {name}: {exc!r}") from None
 

@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 from pydantic import BaseModel, ValidationError
 
-from switchboard_operator.backbone import OperatorBackbone, Unreachable
+from switchboard_operator.backbone import OperatorBackbone, Refused, Unreachable
 from switchboard_operator.drains import DrainLedger
 from switchboard_operator.kube import KubeApi, KubeError
 from switchboard_operator.kube import login as kube_login
@@ -119,8 +119,9 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         try:
             await ctx.backbone.apply_channel(name, parsed)
         except Unreachable as exc:
+            reason = "ReplicasRefused" if isinstance(exc, Refused) else "NatsUnavailable"
             patch.status["conditions"] = [
-                _ready("False", "NatsUnavailable", str(exc), status.get("conditions"))
+                _ready("False", reason, str(exc), status.get("conditions"))
             ]
             raise kopf.TemporaryError(str(exc), delay=RETRY_S) from None
         ctx.metrics.channel_applies += 1

@@ -351,3 +351,45 @@ async def _open(edge: Edge, count: int) -> list[Any]:
             )
         )
     return sockets
+
+
+@pytest.mark.parametrize(
+    ("replicas", "reason", "message"),
+    [
+        (2, "InvalidSpec", "spec.history.replicas: Input should be 1, 3 or 5"),
+        # the session's NATS is a single server: it cannot keep three copies
+        (3, "ReplicasRefused", "NATS cannot keep 3 replicas"),
+    ],
+)
+async def test_replicas_nats_cannot_keep_are_reported_not_applied(
+    api: tuple[ApiClient, Path],
+    operator: OperatorProcess,
+    nats_server: NatsServer,
+    replicas: int,
+    reason: str,
+    message: str,
+) -> None:
+    client_api, _ = api
+    name = f"oprepl{replicas}"
+    channel = {
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "Channel",
+        "metadata": {"name": name, "namespace": NS, "resourceVersion": "1"},
+        "spec": {"history": {"size": 10, "ttl": "1m", "replicas": replicas}},
+    }
+    await client_api.create(channel_path(NS), channel)
+
+    async def refused() -> Any:
+        condition = ready(await client_api.get(channel_path(NS, name)))
+        return condition if condition and condition["status"] == "False" else None
+
+    condition = await eventually(refused)
+    assert condition["reason"] == reason
+    assert message in condition["message"]
+    nc = await nats.connect(nats_server.url)
+    try:
+        assert await kv_get(nc.jetstream(), name) is None
+        with pytest.raises(NotFoundError):
+            await nc.jetstream().stream_info(f"SB_CH_{name}")
+    finally:
+        await nc.close()
