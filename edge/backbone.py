@@ -25,14 +25,12 @@ from nats.js.kv import KeyValue
 
 from edge.ports import Delivery, NoResponders, Reply, RequestTimeout, Unavailable
 from switchboard import channelstore
+from switchboard.natsauth import redact
+from switchboard.natsnames import CHANNELS_BUCKET, EDGES_BUCKET, PRESENCE_BUCKET, TICKETS_BUCKET
 from switchboard.settings import ReplicasSetting
 
 log = logging.getLogger("switchboard.edge.backbone")
 
-TICKETS_BUCKET = "sb_tickets"
-EDGES_BUCKET = "sb_edges"
-CHANNELS_BUCKET = "sb_channels"
-PRESENCE_BUCKET = "sb_presence"
 # JetStream's "wrong last sequence" API errors: a conditional write lost a race.
 WRONG_LAST_SEQUENCE = (10071, 10164)
 CURSOR_IDLE_S = 30.0  # the server drops a replay consumer nobody read for this long
@@ -112,7 +110,7 @@ class NatsBackbone:
             error_cb=self._error,
             **self._options,
         )
-        log.info("nats connected", extra={"servers": self._servers})
+        log.info("nats connected", extra={"servers": [redact(s) for s in self._servers]})
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:

@@ -15,6 +15,7 @@ class EdgeMetrics:
     connections_total: int = 0
     # (HTTP status, "http" or "close"): refused before the 101, or closed in band after it
     refusals: Counter[tuple[int, str]] = field(default_factory=Counter)
+    control_refused: int = 0  # control messages not understood (ignored, answered ok: false)
 
 
 def render(
@@ -36,6 +37,12 @@ def render(
             lines.append(f"{name}{labels} {value:g}")
 
     metric("sb_edge_connections", "gauge", "Open client connections.", {"": connections})
+    metric(
+        "sb_edge_control_refused_total",
+        "counter",
+        "Control messages refused (malformed or unknown command): nothing was done.",
+        {"": metrics.control_refused},
+    )
     metric(
         "sb_edge_subscriptions",
         "gauge",

@@ -14,6 +14,7 @@ import logging
 
 from edge import protocol
 from edge.ports import Backbone, Unavailable
+from switchboard.natsnames import presence_feed_prefix
 
 log = logging.getLogger("switchboard.edge.presence")
 
@@ -36,7 +37,7 @@ def user_of(key: str) -> str:
 
 
 def feed_subject(prefix: str, channel: str) -> str:
-    return f"{prefix}.presence.{channel_key(channel)}"
+    return f"{presence_feed_prefix(prefix)}.{channel_key(channel)}"
 
 
 class Presence:

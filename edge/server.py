@@ -53,6 +53,7 @@ from edge.upgrade import (
 from switchboard.codes import CloseCode
 from switchboard.localdrain import HEADER as DRAIN_SECRET_HEADER
 from switchboard.localdrain import remove_secret, secret_path, write_secret
+from switchboard.natsnames import control_subject, drain_subject
 from switchboard.resume import mint_resume, read_resume
 from switchboard.settings import ChannelPolicy, EdgeSettings
 from switchboard.tokens import Claims, TokenError, TokenVerifier, mint_token
@@ -302,7 +303,7 @@ class EdgeServer:
         body = json.dumps(
             {"pod": self.settings.pod_name, "connections": len(self.connections), "reason": reason}
         ).encode()
-        subject = f"{self.settings.subject_prefix}.operator.drain"
+        subject = drain_subject(self.settings.subject_prefix)
         try:
             answer = await self.backbone.request(
                 subject, body, {}, self.settings.drain_grant_timeout_s
@@ -315,7 +316,7 @@ class EdgeServer:
     async def listen_for_control(self) -> None:
         """`sb.edge.<pod>.ctl`: `{"command": "drain"}` or
         `{"command": "rate", "reconnects_per_second": N}`."""
-        subject = f"{self.settings.subject_prefix}.edge.{self.settings.pod_name}.ctl"
+        subject = control_subject(self.settings.subject_prefix, self.settings.pod_name)
         self._ctl = await self.backbone.subscribe(subject, self._on_control)
 
     def _on_control(self, delivery: Delivery) -> None:
@@ -332,7 +333,16 @@ class EdgeServer:
                 applied = self.offer_pace(command)
                 answer = {"ok": True} if applied else {"ok": False, "error": RATE_IGNORED}
             else:
-                answer = {"ok": False, "error": f"unknown command {kind!r}"}
+                answer = {"ok": False, "error": f"unknown command {kind!r}"[:200]}
+        if not answer["ok"] and answer["error"] != RATE_IGNORED:  # a stale pace is normal
+            # NATS lets only the operator publish here; anything refused is a bug or a
+            # probe: do nothing, say so, and count it
+            self.metrics.control_refused += 1
+            log.warning(
+                "refused a control message: %s",
+                answer["error"],
+                extra={"pod": self.settings.pod_name, "bytes": len(delivery.data)},
+            )
         if delivery.reply:
             task = asyncio.create_task(
                 self.backbone.publish(delivery.reply, json.dumps(answer).encode(), {})

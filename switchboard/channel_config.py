@@ -14,12 +14,13 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from switchboard.channels import is_valid_channel
+from switchboard.channels import channel_subject, is_valid_channel
+from switchboard.natsnames import CHANNELS_BUCKET, STREAM_PREFIX
 from switchboard.settings import ChannelPolicy, Replicas, ReplicasSetting
 
 API_VERSION = "switchboard.dev/v1alpha1"
 KIND = "Channel"
-BUCKET = "sb_channels"
+BUCKET = CHANNELS_BUCKET
 
 T = TypeVar("T")
 
@@ -53,11 +54,11 @@ def resolve_replicas(setting: ReplicasSetting, clustered: bool) -> int:
 
 def stream_name(channel_config: str) -> str:
     """The JetStream stream holding the history of a Channel (and of its sub-channels)."""
-    return f"SB_CH_{channel_config}"
+    return f"{STREAM_PREFIX}{channel_config}"
 
 
 def stream_subjects(prefix: str, channel_config: str) -> list[str]:
-    base = f"{prefix}.ch.{channel_config}"
+    base = channel_subject(prefix, channel_config)
     return [base, f"{base}.>"]
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from switchboard.natsauth import redact
 from switchboard.settings import SettingsError, load_edge_settings
 
 if TYPE_CHECKING:
@@ -201,7 +202,7 @@ async def _channel_store(args: argparse.Namespace, manifests: list[tuple[str, Ch
             for name, spec in sorted((await channelstore.list_channels(url)).items()):
                 print(f"{name}\t{spec.to_json().decode()}")
     except OSError as exc:
-        print(f"error: cannot reach NATS at {url}: {exc}", file=sys.stderr)
+        print(f"error: cannot reach NATS at {redact(url)}: {exc}", file=sys.stderr)
         return 1
     except channelstore.ReplicasRefused as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ the server asks for one (mutual TLS).
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,8 @@ class CliNatsSettings(BaseSettings, NatsCredentials):
 def cli_connect_options() -> dict[str, Any]:
     """The CLI's `nats.connect` options, from `SB_NATS_*` (credentials in the URL work too)."""
     return connect_options(CliNatsSettings())
+
+
+def redact(urls: str) -> str:
+    """NATS URL(s) fit for logs and errors: any password or token replaced by `***`."""
+    return re.sub(r"(//[^:/@,]*:)[^@,]*@|(//)[^:/@,]+@", lambda m: (m[1] or m[2]) + "***@", urls)

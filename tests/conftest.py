@@ -70,11 +70,14 @@ class EdgeFactory:
             "SB_EDGE_HOST": "127.0.0.1",
             "SB_EDGE_PORT": str(port),
             "SB_EDGE_POD_NAME": name,
-            "SB_EDGE_NATS_URL": self.nats.url,
+            "SB_EDGE_NATS_URL": self.nats.address,
             "SB_EDGE_JWT_SECRET": SECRET,
             "SB_EDGE_ALLOWED_ORIGINS": ALLOWED_ORIGINS,
             "SB_EDGE_DEV_TOKENS": "true",
         }
+        if self.nats.passwords is not None:  # the edge role's own login (DESIGN §6)
+            user, password = self.nats.credentials("edge")
+            env |= {"SB_EDGE_NATS_USER": user, "SB_EDGE_NATS_PASSWORD": password}
         env |= {f"SB_EDGE_{k.upper()}": v for k, v in settings.items()}
         edge = Edge(name, port, env, log_path=os.path.join(self.tmp, f"{name}.log")).start()
         self.started.append(edge)
@@ -87,7 +90,9 @@ class EdgeFactory:
 
 @pytest.fixture(scope="session")
 def nats_server() -> Iterator[NatsServer]:
-    with NatsServer() as server:
+    # with the role users and permissions the chart runs: edges log in as edges, the
+    # channel CLI as the operator, and `nats_server.url` is a backend's URL
+    with NatsServer(auth=True) as server:
         yield server
 
 

@@ -23,11 +23,12 @@ from nats.js.errors import NotFoundError
 
 from switchboard import channelstore
 from switchboard.channel_config import ChannelSpec, stream_name
+from switchboard.natsauth import redact
+from switchboard.natsnames import EDGES_BUCKET, control_subject, drain_subject
 from switchboard.settings import ReplicasSetting
 
 log = logging.getLogger("switchboard.operator.backbone")
 
-EDGES_BUCKET = "sb_edges"
 
 # (pod, connections) → the pace granted, or None to stay silent (not ours to answer).
 GrantFn = Callable[[str, int], Awaitable[float | None]]
@@ -97,7 +98,7 @@ class OperatorBackbone:
             except (nats.errors.Error, OSError) as exc:
                 log.warning("nats not reachable yet: %s", exc)
                 await asyncio.sleep(1)
-        log.info("nats connected", extra={"servers": self._servers})
+        log.info("nats connected", extra={"servers": [redact(s) for s in self._servers]})
         self._spawn(self._follow_edges())
 
     async def close(self) -> None:
@@ -215,12 +216,12 @@ class OperatorBackbone:
                 answer = {"reconnects_per_second": rate, "seq": self._next_seq()}
                 await msg.respond(json.dumps(answer).encode())
 
-        await self.client.subscribe(f"{self._prefix}.operator.drain", cb=on_request)
+        await self.client.subscribe(drain_subject(self._prefix), cb=on_request)
 
     async def send_rate(self, pod: str, rate: float) -> None:
         """Re-pace a drain already running on `pod`."""
         body = {"command": "rate", "reconnects_per_second": rate, "seq": self._next_seq()}
         try:
-            await self.client.publish(f"{self._prefix}.edge.{pod}.ctl", json.dumps(body).encode())
+            await self.client.publish(control_subject(self._prefix, pod), json.dumps(body).encode())
         except (nats.errors.Error, Unreachable) as exc:
             log.warning("rate not sent to %s: %s", pod, exc)

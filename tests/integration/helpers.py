@@ -50,7 +50,15 @@ async def settle(nc: NatsClient) -> None:
 
 def channel_cli(nats: NatsServer, *args: str, stdin: str | None = None) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "switchboard", "channel", "--nats-url", nats.url, *args],
+        [
+            sys.executable,
+            "-m",
+            "switchboard",
+            "channel",
+            "--nats-url",
+            nats.url_for("operator"),  # the operator's job, done by hand
+            *args,
+        ],
         input=stdin,
         capture_output=True,
         text=True,

@@ -188,17 +188,18 @@ async def js_cleanup(nc: NatsClient, *streams: str) -> None:
 
 async def test_single_server_keeps_one_copy_and_refuses_three(nats_server: NatsServer) -> None:
     """Dev mode: one server, so `auto` is R1; R3 asked of it is refused, named."""
-    nc = await nats.connect(nats_server.url)
+    operator_url = nats_server.url_for("operator")  # channels are the operator's to write
+    nc = await nats.connect(operator_url)
     assert channelstore.replicas_for(nc, "auto") == 1
     await nc.close()
     one = channel_cli(
-        nats_server.url, "apply", "-f", "-", stdin=manifest("solo", "{history: {size: 5, ttl: 1m}}")
+        operator_url, "apply", "-f", "-", stdin=manifest("solo", "{history: {size: 5, ttl: 1m}}")
     )
     assert one.returncode == 0, one.stderr
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(operator_url)
     assert (await stream_info(nc, "SB_CH_solo")).config.num_replicas == 1
     three = channel_cli(
-        nats_server.url,
+        operator_url,
         "apply",
         "-f",
         "-",
@@ -207,7 +208,7 @@ async def test_single_server_keeps_one_copy_and_refuses_three(nats_server: NatsS
     assert three.returncode == 1
     assert "stream SB_CH_solo: NATS cannot keep 3 replicas" in three.stderr
     assert (await stream_info(nc, "SB_CH_solo")).config.num_replicas == 1  # unchanged
-    assert channel_cli(nats_server.url, "delete", "solo").returncode == 0
+    assert channel_cli(operator_url, "delete", "solo").returncode == 0
     await nc.close()
 
 
