@@ -202,11 +202,12 @@ class NatsBackbone:
 
     async def _bucket(self, name: str, ttl_s: float) -> KeyValue:
         """A KV bucket, created with `ttl_s` if it does not exist yet; created (or
-        raised) to the replica count of `SB_EDGE_JETSTREAM_REPLICAS` on first use."""
+        raised) to the replica count of `SB_EDGE_JETSTREAM_REPLICAS` on first use.
+        `sb_channels` only read here: its writer (operator, CLI) raises it."""
         if name not in self._buckets:
             replicas = channelstore.replicas_for(self.client, self._replicas_setting)
             self._buckets[name] = await channelstore.ensure_bucket(
-                self.client, name, ttl_s, replicas
+                self.client, name, ttl_s, replicas, owner=name != CHANNELS_BUCKET
             )
         return self._buckets[name]
 

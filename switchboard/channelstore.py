@@ -120,12 +120,19 @@ def replicas_for(nc: Client, setting: ReplicasSetting) -> int:
 
 
 async def ensure_bucket(
-    nc: Client, name: str, ttl_s: float, replicas: int, op_timeout_s: float = 5
+    nc: Client,
+    name: str,
+    ttl_s: float,
+    replicas: int,
+    op_timeout_s: float = 5,
+    *,
+    owner: bool = True,
 ) -> KeyValue:
-    """The KV bucket `name`: created with `replicas` copies if missing, raised to
-    `replicas` if it has fewer (never lowered: another writer may want more). The
-    handle returned uses nats-py's usual timeouts: a write the stream leader never
-    answers (it is being replaced) does not get any answer later either."""
+    """The KV bucket `name`: created with `replicas` copies if missing; if it has
+    fewer, raised to `replicas` by its `owner` (never lowered: another writer may want
+    more; a reader, e.g. an edge of `sb_channels`, may not change it). The handle
+    returned uses nats-py's usual timeouts: a write the stream leader never answers
+    (it is being replaced) does not get any answer later either."""
     js = _admin(nc)
     try:
         info = await js.stream_info(f"KV_{name}")
@@ -138,7 +145,7 @@ async def ensure_bucket(
             if exc.err_code != STREAM_NAME_IN_USE:
                 raise
         info = await js.stream_info(f"KV_{name}")
-    if (info.config.num_replicas or 1) < replicas:
+    if owner and (info.config.num_replicas or 1) < replicas:
         info.config.num_replicas = replicas
         with _placing(f"bucket {name}", replicas):
             await js.update_stream(info.config)
