@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -274,3 +276,65 @@ async def test_tickets_across_origins(
         ".filter((name) => name.endsWith('/v1/tickets'))"
     )
     assert asked == [f"{edge1.http_url}/v1/tickets"]
+
+
+async def test_f_frozen_edge_noticed_by_the_silence_probe(
+    browser: Any, app: str, history: None, nats_server: NatsServer, edge_factory: EdgeFactory
+) -> None:
+    """SIGSTOP: no close, no FIN. The page cannot see WebSocket pings; its probe goes
+    unanswered, it gives the connection up and recovers elsewhere with `since`."""
+    a = edge_factory.start("page-f-frozen", ping_interval_s="1")
+    b = edge_factory.start("page-f-other")
+    assert a.process is not None
+    page = await open_page(browser, app, [a, b], "pagehist:f", probe_ms="1500")
+    try:
+        async with backend_on(nats_server.url, "pagehist:f") as backend:
+            await wait_js(page, "window.sbLog.hist.length >= 25")
+            a.process.send_signal(signal.SIGSTOP)
+            await wait_js(page, "window.sbLog.acks.length >= 2")
+            await asyncio.sleep(1)
+            log = await everything_arrived(page, backend)
+    finally:
+        a.process.send_signal(signal.SIGCONT)
+    assert [d["code"] for d in log["disconnected"]] == [4000]
+    assert "no answer from the edge" in log["disconnected"][0]["reason"]
+    assert log["connected"][1]["url"] == b.ws_url
+    assert log["acks"][1]["recovered"] is True
+
+
+async def test_e_resubscription_failing_while_nats_is_down_is_retried_until_it_is_back(
+    browser: Any, app: str, own_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The page's edge dies while NATS is down: on the other edge its resubscription is
+    answered `unavailable`; that fails the connection, the page backs off and tries
+    again until NATS is back, then recovers everything with `since`."""
+    channel_cli(own_nats, "apply", "-f", "-", stdin=HISTORY)
+    factory = EdgeFactory(own_nats, str(tmp_path_factory.mktemp("page-e2-edges")))
+    try:
+        a = factory.start("page-e2-1")
+        b = factory.start("page-e2-2")
+        assert a.process is not None
+        page = await open_page(browser, app, [a, b], "pagehist:e2")
+        async with backend_on(own_nats.url, "pagehist:e2") as backend:
+            await wait_js(page, "window.sbLog.hist.length >= 25")
+            own_nats.stop(keep_store=True)
+            a.process.kill()
+            await wait_js(page, "window.sbLog.disconnected.some((d) => d.code === 4000)")
+            await asyncio.sleep(2)
+            own_nats.start()
+            await wait_js(page, "window.sbLog.acks.length >= 2", timeout_s=30)
+            await asyncio.sleep(1)
+            log = await everything_arrived(page, backend)
+        codes = [d["code"] for d in log["disconnected"]]
+        assert codes[0] == 1006
+        failed = [d for d in log["disconnected"] if d["code"] == 4000]
+        assert failed, codes
+        # answered `unavailable`, or not answered in time: either fails the connection
+        assert all(
+            re.fullmatch(r"subscribe 'pagehist:e2' failed: (unavailable|no_answer)", d["reason"])
+            for d in failed
+        ), failed
+        assert all(d["willRetry"] for d in log["disconnected"])
+        assert log["acks"][1]["recovered"] is True
+    finally:
+        factory.stop_all()
