@@ -202,9 +202,17 @@ class NatsServer:
 
 class NatsCluster:
     """N nats-servers with JetStream, routed together on loopback, each with its own
-    store directory; `url` lists them all, comma-separated, as edges take it."""
+    store directory; `url` lists them all, comma-separated, as edges take it. With
+    `auth`, every node has the same role users (see `NatsServer`)."""
 
-    def __init__(self, size: int = 3, base_dir: str | None = None, name: str = "sb") -> None:
+    def __init__(
+        self,
+        size: int = 3,
+        base_dir: str | None = None,
+        name: str = "sb",
+        *,
+        auth: bool = False,
+    ) -> None:
         self._own_dir = base_dir is None
         self.base_dir = base_dir or tempfile.mkdtemp(prefix="sb-nats-cluster-")
         route_ports = [free_port() for _ in range(size)]
@@ -214,13 +222,28 @@ class NatsCluster:
                 store_dir=os.path.join(self.base_dir, f"n{i}"),
                 name=f"{name}-{i}",
                 routes=Routes(name, route_ports[i], urls),
+                auth=auth,
             )
             for i in range(size)
         ]
+        for node in self.nodes[1:]:
+            node.passwords = self.nodes[0].passwords  # one set of users, cluster-wide
+
+    @property
+    def address(self) -> str:
+        """Every node's URL, without credentials."""
+        return ",".join(node.address for node in self.nodes)
 
     @property
     def url(self) -> str:
+        """Every node's URL, as a backend connects (see `NatsServer.url`)."""
         return ",".join(node.url for node in self.nodes)
+
+    def url_for(self, role: Role) -> str:
+        return ",".join(node.url_for(role) for node in self.nodes)
+
+    def credentials(self, role: Role) -> tuple[str, str]:
+        return self.nodes[0].credentials(role)
 
     def node(self, name: str) -> NatsServer:
         return next(n for n in self.nodes if n.name == name)

@@ -1,5 +1,6 @@
-"""A real 3-node NATS cluster (JetStream, routes on loopback, a store per node) and
-edges connected to all of it, for the replication and node-loss tests."""
+"""A real 3-node NATS cluster (JetStream, routes on loopback, a store per node, the
+role users and permissions the chart runs) and edges connected to all of it, for the
+replication and node-loss tests."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from switchboard.natsserver import NatsCluster, free_port
+from switchboard.permissions import Role
 from tests.conftest import ALLOWED_ORIGINS, SECRET, Edge
 
 
@@ -30,10 +32,12 @@ class ClusterEdges:
             "SB_EDGE_HOST": "127.0.0.1",
             "SB_EDGE_PORT": str(port),
             "SB_EDGE_POD_NAME": name,
-            "SB_EDGE_NATS_URL": self.cluster.url,
+            "SB_EDGE_NATS_URL": self.cluster.address,
             "SB_EDGE_JWT_SECRET": SECRET,
             "SB_EDGE_ALLOWED_ORIGINS": ALLOWED_ORIGINS,
         }
+        user, password = self.cluster.credentials("edge")  # edges log in as edges
+        env |= {"SB_EDGE_NATS_USER": user, "SB_EDGE_NATS_PASSWORD": password}
         env |= {f"SB_EDGE_{k.upper()}": v for k, v in settings.items()}
         edge = Edge(name, port, env, log_path=os.path.join(self.tmp, f"{name}.log")).start()
         self.started.append(edge)
@@ -47,7 +51,8 @@ class ClusterEdges:
 
 @pytest.fixture(scope="module")
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    with NatsCluster(3, base_dir=str(tmp_path_factory.mktemp("nats-cluster"))) as cluster:
+    base_dir = str(tmp_path_factory.mktemp("nats-cluster"))
+    with NatsCluster(3, base_dir=base_dir, auth=True) as cluster:
         yield cluster
 
 
@@ -60,9 +65,10 @@ def cluster_edges(
     edges.stop_all()
 
 
-async def connect(cluster: NatsCluster, **options: Any) -> NatsClient:
-    """A nats-py client (a backend, or the test's own eyes) on every node of `cluster`."""
-    servers = [node.url for node in cluster.nodes]
+async def connect(cluster: NatsCluster, role: Role, **options: Any) -> NatsClient:
+    """A nats-py client with `role`'s permissions on every node of `cluster`: a backend,
+    the operator, or an edge's rights (which may read every stream's info)."""
+    servers = [node.url_for(role) for node in cluster.nodes]
     return await nats.connect(
         servers=servers, max_reconnect_attempts=-1, reconnect_time_wait=0.2, **options
     )

@@ -91,13 +91,14 @@ async def ticket_login(edge_http: str, edge_ws: str, user: str) -> Client:
 async def test_existing_r1_state_is_raised_to_r3(
     nats_cluster: NatsCluster, cluster_edges: ClusterEdges
 ) -> None:
-    nc = await connect(nats_cluster)
+    operator_url = nats_cluster.url_for("operator")  # the CLI writes channels as the operator
+    nc = await connect(nats_cluster, "edge")  # edges create their buckets (and read all)
     js = nc.jetstream()
     # An older install: every bucket and a history stream at one copy.
     for bucket in BUCKETS:
         await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, replicas=1))
     old = channel_cli(
-        nats_cluster.url,
+        operator_url,
         "apply",
         "-f",
         "-",
@@ -112,7 +113,7 @@ async def test_existing_r1_state_is_raised_to_r3(
     # Without `replicas` the stream follows the cluster (auto): raised on the next
     # reconcile (here the CLI; the operator does the same on resume or update).
     applied = channel_cli(
-        nats_cluster.url,
+        operator_url,
         "apply",
         "-f",
         "-",
@@ -147,17 +148,17 @@ async def test_new_state_is_r3_even_with_a_node_down(nats_cluster: NatsCluster) 
     try:
         await asyncio.sleep(1)
         spec = ChannelSpec(history=HistorySpec(size=10, ttl="1m"))
-        nc = await connect(nats_cluster)
+        nc = await connect(nats_cluster, "operator")
         # Retried as the operator does (every 5 s): the killed node may have led
         # `sb_channels`, which takes its writes again after an election (4-9 s).
         async with asyncio.timeout(40):
             while True:
                 try:
-                    await channelstore.put_channel(nats_cluster.url, "downtime", spec)
-                    kv = await channelstore.ensure_bucket(
+                    url = nats_cluster.url_for("operator")
+                    await channelstore.put_channel(url, "downtime", spec)
+                    await channelstore.ensure_bucket(
                         nc, "sb_probe", 0, channelstore.replicas_for(nc, "auto")
                     )
-                    await kv.put("k", b"v")
                     break
                 except (nats.errors.Error, OSError):
                     await asyncio.sleep(1)
@@ -391,7 +392,7 @@ def max_silence(times: list[float], start: float, end: float) -> float:
 async def test_one_node_lost_and_back_loses_nothing_acked(
     nats_cluster: NatsCluster, cluster_edges: ClusterEdges
 ) -> None:
-    url = nats_cluster.url
+    url = nats_cluster.url_for("operator")  # Channels are written as the operator does
     await channelstore.put_channel(
         url, "faults", ChannelSpec(history=HistorySpec(size=100_000, ttl="10m"))
     )
@@ -402,9 +403,10 @@ async def test_one_node_lost_and_back_loses_nothing_acked(
         cluster_edges.start(f"edge-f{i}", stats_interval_s="0.5", abuse_errors="100000")
         for i in range(3)
     ]
-    nc = await connect(nats_cluster)
+    nc = await connect(nats_cluster, "backend")  # publishes, with JetStream acks
     js = nc.jetstream()
-    assert (await copies(nc, "SB_CH_faults"))[0] == 3
+    eyes = await connect(nats_cluster, "edge")  # may read any stream's info (leaders)
+    assert (await copies(eyes, "SB_CH_faults"))[0] == 3
 
     # Subscribers: a raw client and a presence member per edge, logged in with tickets,
     # and a ResilientClient over all edges.
@@ -443,7 +445,9 @@ async def test_one_node_lost_and_back_loses_nothing_acked(
     targets: list[tuple[str, str | None]] = [(r, None) for r in ROUNDS]
     targets.append(("node of edge-f0", f"sb-edge:{edges[0].name}"))
     for what, connection in targets:
-        victim_name = node_of(nats_cluster, connection) if connection else await leader_of(nc, what)
+        victim_name = (
+            node_of(nats_cluster, connection) if connection else await leader_of(eyes, what)
+        )
         assert victim_name is not None, what
         on_victim = {
             e.name for e in edges if node_of(nats_cluster, f"sb-edge:{e.name}") == victim_name
@@ -523,6 +527,7 @@ async def test_one_node_lost_and_back_loses_nothing_acked(
         await client.close()
     await resilient.close()
     await nc.close()
+    await eyes.close()
     for edge in edges:
         edge.stop()
         cluster_edges.started.remove(edge)
