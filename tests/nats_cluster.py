@@ -67,10 +67,17 @@ def cluster_edges(
 
 async def connect(cluster: NatsCluster, role: Role, **options: Any) -> NatsClient:
     """A nats-py client with `role`'s permissions on every node of `cluster`: a backend,
-    the operator, or an edge's rights (which may read every stream's info)."""
-    servers = [node.url_for(role) for node in cluster.nodes]
+    the operator, or an edge's rights (which may read every stream's info). The
+    credentials go as options, not in the URLs: nats-py reconnects to servers it
+    learned from the cluster too, and those URLs would carry none."""
+    user, password = cluster.credentials(role)
     return await nats.connect(
-        servers=servers, max_reconnect_attempts=-1, reconnect_time_wait=0.2, **options
+        servers=[node.address for node in cluster.nodes],
+        user=user,
+        password=password,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+        **options,
     )
 
 
