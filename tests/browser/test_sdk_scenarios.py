@@ -27,7 +27,7 @@ from tests.browser.app_server import app_server
 from tests.conftest import Edge, EdgeFactory, token
 from tests.integration.helpers import channel_cli
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
 
 HISTORY = """\
 apiVersion: switchboard.dev/v1alpha1
@@ -39,15 +39,19 @@ spec:
 
 
 class Backend:
-    """Publishes {"n": 0, 1, 2, …} at 50 msg/s with JetStream acks; retries what failed."""
+    """Publishes {"n": 0, 1, 2, …} at 50 msg/s with JetStream acks; retries what failed.
+
+    It stops only after a publish was acked, so `acked` is exactly what was stored.
+    """
 
     def __init__(self, js: JetStreamContext, subject: str) -> None:
         self.js = js
         self.subject = subject
         self.acked: list[int] = []
         self.failures = 0
-        self._task = asyncio.create_task(self._run())
         self._run_id = f"{time.time_ns()}"
+        self._running = True
+        self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         n = 0
@@ -65,12 +69,18 @@ class Backend:
                 continue
             self.acked.append(n)
             n += 1
+            if not self._running:
+                return
             await asyncio.sleep(0.02)
 
     async def stop(self) -> list[int]:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._running = False
+        try:
+            async with asyncio.timeout(30):
+                await asyncio.shield(self._task)
+        except TimeoutError:
+            self._task.cancel()
+            raise AssertionError("the backend could not publish for 30 s") from None
         return self.acked
 
 
@@ -93,8 +103,11 @@ async def backend_on(nats_url: str, channel: str) -> AsyncIterator[Backend]:
     try:
         yield backend
     finally:
-        await backend.stop()
-        await nc.close()
+        with contextlib.suppress(AssertionError):
+            await backend.stop()  # again after a scenario's own stop: returns at once
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await nc.close()
 
 
 async def open_page(browser: Any, app: str, edges: list[Edge], channel: str, **query: str) -> Any:
@@ -106,11 +119,17 @@ async def open_page(browser: Any, app: str, edges: list[Edge], channel: str, **q
     return page
 
 
-async def wait_js(page: Any, condition: str, timeout_s: float = 15) -> None:
+async def page_log(page: Any) -> dict[str, Any]:
+    async with asyncio.timeout(10):
+        log: dict[str, Any] = await page.evaluate("() => window.sbLog")
+    return log
+
+
+async def wait_js(page: Any, condition: str, timeout_s: float = 20) -> None:
     try:
         await page.wait_for_function(f"() => {condition}", timeout=timeout_s * 1000)
     except Exception as exc:
-        log = await page.evaluate("() => window.sbLog")
+        log = await page_log(page)
         raise AssertionError(f"page never reached `{condition}`; its log: {summary(log)}") from exc
 
 
@@ -125,7 +144,7 @@ async def everything_arrived(page: Any, backend: Backend) -> dict[str, Any]:
     assert len(acked) > 50, "the backend kept publishing through the scenario"
     await wait_js(page, f"window.sbLog.hist.length >= {len(acked)}")
     await asyncio.sleep(0.3)  # a duplicate would come now
-    log: dict[str, Any] = await page.evaluate("() => window.sbLog")
+    log = await page_log(page)
     assert log["hist"] == acked, f"lost, duplicated or out of order: {summary(log)}"
     return log
 
@@ -221,7 +240,7 @@ async def test_d_refused_handshake_at_a_draining_edge_1013_then_the_other_url(
     a.process.terminate()
     await asyncio.sleep(0.5)
     page = await open_page(browser, app, [a, b], "pagehist:d2")
-    log = await page.evaluate("() => window.sbLog")
+    log = await page_log(page)
     assert [(d["code"], d["reason"]) for d in log["disconnected"]] == [(1013, "retry after 1000")]
     assert [c["url"] for c in log["connected"]] == [b.ws_url]
     a.process.kill()
@@ -267,7 +286,7 @@ async def test_tickets_across_origins(
 ) -> None:
     """`tickets: true`: POST /v1/tickets from the app's origin (CORS), then `?ticket=`."""
     page = await open_page(browser, app, [edge1, edge2], "pagehist:t", tickets="1")
-    log = await page.evaluate("() => window.sbLog")
+    log = await page_log(page)
     assert [c["url"] for c in log["connected"]] == [edge1.ws_url]
     assert log["disconnected"] == []
     assert log["errors"] == []
