@@ -16,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 
 from switchboard.client import Client, Closed, SwitchboardError
 from tests.conftest import Edge, EdgeFactory, token
-from tests.integration.helpers import next_event
+from tests.integration.helpers import next_event, scrape_metrics
 
 
 def readyz(edge: Edge) -> int:
@@ -87,7 +87,7 @@ async def test_control_command_drains_at_the_operator_granted_pace(
     edge_factory: EdgeFactory,
 ) -> None:
     edge = edge_factory.start("edge-ctl", reconnect_jitter_ms="0")
-    nc = await nats.connect(edge_factory.nats.url)
+    nc = await nats.connect(edge_factory.nats.url_for("operator"))  # playing the operator
     asked: list[dict[str, object]] = []
 
     async def grant(msg: Msg) -> None:
@@ -121,6 +121,8 @@ async def test_control_command_drains_at_the_operator_granted_pace(
     assert closed_at[-1] - closed_at[0] >= 0.35
     bad = await nc.request("sb.edge.edge-ctl.ctl", b"nonsense", timeout=5)
     assert json.loads(bad.data)["ok"] is False
+    refused = await asyncio.to_thread(scrape_metrics, edge)
+    assert refused["sb_edge_control_refused_total"] == 1  # logged and counted, nothing done
     await nc.close()
 
 
@@ -130,7 +132,7 @@ async def test_the_newest_pace_wins_and_a_stale_one_is_refused(
     """The operator's grant (seq 10, 1/s) and re-paces (by seq) on a real edge: an
     older re-pace is refused and changes nothing; a newer one applies at once."""
     edge = edge_factory.start("edge-seq", reconnect_jitter_ms="0")
-    nc = await nats.connect(edge_factory.nats.url)
+    nc = await nats.connect(edge_factory.nats.url_for("operator"))  # playing the operator
 
     async def grant(msg: Msg) -> None:
         if json.loads(msg.data)["pod"] == "edge-seq":
@@ -162,7 +164,7 @@ async def test_live_stats_reach_the_sb_edges_bucket(edge_factory: EdgeFactory) -
     edge = edge_factory.start("edge-stats", stats_interval_s="0.2")
     clients = [await Client.connect(edge.ws_url, token=token(f"s{i}")) for i in range(3)]
     await clients[0].subscribe("stats:a")
-    nc = await nats.connect(edge_factory.nats.url)
+    nc = await nats.connect(edge_factory.nats.url_for("operator"))  # playing the operator
     kv = await nc.jetstream().key_value("sb_edges")
 
     async def current() -> dict[str, object]:

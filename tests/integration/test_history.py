@@ -28,8 +28,9 @@ async def test_history_channel_offsets_epoch_and_idempotent_publish(
     nats_server: NatsServer, edge1: Edge, edge2: Edge
 ) -> None:
     assert await asyncio.to_thread(channel_cli, nats_server, "apply", "-f", "-", stdin=HIST)
-    nc = await nats.connect(nats_server.url)
-    info = await nc.jetstream().stream_info("SB_CH_hist")
+    nc = await nats.connect(nats_server.url)  # a backend
+    ops = await nats.connect(nats_server.url_for("operator"))  # the test's eyes on the stream
+    info = await ops.jetstream().stream_info("SB_CH_hist")
     assert info.config.max_msgs_per_subject == 50
     assert info.config.max_age == 600
     await asyncio.sleep(0.5)  # both edges have read the config
@@ -73,6 +74,7 @@ async def test_history_channel_offsets_epoch_and_idempotent_publish(
         await client.close()
     await asyncio.to_thread(channel_cli, nats_server, "delete", "hist")
     await nc.close()
+    await ops.close()
 
 
 async def test_subscribe_since_recovers_what_was_missed_without_gap_or_duplicate(
@@ -139,7 +141,8 @@ async def test_recreated_stream_means_recovered_false(nats_server: NatsServer, e
     ack = await client.publish("again:x", "kept")
     position = {"offset": ack["offset"], "epoch": first["epoch"]}
     await client.unsubscribe("again:x")
-    nc = await nats.connect(nats_server.url)  # history lost: the stream is recreated
+    # history lost: the stream is recreated (as only the operator may)
+    nc = await nats.connect(nats_server.url_for("operator"))
     await nc.jetstream().delete_stream("SB_CH_again")
     await asyncio.sleep(0.01)
     await asyncio.to_thread(channel_cli, nats_server, "apply", "-f", "-", stdin=manifest)
