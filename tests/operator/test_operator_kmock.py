@@ -61,7 +61,7 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[ApiClient, Path]]:
 async def operator(
     api: tuple[ApiClient, Path], nats_server: NatsServer, tmp_path: Path
 ) -> AsyncIterator[OperatorProcess]:
-    async with run_operator(api[1], nats_server.url, NS, tmp_path) as process:
+    async with run_operator(api[1], nats_server.url_for("operator"), NS, tmp_path) as process:
         yield process
 
 
@@ -386,7 +386,7 @@ async def test_replicas_nats_cannot_keep_are_reported_not_applied(
     condition = await eventually(refused)
     assert condition["reason"] == reason
     assert message in condition["message"]
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(nats_server.url_for("operator"))  # reads config and streams
     try:
         assert await kv_get(nc.jetstream(), name) is None
         with pytest.raises(NotFoundError):
