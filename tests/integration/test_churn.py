@@ -17,13 +17,15 @@ one, with no client left, the edge must hold:
 Why those bounds: closed connections leave reference cycles (exceptions with their
 tracebacks and frames, cancelled tasks) that only a full collection frees, and the edge
 runs those rarely (gen-0 threshold 20,000 after gc.freeze). Under churn RSS therefore
-climbs ~28 MiB above the warm-up level over about four waves, then stays flat (two runs
-on a loaded 2-core machine: +28.5 and +28.9 MiB, last four waves within 0.6 MiB). An
+climbs 28-34 MiB above the warm-up level over four or five waves, then stays flat (three
+runs on a loaded 2-core machine: +28.5, +28.9, +33.6 MiB; last four waves within 0.6
+MiB). The garbage is mostly connections that ended abnormally (TCP reset or EOF): the
+exception websockets keeps for them holds frames that point back at the connection. An
 edge given a full collection after each wave stays within 1.6 MiB and its pymalloc
 allocated blocks stay at 22.1 MB: the climb is garbage awaiting collection, not live
-objects. The bounds leave room for that climb to come a wave later; a leak of the state
-of 1 in 10 connections (an idle connection costs ~10 KiB), or of ~0.5 KiB per accepted
-connection over the last four waves, exceeds them.
+objects. The bounds leave room for that climb to be higher or a wave later; a leak of
+~0.5 KiB per accepted connection (an idle connection costs ~10 KiB) shows over the last
+four waves (24,000 accepted connections) and exceeds TAIL_BOUND_KIB.
 
 The edge's own counters must account for every connection of the wave (accepted,
 refused by status, closed by code, publishes).
@@ -51,9 +53,9 @@ ROOT = Path(__file__).resolve().parents[2]
 WAVES = 10  # the first one warms up
 PER_WAVE = 10_000
 CONCURRENCY = 200  # clients in flight (fds on both sides stay far below nofile)
-# Measured (docs in the module docstring): after the warm-up RSS climbs ~28 MiB over
-# four waves, then stays within 1 MiB; Python's allocated blocks stay flat throughout.
-RSS_BOUND_KIB = 48 * 1024  # any wave vs the warm-up wave
+# Measured (see the module docstring): after the warm-up RSS climbs 28-34 MiB over
+# four or five waves, then stays within 1 MiB; Python's allocated blocks stay flat.
+RSS_BOUND_KIB = 64 * 1024  # any wave vs the warm-up wave
 TAIL_WAVES = 4
 TAIL_BOUND_KIB = 12 * 1024  # the last wave vs TAIL_WAVES waves before it
 
