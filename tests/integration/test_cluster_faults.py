@@ -71,7 +71,6 @@ async def copies(nc: NatsClient, stream: str) -> tuple[int, int]:
 
 async def ticket_login(edge_http: str, edge_ws: str, user: str) -> Client:
     """POST /v1/tickets with a JWT, then connect with `?ticket=` (as a browser does)."""
-    import urllib.request
 
     def post() -> str:
         request = urllib.request.Request(
@@ -80,8 +79,6 @@ async def ticket_login(edge_http: str, edge_ws: str, user: str) -> Client:
             headers={"Authorization": f"Bearer {token(user)}"},
         )
         with urllib.request.urlopen(request, timeout=5) as response:
-            import json
-
             return str(json.load(response)["ticket"])
 
     ticket = await asyncio.to_thread(post)
