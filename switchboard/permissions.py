@@ -58,6 +58,7 @@ def _kv_read(bucket: str) -> list[str]:
         f"{JS}.STREAM.MSG.GET.{stream}",
         f"{JS}.CONSUMER.CREATE.{stream}",
         f"{JS}.CONSUMER.CREATE.{stream}.>",
+        f"{JS}.CONSUMER.INFO.{stream}.>",  # an ordered consumer checks itself
         f"{JS}.CONSUMER.DELETE.{stream}.>",
         f"$JS.FC.{stream}.>",
     ]

@@ -121,8 +121,8 @@ async def test_control_command_drains_at_the_operator_granted_pace(
     assert closed_at[-1] - closed_at[0] >= 0.35
     bad = await nc.request("sb.edge.edge-ctl.ctl", b"nonsense", timeout=5)
     assert json.loads(bad.data)["ok"] is False
-    refused = await asyncio.to_thread(scrape_metrics, edge)
-    assert refused["sb_edge_control_refused_total"] == 1  # logged and counted, nothing done
+    counted = await asyncio.to_thread(scrape_metrics, edge)
+    assert counted["sb_edge_control_refused_total"] == 1  # logged and counted, nothing done
     await nc.close()
 
 

@@ -40,6 +40,7 @@ def kv_calls(bucket: str, key: str) -> list[str]:
         f"{JS}.DIRECT.GET.{stream}.$KV.{bucket}.{key}",
         f"{JS}.STREAM.MSG.GET.{stream}",
         f"{JS}.CONSUMER.CREATE.{stream}",
+        f"{JS}.CONSUMER.INFO.{stream}.abc",
     ]
 
 

@@ -80,7 +80,7 @@ async def test_channel_applied_enforced_reported_and_cleaned_up(
         "spec": {"history": {"size": 10, "ttl": "1m"}, "publish": {"clients": False}},
     }
     await client_api.create(channel_path(NS), channel)
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(nats_server.url_for("operator"))  # reads what it wrote
     js = nc.jetstream()
     try:
         # The KV entry and the stream exist, and the edge enforces the policy.
@@ -95,7 +95,9 @@ async def test_channel_applied_enforced_reported_and_cleaned_up(
         await ws.subscribe("opnews:today")
 
         # Status: Ready, subscribers, last offset and epoch; an event was posted.
-        await js.publish("sb.ch.opnews.today", b'{"n": 1}')
+        backend = await nats.connect(nats_server.url)  # apps publish, not the operator
+        await backend.jetstream().publish("sb.ch.opnews.today", b'{"n": 1}')
+        await backend.close()
         assert (await next_event(ws))["payload"]["offset"] == 1
 
         async def status_current() -> Any:
@@ -145,7 +147,7 @@ async def test_invalid_spec_is_reported_not_applied(
     condition = await eventually(refused)
     assert condition["reason"] == "InvalidSpec"
     assert "spec.history.size" in condition["message"]
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(nats_server.url_for("operator"))
     try:
         assert await kv_get(nc.jetstream(), "opbad") is None
     finally:
@@ -227,7 +229,7 @@ async def test_two_draining_edges_each_get_half_the_budget(
         watchers = [
             asyncio.create_task(watch(name, ws)) for name, socks in sockets.items() for ws in socks
         ]
-        nc = await nats.connect(nats_server.url)
+        nc = await nats.connect(nats_server.url_for("operator"))  # what kubectl drain triggers
         try:
             started = time.monotonic()
             await asyncio.gather(
