@@ -33,6 +33,7 @@ log = logging.getLogger("switchboard.edge.backbone")
 
 # JetStream's "wrong last sequence" API errors: a conditional write lost a race.
 WRONG_LAST_SEQUENCE = (10071, 10164)
+STREAM_HEARTBEAT_S = 1.0  # a history consumer lost with its server is noticed in ~2 s
 CURSOR_IDLE_S = 30.0  # the server drops a replay consumer nobody read for this long
 
 
@@ -284,7 +285,11 @@ class NatsBackbone:
                 cb=on_msg,
                 ordered_consumer=True,
                 config=ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=start,
+                    # the consumer lives on one server: if it dies, nats-py notices after
+                    # two missed heartbeats and recreates the consumer from its position
+                    idle_heartbeat=STREAM_HEARTBEAT_S,
                 ),
             )
         return _Handle(sub)
