@@ -230,6 +230,11 @@ class NatsCluster:
             node.passwords = self.nodes[0].passwords  # one set of users, cluster-wide
 
     @property
+    def passwords(self) -> dict[Role, str] | None:
+        """The role passwords every node shares (None without auth)."""
+        return self.nodes[0].passwords
+
+    @property
     def address(self) -> str:
         """Every node's URL, without credentials."""
         return ",".join(node.address for node in self.nodes)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from switchboard.natsserver import NatsServer, free_port, stop_process, wait_for_port
+from switchboard.natsserver import NatsCluster, NatsServer, free_port, stop_process, wait_for_port
 from switchboard.tokens import mint_token
 
 # A real etcd + kube-apiserver + kube-controller-manager (tests/controlplane), built
@@ -60,7 +60,9 @@ class Edge:
 
 @dataclass
 class EdgeFactory:
-    nats: NatsServer
+    """Edge processes on `nats`: one server, or every node of a cluster."""
+
+    nats: NatsServer | NatsCluster
     tmp: str
     started: list[Edge] = field(default_factory=list)
 
@@ -86,6 +88,7 @@ class EdgeFactory:
     def stop_all(self) -> None:
         for edge in self.started:
             edge.stop()
+        self.started.clear()
 
 
 @pytest.fixture(scope="session")

@@ -4,49 +4,19 @@ replication and node-loss tests."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from switchboard.natsserver import NatsCluster, free_port
+from switchboard.natsserver import NatsCluster
 from switchboard.permissions import Role
-from tests.conftest import ALLOWED_ORIGINS, SECRET, Edge
+from tests.conftest import EdgeFactory
 
-
-@dataclass
-class ClusterEdges:
-    """Edge processes whose SB_EDGE_NATS_URL lists every node of `cluster`."""
-
-    cluster: NatsCluster
-    tmp: str
-    started: list[Edge] = field(default_factory=list)
-
-    def start(self, name: str, **settings: str) -> Edge:
-        port = free_port()
-        env = os.environ | {
-            "SB_EDGE_HOST": "127.0.0.1",
-            "SB_EDGE_PORT": str(port),
-            "SB_EDGE_POD_NAME": name,
-            "SB_EDGE_NATS_URL": self.cluster.address,
-            "SB_EDGE_JWT_SECRET": SECRET,
-            "SB_EDGE_ALLOWED_ORIGINS": ALLOWED_ORIGINS,
-        }
-        user, password = self.cluster.credentials("edge")  # edges log in as edges
-        env |= {"SB_EDGE_NATS_USER": user, "SB_EDGE_NATS_PASSWORD": password}
-        env |= {f"SB_EDGE_{k.upper()}": v for k, v in settings.items()}
-        edge = Edge(name, port, env, log_path=os.path.join(self.tmp, f"{name}.log")).start()
-        self.started.append(edge)
-        return edge
-
-    def stop_all(self) -> None:
-        for edge in self.started:
-            edge.stop()
-        self.started.clear()
+# Edge processes whose SB_EDGE_NATS_URL lists every node of the cluster.
+ClusterEdges = EdgeFactory
 
 
 @pytest.fixture(scope="module")

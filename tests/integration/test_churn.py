@@ -166,6 +166,7 @@ async def test_rss_and_fds_flat_over_100k_connections(edge_factory: EdgeFactory)
     )
     assert edge.process is not None
     pid, nats = edge.process.pid, edge_factory.nats
+    assert isinstance(nats, NatsServer)
     idle = await holdings(edge, nats, pid)
     assert idle["connections"] == idle["topics"] == 0
     expected = Counter(SCENARIOS[i % len(SCENARIOS)] for i in range(PER_WAVE))
