@@ -35,6 +35,7 @@ from nats.js.errors import NotFoundError
 
 from switchboard.client import Client
 from switchboard.natsserver import NatsServer
+from switchboard.permissions import ROLES
 from switchboard.resilient import ResilientClient
 from switchboard.tokens import mint_token
 from switchboard_operator.kube import label_selector
@@ -75,10 +76,16 @@ END = "end"
 pytestmark = pytest.mark.timeout(300)
 
 
+NATS_SECRET = "nats-e2e-credentials"
+
+
 def chart_values(nats_url: str, rollout: str = "1") -> dict[str, Any]:
-    """What a user would pass to `helm install`, with timings shortened for a test."""
+    """What a user would pass to `helm install`, with timings shortened for a test.
+
+    The external NATS runs with the role users (switchboard.permissions), their
+    passwords in a Secret the user made: edges and operator log in as themselves."""
     return {
-        "nats": {"enabled": False, "url": nats_url},
+        "nats": {"enabled": False, "url": nats_url, "auth": {"existingSecret": NATS_SECRET}},
         "channels": {"examples": False},
         "edge": {
             "config": {"stats_interval_s": 0.5, "reconnect_jitter_ms": JITTER_MS},
@@ -137,18 +144,28 @@ def _secret_value(secret: dict[str, Any], key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
 
 
+async def _nats_secret(admin: ApiClient, nats_server: NatsServer) -> None:
+    """The namespace, and the NATS passwords as a user stores them for the chart."""
+    await admin.create("/api/v1/namespaces", {"metadata": {"name": NS}})
+    passwords = {f"{role}-password": nats_server.credentials(role)[1] for role in ROLES}
+    secret = {"metadata": {"name": NATS_SECRET}, "stringData": passwords, "type": "Opaque"}
+    await admin.create(f"/api/v1/namespaces/{NS}/secrets", secret)
+
+
 @pytest.fixture(scope="module")
 async def stack(
     control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
     logs = tmp_path_factory.mktemp("e2e")
-    with NatsServer() as nats_server:
+    with NatsServer(auth=True) as nats_server:
         config = helm.Config(kubeconfig_path=control_plane.admin_kubeconfig(), namespace=NS)
+        async with api_client(control_plane.admin_kubeconfig()) as admin:
+            await _nats_secret(admin, nats_server)
         await asyncio.to_thread(
             config.install,
             CHART,
             RELEASE,
-            chart_values(nats_server.url),
+            chart_values(nats_server.address),
             namespace=NS,
             create_namespace=True,
             timeout=120,
@@ -169,7 +186,7 @@ async def stack(
                 ServiceProxy(kubelet) as proxy,
                 run_operator(
                     operator_kubeconfig,
-                    nats_server.url,
+                    nats_server.url_for("operator"),
                     NS,
                     logs,
                     config=operator_config["data"],
@@ -266,7 +283,7 @@ async def _pool_ready(stack: Stack) -> Any:
 
 async def test_channel_is_reconciled_through_the_api_server(stack: Stack) -> None:
     await _apply_channel(stack, "flow", {"history": {"size": 5000, "ttl": "10m"}})
-    nc = await nats.connect(stack.nats.url)
+    nc = await nats.connect(stack.nats.url_for("operator"))  # the test reads what it wrote
     try:
         entry = await eventually(lambda: kv_get(nc.jetstream(), "flow"))
         assert json.loads(entry)["history"]["size"] == 5000
@@ -379,7 +396,11 @@ async def test_rollout_drains_within_the_budget_and_loses_nothing(stack: Stack) 
     await asyncio.sleep(1)
     started = time.monotonic()
     await asyncio.to_thread(
-        stack.helm.upgrade, CHART, RELEASE, chart_values(stack.nats.url, rollout="2"), timeout=120
+        stack.helm.upgrade,
+        CHART,
+        RELEASE,
+        chart_values(stack.nats.address, rollout="2"),
+        timeout=120,
     )
     try:
         new = await eventually(lambda: _rolled_over(stack, old), timeout=120)
@@ -450,7 +471,7 @@ async def test_deleting_the_channel_runs_the_finalizer_and_the_operator_was_neve
 ) -> None:
     await stack.admin.delete(channel_path(NS, "flow"))
     await eventually(lambda: _gone(stack, channel_path(NS, "flow")), timeout=30)
-    nc = await nats.connect(stack.nats.url)
+    nc = await nats.connect(stack.nats.url_for("operator"))
     try:
         assert await kv_get(nc.jetstream(), "flow") is None
         with pytest.raises(NotFoundError):
@@ -496,7 +517,7 @@ async def test_a_second_replica_takes_over_and_hands_back(stack: Stack, tmp_path
     kubeconfig = stack.plane.kubeconfig_for_service_account(NS, OPERATOR_SA)
     async with run_operator(
         kubeconfig,
-        stack.nats.url,
+        stack.nats.url_for("operator"),
         NS,
         tmp_path,
         config=config,
