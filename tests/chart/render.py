@@ -52,7 +52,11 @@ VALUE_SETS: dict[str, Values] = {
         "auth": {"existingSecret": "switchboard-keys"},
         "nats": {"auth": {"existingSecret": "nats-passwords"}},
     },
-    "nats-auth-off": {"nats": {"auth": {"enabled": False}}},
+    "nats-auth-off": {"nats": {"auth": {"enabled": False}}, "networkPolicy": {"enabled": False}},
+    "nats-tls": {
+        "nats": {"tls": {"enabled": True, "secretName": "nats-tls"}},
+        "networkPolicy": {"monitoringNamespaces": ["monitoring"]},
+    },
     "ingress": {
         "ingress": {
             "enabled": True,

@@ -6,13 +6,16 @@ refused by the server itself, seen through nats-py's error callback)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal
 
 import nats
 import pytest
 
 from switchboard.channels import channel_subject, rpc_subject, user_subject
+from switchboard.natsauth import NatsCredentials, connect_options
 from switchboard.natsnames import (
     CHANNELS_BUCKET,
     EDGES_BUCKET,
@@ -23,7 +26,7 @@ from switchboard.natsnames import (
     kv_stream,
     presence_feed_prefix,
 )
-from switchboard.natsserver import NatsServer
+from switchboard.natsserver import NatsServer, find_binary, free_port, stop_process, wait_for_port
 from switchboard.permissions import Role, allows, role_permissions
 
 Action = Literal["publish", "subscribe"]
@@ -197,3 +200,35 @@ async def test_anonymous_and_wrong_passwords_are_refused(secured: NatsServer) ->
     for url in (secured.address, secured.url_for("edge").replace("@", "x@")):
         with pytest.raises(nats.errors.Error, match="Authorization Violation"):
             await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0)
+
+
+async def test_an_external_nats_with_a_token_takes_the_token_setting(tmp_path: Path) -> None:
+    """Settings other than user/password work against a real server too (token here;
+    TLS in tests/chart/test_nats_tls.py)."""
+    port = free_port()
+    server = start_token_server(port, "s3cret-token", tmp_path)
+    try:
+        good = NatsCredentials(nats_token="s3cret-token")
+        nc = await nats.connect(f"nats://127.0.0.1:{port}", **connect_options(good))
+        await nc.close()
+        bad = NatsCredentials(nats_token="guess")
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(
+                f"nats://127.0.0.1:{port}",
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                **connect_options(bad),
+            )
+    finally:
+        stop_process(server)
+
+
+def start_token_server(port: int, token: str, tmp_path: Path) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        [find_binary(), "-a", "127.0.0.1", "-p", str(port), "--auth", token],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    wait_for_port(port)
+    return server
