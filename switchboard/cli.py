@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from switchboard.natsauth import redact
 from switchboard.settings import SettingsError, load_edge_settings
 
 if TYPE_CHECKING:
@@ -202,6 +201,8 @@ async def _channel_store(args: argparse.Namespace, manifests: list[tuple[str, Ch
             for name, spec in sorted((await channelstore.list_channels(url)).items()):
                 print(f"{name}\t{spec.to_json().decode()}")
     except OSError as exc:
+        from switchboard.natsauth import redact
+
         print(f"error: cannot reach NATS at {redact(url)}: {exc}", file=sys.stderr)
         return 1
     except channelstore.ReplicasRefused as exc:

@@ -249,7 +249,7 @@ async def test_d_refused_handshake_at_a_draining_edge_1013_then_the_other_url(
 
 @pytest.fixture
 def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    server = NatsServer(store_dir=str(tmp_path_factory.mktemp("nats-page"))).start()
+    server = NatsServer(store_dir=str(tmp_path_factory.mktemp("nats-page")), auth=True).start()
     yield server
     server.stop()
 

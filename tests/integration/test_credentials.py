@@ -132,7 +132,7 @@ async def test_racing_redemptions_admit_one_and_refuse_the_rest_with_401(
 async def test_503_only_when_the_ticket_store_really_is_unavailable(tmp_path: Any) -> None:
     """A private nats-server is stopped under an edge: minting and redeeming answer 503
     (1013 `retry after 1000` in band), while a malformed ticket is still a 401."""
-    nats = NatsServer(store_dir=str(tmp_path / "nats")).start()
+    nats = NatsServer(store_dir=str(tmp_path / "nats"), auth=True).start()
     edges = EdgeFactory(nats, str(tmp_path))
     try:
         edge = edges.start("ticket-store-down")

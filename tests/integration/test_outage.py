@@ -21,7 +21,7 @@ from tests.integration.helpers import channel_cli, next_event, wait_for
 
 @pytest.fixture
 def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    server = NatsServer(store_dir=str(tmp_path_factory.mktemp("nats-outage"))).start()
+    server = NatsServer(store_dir=str(tmp_path_factory.mktemp("nats-outage")), auth=True).start()
     yield server
     server.stop()
 

@@ -28,7 +28,7 @@ def presence_edges(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[EdgeFactory]:
     """Own NATS and edges: the bucket's TTL (3 s here) is set by its first writer."""
-    nats = NatsServer().start()
+    nats = NatsServer(auth=True).start()  # the role users, as in a cluster
     factory = EdgeFactory(nats, str(tmp_path_factory.mktemp("presence")))
     subprocess.run(
         [
@@ -37,7 +37,7 @@ def presence_edges(
             "switchboard",
             "channel",
             "--nats-url",
-            nats.url,
+            nats.url_for("operator"),
             "apply",
             "-f",
             "-",

@@ -91,7 +91,9 @@ async def test_a_failed_resubscription_is_retried_until_it_succeeds(
     """NATS down: the re-subscription after a dropped connection is answered
     `unavailable`. The client backs off and tries again until NATS is back; then it
     has every event exactly once."""
-    nats_server = NatsServer(store_dir=str(tmp_path_factory.mktemp("nats-resub"))).start()
+    nats_server = NatsServer(
+        store_dir=str(tmp_path_factory.mktemp("nats-resub")), auth=True
+    ).start()
     factory = EdgeFactory(nats_server, str(tmp_path_factory.mktemp("resub-edges")))
     try:
         edge = factory.start("edge-resub")
