@@ -55,18 +55,16 @@ class _Cursor:
         self._backbone = backbone
         self._sub = sub
 
-    async def fetch(self, max_msgs: int, wait_s: float) -> tuple[list[Delivery], int | None]:
-        """Up to `max_msgs` next messages (waiting at most `wait_s` for the first),
-        and how many more were stored when the last was read (None: unknown)."""
+    async def fetch(self, max_msgs: int, wait_s: float) -> list[Delivery]:
+        """Up to `max_msgs` next messages, waiting at most `wait_s` for the first."""
         with self._backbone._store("history replay"):
             try:
                 msgs = await self._sub.fetch(max_msgs, timeout=wait_s)
             except NatsTimeout:
-                return [], None
-        deliveries = [
+                return []
+        return [
             Delivery(m.subject, m.data, m.headers, None, m.metadata.sequence.stream) for m in msgs
         ]
-        return deliveries, (msgs[-1].metadata.num_pending if msgs else None)
 
     async def close(self) -> None:
         with contextlib.suppress(nats.errors.Error, TimeoutError):

@@ -418,7 +418,12 @@ class Connection:
             self._replays = {}
         task = asyncio.create_task(self._replay(channel, stream, start, epoch))
         self._replays[channel] = task
-        task.add_done_callback(lambda _: self._replays and self._replays.pop(channel, None))
+        task.add_done_callback(lambda done: self._forget_replay(channel, done))
+
+    def _forget_replay(self, channel: str, task: asyncio.Task[None]) -> None:
+        """A finished replay leaves; one started later for the same channel stays."""
+        if self._replays and self._replays.get(channel) is task:
+            del self._replays[channel]
 
     async def _replay(self, channel: str, stream: str, start: int, epoch: str) -> None:
         """Stored events from `start` until the replay meets the live feed.
@@ -445,7 +450,7 @@ class Connection:
                     done = self._recovering[channel] if self._recovering else start - 1
                     if done >= (hub.delivered_offset(channel) or 0):
                         break  # caught up with the live feed
-                    deliveries, _ = await cursor.fetch(batch, REPLAY_WAIT_S)
+                    deliveries = await cursor.fetch(batch, REPLAY_WAIT_S)
                     empty = 0 if deliveries else empty + 1
                     if empty >= REPLAY_EMPTY_TRIES:
                         self.log.warning("replay of %s found nothing more; going live", channel)

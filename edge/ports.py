@@ -43,9 +43,8 @@ class SubscriptionHandle(Protocol):
 class StreamCursor(Protocol):
     """A position in a history stream, read forward a batch at a time."""
 
-    async def fetch(self, max_msgs: int, wait_s: float) -> tuple[list[Delivery], int | None]:
-        """The next messages (at most `max_msgs`, waiting at most `wait_s` for the first)
-        and how many more are stored after them (None: unknown)."""
+    async def fetch(self, max_msgs: int, wait_s: float) -> list[Delivery]:
+        """The next messages: at most `max_msgs`, waiting at most `wait_s` for the first."""
         ...
 
     async def close(self) -> None: ...

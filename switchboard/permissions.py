@@ -49,19 +49,25 @@ class Permissions:
     notes: dict[str, str] = field(default_factory=dict, compare=False)
 
 
-def _kv_read(bucket: str) -> list[str]:
-    """Get entries and watch a bucket (nats-py: direct/stream get, ordered consumer)."""
-    stream = kv_stream(bucket)
+def _stream_read(stream: str) -> list[str]:
+    """Read a stream (`*`: any) as nats-py does: info, last message, consumers
+    (ordered, which check themselves and take flow control, and pull)."""
     return [
         f"{JS}.STREAM.INFO.{stream}",
-        f"{JS}.DIRECT.GET.{stream}.>",
         f"{JS}.STREAM.MSG.GET.{stream}",
         f"{JS}.CONSUMER.CREATE.{stream}",
         f"{JS}.CONSUMER.CREATE.{stream}.>",
-        f"{JS}.CONSUMER.INFO.{stream}.>",  # an ordered consumer checks itself
+        f"{JS}.CONSUMER.INFO.{stream}.>",
+        f"{JS}.CONSUMER.MSG.NEXT.{stream}.>",
         f"{JS}.CONSUMER.DELETE.{stream}.>",
         f"$JS.FC.{stream}.>",
     ]
+
+
+def _kv_read(bucket: str) -> list[str]:
+    """Get entries and watch a bucket (direct get, or a consumer)."""
+    stream = kv_stream(bucket)
+    return [f"{JS}.DIRECT.GET.{stream}.>", *_stream_read(stream)]
 
 
 def _kv_own(bucket: str) -> list[str]:
@@ -89,16 +95,7 @@ def role_permissions(prefix: str = "sb") -> dict[Role, Permissions]:
     """The permissions of every role for the subject prefix `prefix`."""
     channels, users, rpc = f"{prefix}.ch.>", f"{prefix}.user.>", f"{prefix}.rpc.>"
     presence = f"{presence_feed_prefix(prefix)}.>"
-    history = [  # any stream: SB_CH_<name> is known only at run time
-        f"{JS}.STREAM.INFO.*",
-        f"{JS}.STREAM.MSG.GET.*",
-        f"{JS}.CONSUMER.CREATE.*",
-        f"{JS}.CONSUMER.CREATE.*.>",
-        f"{JS}.CONSUMER.MSG.NEXT.*.*",
-        f"{JS}.CONSUMER.INFO.*.*",
-        f"{JS}.CONSUMER.DELETE.*.*",
-        "$JS.FC.>",
-    ]
+    history = _stream_read("*")  # any stream: SB_CH_<name> is known only at run time
     edge = Permissions(
         publish=(
             channels,

@@ -150,7 +150,6 @@ async def test_tls_clients_and_verified_routes_with_roles(tmp_path: Path) -> Non
             await nats.connect(
                 f"tls://127.0.0.1:{port}",
                 allow_reconnect=False,
-                max_reconnect_attempts=0,
                 **connect_options(untrusted),
             )
     finally:

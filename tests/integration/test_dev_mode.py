@@ -74,7 +74,7 @@ async def test_dev_nats_refuses_anonymous_and_serves_the_printed_backend(dev: De
     address, backend_url = dev.field("nats"), dev.field("backend")
     assert "@" not in address and "sb-backend:" in backend_url
     with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        await nats.connect(address, allow_reconnect=False, max_reconnect_attempts=0)
+        await nats.connect(address, allow_reconnect=False)
 
     token = dev.field("dev token")
     listener = await Client.connect(f"ws://127.0.0.1:{dev.ports[1]}/v1/ws", token=token)

@@ -199,7 +199,7 @@ async def test_the_server_enforces_the_lists(secured: NatsServer) -> None:
 async def test_anonymous_and_wrong_passwords_are_refused(secured: NatsServer) -> None:
     for url in (secured.address, secured.url_for("edge").replace("@", "x@")):
         with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0)
+            await nats.connect(url, allow_reconnect=False)
 
 
 async def test_an_external_nats_with_a_token_takes_the_token_setting(tmp_path: Path) -> None:
@@ -216,7 +216,6 @@ async def test_an_external_nats_with_a_token_takes_the_token_setting(tmp_path: P
             await nats.connect(
                 f"nats://127.0.0.1:{port}",
                 allow_reconnect=False,
-                max_reconnect_attempts=0,
                 **connect_options(bad),
             )
     finally:

@@ -169,3 +169,54 @@ async def test_history_channels_resume_at_once_and_a_5000_event_backlog_recovers
     finally:
         await backend.close()
         factory.stop_all()
+
+
+async def test_nats_lost_mid_replay_closes_1013_and_the_client_resumes_from_its_offset(
+    own_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A replay cannot go on without NATS: the client is closed 1013 `recovery
+    interrupted` (never a silent stop), and once NATS is back `since` at the last
+    offset it got brings the rest, none twice."""
+    factory = EdgeFactory(own_nats, str(tmp_path_factory.mktemp("outage-replay")))
+    edge = factory.start("edge-replay")
+    backend = await nats.connect(own_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    js = backend.jetstream()
+    try:
+        assert await asyncio.to_thread(channel_cli, own_nats, "apply", "-f", "-", stdin=KEEP)
+        await asyncio.sleep(0.5)
+        data = json.dumps({"pad": "x" * 60_000}).encode()
+        sent = [(await publish_until_acked(js, "sb.ch.keep.big", data))[0] for _ in range(400)]
+        client = await Client.connect(edge.ws_url, token=token("slow"))
+        epoch = (await client.subscribe("keep:big"))["epoch"]
+        await client.unsubscribe("keep:big")
+        client.ws.transport.pause_reading()  # a slow reader: the replay waits on it
+        since = {"offset": sent[0] - 1, "epoch": epoch}
+        request = {
+            "type": "subscribe",
+            "id": "r",
+            "payload": {"channel": "keep:big", "since": since},
+        }
+        await client.send_raw(json.dumps(request))
+        await asyncio.sleep(0.5)
+        own_nats.stop(keep_store=True)
+        client.ws.transport.resume_reading()
+        got: list[int] = []
+        async with asyncio.timeout(20):
+            async for msg in client.events():  # ends when the connection closes
+                if msg["type"] == "event":
+                    got.append(msg["payload"]["offset"])
+        assert client.close_code == 1013
+        assert client.ws.close_reason == "recovery interrupted"
+        assert 0 < len(got) < len(sent)
+        assert got == sent[: len(got)]
+        own_nats.start()
+        await wait_for(lambda: ready(edge.http_url), timeout=20)
+        back = await Client.connect(edge.ws_url, token=token("slow"))
+        ack = await back.subscribe("keep:big", since={"offset": got[-1], "epoch": epoch})
+        assert ack["recovered"] is True
+        rest = [(await next_event(back, 20))["payload"]["offset"] for _ in sent[len(got) :]]
+        assert got + rest == sent
+        await back.close()
+    finally:
+        await backend.close()
+        factory.stop_all()
