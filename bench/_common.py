@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from switchboard.natsserver import (  # noqa: E402
+from switchboard.cli.natsserver import (  # noqa: E402
     NatsServer,
     find_binary,
     free_port,
@@ -446,7 +446,7 @@ def machine_info(keys: tuple[str, ...] | None = None) -> dict[str, Any]:
 
 
 def mint_token(subject: str) -> str:
-    from switchboard.tokens import mint_token as mint
+    from switchboard.contract.tokens import mint_token as mint
 
     return mint(SECRET, subject, ttl_s=3600)
 

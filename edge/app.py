@@ -10,9 +10,9 @@ import signal
 from edge import tracing
 from edge.backbone import NatsBackbone
 from edge.server import EdgeServer
-from switchboard.natsauth import connect_options
-from switchboard.settings import EdgeSettings
-from switchboard.tokens import TokenVerifier
+from edge.settings import EdgeSettings
+from switchboard.contract.natsauth import connect_options
+from switchboard.contract.tokens import TokenVerifier
 
 log = logging.getLogger("switchboard.edge")
 

@@ -24,10 +24,15 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 
 from edge.ports import Delivery, NoResponders, Reply, RequestTimeout, Unavailable
-from switchboard import channelstore
-from switchboard.natsauth import redact
-from switchboard.natsnames import CHANNELS_BUCKET, EDGES_BUCKET, PRESENCE_BUCKET, TICKETS_BUCKET
-from switchboard.settings import ReplicasSetting
+from switchboard import jetstream
+from switchboard.contract.names import (
+    CHANNELS_BUCKET,
+    EDGES_BUCKET,
+    PRESENCE_BUCKET,
+    TICKETS_BUCKET,
+)
+from switchboard.contract.natsauth import redact
+from switchboard.contract.settings import ReplicasSetting
 
 log = logging.getLogger("switchboard.edge.backbone")
 
@@ -87,7 +92,7 @@ class NatsBackbone:
     ) -> None:
         self._servers = [s.strip() for s in servers.split(",") if s.strip()]
         self._name = name
-        self._options = options or {}  # credentials and TLS (switchboard.natsauth)
+        self._options = options or {}  # credentials and TLS (switchboard.contract.natsauth)
         self._replicas_setting: ReplicasSetting = jetstream_replicas
         self._ticket_ttl_s = ticket_ttl_s
         self._nc: Client | None = None
@@ -204,8 +209,8 @@ class NatsBackbone:
         raised) to the replica count of `SB_EDGE_JETSTREAM_REPLICAS` on first use.
         `sb_channels` only read here: its writer (operator, CLI) raises it."""
         if name not in self._buckets:
-            replicas = channelstore.replicas_for(self.client, self._replicas_setting)
-            self._buckets[name] = await channelstore.ensure_bucket(
+            replicas = jetstream.replicas_for(self.client, self._replicas_setting)
+            self._buckets[name] = await jetstream.ensure_bucket(
                 self.client, name, ttl_s, replicas, owner=name != CHANNELS_BUCKET
             )
         return self._buckets[name]

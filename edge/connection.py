@@ -34,9 +34,9 @@ from edge.session import (
     Unsubscribe,
 )
 from edge.tracing import SpanKind
-from switchboard.channels import channel_subject, rpc_subject
-from switchboard.codes import CloseCode, ErrorCode
-from switchboard.tokens import Claims
+from switchboard.contract.channels import channel_subject, rpc_subject
+from switchboard.contract.codes import CloseCode, ErrorCode
+from switchboard.contract.tokens import Claims
 
 if TYPE_CHECKING:
     from edge.server import EdgeServer

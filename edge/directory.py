@@ -8,8 +8,8 @@ from collections.abc import Iterable
 
 from pydantic import ValidationError
 
-from switchboard.channel_config import ChannelSpec, governing, governing_name, stream_name
-from switchboard.settings import ChannelPolicy
+from switchboard.contract.channel_config import ChannelSpec, governing, governing_name, stream_name
+from switchboard.contract.settings import ChannelPolicy
 
 log = logging.getLogger("switchboard.edge.directory")
 

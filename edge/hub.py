@@ -17,7 +17,7 @@ from typing import Any
 from edge import protocol, tracing
 from edge.ports import Backbone, Delivery, Member, SubscriptionHandle, Unavailable
 from edge.presence import feed_subject
-from switchboard.channels import channel_subject, personal_channel, user_subject
+from switchboard.contract.channels import channel_subject, personal_channel, user_subject
 
 log = logging.getLogger("switchboard.edge.hub")
 

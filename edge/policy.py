@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from switchboard.channels import matches_any
-from switchboard.settings import ChannelPolicy
-from switchboard.tokens import Claims
+from switchboard.contract.channels import matches_any
+from switchboard.contract.settings import ChannelPolicy
+from switchboard.contract.tokens import Claims
 
 PolicyLookup = Callable[[str], ChannelPolicy]
 

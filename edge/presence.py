@@ -14,7 +14,7 @@ import logging
 
 from edge import protocol
 from edge.ports import Backbone, Unavailable
-from switchboard.natsnames import presence_feed_prefix
+from switchboard.contract.names import presence_feed_prefix
 
 log = logging.getLogger("switchboard.edge.presence")
 

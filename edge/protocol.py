@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from switchboard.codes import RETRYABLE, ErrorCode
+from switchboard.contract.codes import RETRYABLE, ErrorCode
 
 CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "rpc", "presence", "refresh"})
 MAX_ID_LENGTH = 128

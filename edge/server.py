@@ -39,6 +39,7 @@ from edge.ports import (
 from edge.presence import Presence
 from edge.ratelimit import TokenBucket
 from edge.session import Limits, Session
+from edge.settings import EdgeSettings
 from edge.tracing import SpanKind
 from edge.upgrade import (
     SUBPROTOCOL,
@@ -50,13 +51,13 @@ from edge.upgrade import (
     refuse_in_band,
     route,
 )
-from switchboard.codes import CloseCode
-from switchboard.localdrain import HEADER as DRAIN_SECRET_HEADER
-from switchboard.localdrain import remove_secret, secret_path, write_secret
-from switchboard.natsnames import control_subject, drain_subject
-from switchboard.resume import mint_resume, read_resume
-from switchboard.settings import ChannelPolicy, EdgeSettings
-from switchboard.tokens import Claims, TokenError, TokenVerifier, mint_token
+from switchboard.contract.codes import CloseCode
+from switchboard.contract.localdrain import HEADER as DRAIN_SECRET_HEADER
+from switchboard.contract.localdrain import remove_secret, secret_path, write_secret
+from switchboard.contract.names import control_subject, drain_subject
+from switchboard.contract.resume import mint_resume, read_resume
+from switchboard.contract.settings import ChannelPolicy
+from switchboard.contract.tokens import Claims, TokenError, TokenVerifier, mint_token
 
 log = logging.getLogger("switchboard.edge.server")
 
@@ -564,7 +565,7 @@ class EdgeServer:
     def _local_drain(self, ws: ServerConnection, request: Request) -> Response:
         """The pod's preStop hook (`switchboard drain`) starts the drain from inside
         the pod; nobody else may: only loopback peers that show the secret this edge
-        wrote to its pod-local file (switchboard/localdrain.py) are heard."""
+        wrote to its pod-local file (switchboard/contract/localdrain.py) are heard."""
         if request.method != "POST":
             return _response(405, "use POST\n", headers={"Allow": "POST"})
         host = str(ws.remote_address[0]) if ws.remote_address else ""

@@ -3,7 +3,7 @@
 A Session is fed decoded text frames (and the time) and returns actions for
 the adapter to carry out: frames to send, subscriptions to take, publishes,
 RPCs, or a close. It never touches a socket or NATS, so every protocol rule
-is tested without either (see tests/unit/test_session.py).
+is tested without either (see tests/edge/test_session.py).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from edge import protocol
 from edge.policy import PolicyLookup, publish_refusal, subscribe_refusal
 from edge.protocol import ProtocolError, Request
 from edge.ratelimit import ErrorWindow, TokenBucket
-from switchboard.channels import is_valid_channel, is_valid_method
-from switchboard.codes import ABUSIVE, CloseCode, ErrorCode
-from switchboard.tokens import Claims, TokenError
+from switchboard.contract.channels import is_valid_channel, is_valid_method
+from switchboard.contract.codes import ABUSIVE, CloseCode, ErrorCode
+from switchboard.contract.tokens import Claims, TokenError
 
 
 @dataclass(frozen=True, slots=True)

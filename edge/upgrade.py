@@ -10,7 +10,7 @@ from fnmatch import fnmatchcase
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from switchboard.codes import CloseCode
+from switchboard.contract.codes import CloseCode
 
 SUBPROTOCOL = "switchboard.v1"
 BEARER_PREFIX = "bearer."

@@ -10,14 +10,50 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from switchboard.natsserver import NatsCluster, NatsServer, free_port, stop_process, wait_for_port
-from switchboard.tokens import mint_token
+from switchboard.cli.natsserver import (
+    NatsCluster,
+    NatsServer,
+    free_port,
+    stop_process,
+    wait_for_port,
+)
+from switchboard.contract.tokens import mint_token
 
 # A real etcd + kube-apiserver + kube-controller-manager (tests/controlplane), built
 # from Go modules during collection when a collected test asks for `control_plane`.
-from tests.controlplane.fixtures import control_plane, pytest_collection_modifyitems
+from tests.controlplane.fixtures import build_control_plane_if_needed, control_plane
 
-__all__ = ["control_plane", "pytest_collection_modifyitems"]
+__all__ = ["control_plane"]
+
+# Each test is marked with its tier, its folder under tests/ (registered in
+# pyproject.toml, so `--strict-markers` catches a folder nobody declared):
+# `pytest -m "contract or edge"` runs the fast in-process tiers only.
+TIERS = frozenset(
+    [
+        "contract",
+        "client",
+        "edge",
+        "operator",
+        "integration",
+        "chart",
+        "project",
+        "fuzz",
+        "browser",
+        "controlplane",
+        "e2e",
+    ]
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests_dir = os.path.dirname(__file__)
+    for item in items:
+        tier = os.path.relpath(str(item.path), tests_dir).split(os.sep)[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests/{tier} is not a declared tier")
+        item.add_marker(getattr(pytest.mark, tier))
+    build_control_plane_if_needed(items)
+
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 ALLOWED_ORIGINS = '["http://allowed.example", "http://127.0.0.1:*", "http://localhost:*"]'

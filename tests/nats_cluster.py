@@ -11,8 +11,8 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from switchboard.natsserver import NatsCluster
-from switchboard.permissions import Role
+from switchboard.cli.natsserver import NatsCluster
+from switchboard.contract.permissions import Role
 from tests.conftest import EdgeFactory
 
 # Edge processes whose SB_EDGE_NATS_URL lists every node of the cluster.

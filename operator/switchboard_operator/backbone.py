@@ -1,6 +1,6 @@
 """The operator's side of NATS: the only operator module that imports `nats`.
 
-Writes Channel configs and streams (through the same `switchboard.channelstore`
+Writes Channel configs and streams (through the same `switchboard_operator.channelstore`
 functions the CLI uses, so both produce the same entry), follows live edge
 stats in `sb_edges`, answers drain-grant requests, and re-paces draining edges.
 Reconnects forever, like an edge.
@@ -21,11 +21,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from switchboard import channelstore
-from switchboard.channel_config import ChannelSpec, stream_name
-from switchboard.natsauth import redact
-from switchboard.natsnames import EDGES_BUCKET, control_subject, drain_subject
-from switchboard.settings import ReplicasSetting
+from switchboard.contract.channel_config import ChannelSpec, stream_name
+from switchboard.contract.names import EDGES_BUCKET, control_subject, drain_subject
+from switchboard.contract.natsauth import redact
+from switchboard.contract.settings import ReplicasSetting
+from switchboard.jetstream import ReplicasRefused
+from switchboard_operator import channelstore
 
 log = logging.getLogger("switchboard.operator.backbone")
 
@@ -71,7 +72,7 @@ class OperatorBackbone:
         options: dict[str, Any] | None = None,
     ) -> None:
         self._servers = [s.strip() for s in servers.split(",") if s.strip()]
-        self._options = options or {}  # credentials and TLS (switchboard.natsauth)
+        self._options = options or {}  # credentials and TLS (switchboard.contract.natsauth)
         self._prefix = prefix
         self._replicas: ReplicasSetting = replicas
         self._stale_after_s = stale_after_s
@@ -126,7 +127,7 @@ class OperatorBackbone:
     async def apply_channel(self, name: str, spec: ChannelSpec) -> None:
         try:
             await channelstore.write_channel(self.client, name, spec, self._prefix, self._replicas)
-        except channelstore.ReplicasRefused as exc:
+        except ReplicasRefused as exc:
             raise Refused(f"channel {name}: {exc}") from None
         except (nats.errors.Error, TimeoutError) as exc:
             raise Unreachable(f"channel {name}: {exc!r}") from None

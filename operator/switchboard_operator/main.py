@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import kopf
 from aiohttp import web
 
-from switchboard.natsauth import connect_options
+from switchboard.contract.natsauth import connect_options
 from switchboard_operator.backbone import OperatorBackbone
 from switchboard_operator.drains import DrainLedger
 from switchboard_operator.handlers import Context, register

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from switchboard.channel_config import ChannelSpec
+from switchboard.contract.channel_config import ChannelSpec
 
 GROUP = "switchboard.dev"
 VERSION = "v1alpha1"

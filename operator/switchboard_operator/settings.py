@@ -11,8 +11,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from switchboard.natsauth import NatsCredentials
-from switchboard.settings import ReplicasSetting, load_settings
+from switchboard.contract.natsauth import NatsCredentials
+from switchboard.contract.settings import ReplicasSetting, load_settings
 
 ENV_PREFIX = "SB_OPERATOR_"
 

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from switchboard.tokens import mint_token
+from switchboard.contract.tokens import mint_token
 from tests.browser.sdk import SHIPPED_BUNDLE
 from tests.conftest import SECRET
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 from typing import Any
 
-from switchboard.natsserver import NatsServer
+from switchboard.cli.natsserver import NatsServer
 from tests.conftest import Edge, EdgeFactory
 from tests.integration.helpers import channel_cli
 

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from switchboard.natsserver import NatsServer
+from switchboard.cli.natsserver import NatsServer
 from tests.browser.sdk import JS_DIR, SHIPPED_BUNDLE, build_sdk, node
 from tests.conftest import SECRET, Edge, EdgeFactory
 from tests.integration.helpers import channel_cli

@@ -21,8 +21,8 @@ import nats
 import pytest
 from nats.js.client import JetStreamContext
 
+from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client
-from switchboard.natsserver import NatsServer
 from tests.browser.app_server import app_server
 from tests.conftest import Edge, EdgeFactory, token
 from tests.integration.helpers import channel_cli

@@ -6,7 +6,7 @@ shown on a real control plane in tests/e2e/test_cluster.py.)
 
 from __future__ import annotations
 
-from switchboard.cli import _parser
+from switchboard.cli.main import _parser
 from tests.chart.render import docs_of, find, find_all, parse, render
 
 

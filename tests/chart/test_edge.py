@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from switchboard.chart_schema import values_schema
-from switchboard.settings import ENV_PREFIX as EDGE_PREFIX
-from switchboard.settings import EdgeSettings, load_settings
+from edge.settings import ENV_PREFIX as EDGE_PREFIX
+from edge.settings import EdgeSettings
+from switchboard.cli.chart_schema import values_schema
+from switchboard.contract.settings import load_settings
 from switchboard_operator.settings import ENV_PREFIX as OPERATOR_PREFIX
 from switchboard_operator.settings import OperatorSettings
 from tests.chart.render import (

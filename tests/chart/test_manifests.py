@@ -11,7 +11,7 @@ import kubernetes_validate  # type: ignore[import-untyped, unused-ignore]
 import pytest
 import yaml
 
-from switchboard.channel_config import load_manifests
+from switchboard.contract.channel_config import load_manifests
 from tests.chart.crd import crds, custom_object_errors, is_custom
 from tests.chart.render import (
     CHART,

@@ -14,7 +14,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from switchboard.natsserver import free_port, stop_process, wait_for_port
+from switchboard.cli.natsserver import free_port, stop_process, wait_for_port
 from tests.chart.render import (
     NAMESPACE,
     Doc,
@@ -238,7 +238,7 @@ def test_nats_auth_can_be_turned_off() -> None:
 
 
 def test_the_committed_authorization_is_generated_from_the_permissions() -> None:
-    from switchboard.chart_schema import render_nats_authorization
+    from switchboard.cli.chart_schema import render_nats_authorization
 
     committed = Path(__file__).parents[2] / "charts/switchboard/files/nats-authorization.conf"
     assert committed.read_text() == render_nats_authorization(), (

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from switchboard.natsauth import NatsCredentials, connect_options
-from switchboard.natsserver import free_port, stop_process, wait_for_port
+from switchboard.cli.natsserver import free_port, stop_process, wait_for_port
+from switchboard.contract.natsauth import NatsCredentials, connect_options
 from tests.chart.render import container, find, parse, render
 from tests.chart.test_nats import PASSWORDS, _conf, _nats_server, _server_env
 

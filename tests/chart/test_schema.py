@@ -8,13 +8,13 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from switchboard.chart_schema import (
+from edge.settings import EdgeSettings
+from switchboard.cli.chart_schema import (
     EDGE_CHART_KEYS,
     OPERATOR_CHART_KEYS,
     render_values_schema,
     values_schema,
 )
-from switchboard.settings import EdgeSettings
 from switchboard_operator.crds import crd_files
 from switchboard_operator.settings import OperatorSettings
 from tests.chart.render import CHART, Values, render

@@ -1,6 +1,6 @@
 """pytest fixtures for the real control plane; import them into a conftest.py to use them.
 
-    from tests.controlplane.fixtures import control_plane, pytest_collection_modifyitems
+    from tests.controlplane.fixtures import control_plane, build_control_plane_if_needed
 
 The binaries are built during collection (only when a collected test uses
 ``control_plane``) because a cold build takes minutes and must not count against a
@@ -21,7 +21,7 @@ from tests.controlplane.cluster import ControlPlane
 _build_error: BuildError | None = None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def build_control_plane_if_needed(items: list[pytest.Item]) -> None:
     """Build (or find) the binaries before any test starts, if a test needs them.
 
     A failure is kept and raised by the fixture, so it shows as the tests' error with the

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from switchboard.natsserver import free_port, stop_process
+from switchboard.cli.natsserver import free_port, stop_process
 from switchboard_operator.kube import label_selector
 from tests.operator.harness import ApiClient, pod_path
 

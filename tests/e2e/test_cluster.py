@@ -33,11 +33,11 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 
+from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client
-from switchboard.natsserver import NatsServer
-from switchboard.permissions import ROLES
-from switchboard.resilient import ResilientClient
-from switchboard.tokens import mint_token
+from switchboard.client.resilient import ResilientClient
+from switchboard.contract.permissions import ROLES
+from switchboard.contract.tokens import mint_token
 from switchboard_operator.kube import label_selector
 from switchboard_operator.rbac import REQUIRED
 from switchboard_operator.settings import PEERING_PRIORITY_MAX
@@ -82,7 +82,7 @@ NATS_SECRET = "nats-e2e-credentials"
 def chart_values(nats_url: str, rollout: str = "1") -> dict[str, Any]:
     """What a user would pass to `helm install`, with timings shortened for a test.
 
-    The external NATS runs with the role users (switchboard.permissions), their
+    The external NATS runs with the role users (switchboard.contract.permissions), their
     passwords in a Secret the user made: edges and operator log in as themselves."""
     return {
         "nats": {"enabled": False, "url": nats_url, "auth": {"existingSecret": NATS_SECRET}},

@@ -39,10 +39,10 @@ from edge.session import (
     Subscribe,
     Unsubscribe,
 )
-from switchboard.channels import is_valid_channel, is_valid_method
-from switchboard.codes import CloseCode, ErrorCode
-from switchboard.settings import ChannelPolicy
-from switchboard.tokens import Claims, TokenError
+from switchboard.contract.channels import is_valid_channel, is_valid_method
+from switchboard.contract.codes import CloseCode, ErrorCode
+from switchboard.contract.settings import ChannelPolicy
+from switchboard.contract.tokens import Claims, TokenError
 from tests.fuzz.grammar import Source, backend_body, backend_headers, client_frame, presence_frame
 
 NOW = 1000.0

@@ -12,8 +12,8 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 
 from edge.metrics import parse as parse_metrics
+from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client
-from switchboard.natsserver import NatsServer
 from tests.conftest import Edge
 
 

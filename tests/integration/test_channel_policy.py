@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client, SwitchboardError
-from switchboard.natsserver import NatsServer
 from tests.conftest import Edge, token
 from tests.integration.helpers import channel_cli
 

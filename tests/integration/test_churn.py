@@ -44,7 +44,7 @@ from typing import Any
 
 import pytest
 
-from switchboard.natsserver import NatsServer
+from switchboard.cli.natsserver import NatsServer
 from tests.conftest import SECRET, Edge, EdgeFactory
 from tests.integration.helpers import edge_subjects, scrape_metrics
 from tests.loadgen.churn import SCENARIOS

@@ -27,11 +27,12 @@ from nats.js.api import KeyValueConfig, StreamInfo
 from nats.js.client import JetStreamContext
 from websockets.exceptions import InvalidStatus
 
-from switchboard import channelstore
-from switchboard.channel_config import ChannelSpec, HistorySpec
+from switchboard import jetstream
+from switchboard.cli.natsserver import NatsCluster, NatsServer
 from switchboard.client import Client, Closed, SwitchboardError
-from switchboard.natsserver import NatsCluster, NatsServer
-from switchboard.resilient import ResilientClient
+from switchboard.client.resilient import ResilientClient
+from switchboard.contract.channel_config import ChannelSpec, HistorySpec
+from switchboard_operator import channelstore
 from tests.conftest import Edge, token
 from tests.nats_cluster import ClusterEdges, cluster_edges, connect, nats_cluster, node_of
 
@@ -153,8 +154,8 @@ async def test_new_state_is_r3_even_with_a_node_down(nats_cluster: NatsCluster) 
                 try:
                     url = nats_cluster.url_for("operator")
                     await channelstore.put_channel(url, "downtime", spec)
-                    await channelstore.ensure_bucket(
-                        nc, "sb_probe", 0, channelstore.replicas_for(nc, "auto")
+                    await jetstream.ensure_bucket(
+                        nc, "sb_probe", 0, jetstream.replicas_for(nc, "auto")
                     )
                     break
                 except (nats.errors.Error, OSError):
@@ -188,7 +189,7 @@ async def test_single_server_keeps_one_copy_and_refuses_three(nats_server: NatsS
     """Dev mode: one server, so `auto` is R1; R3 asked of it is refused, named."""
     operator_url = nats_server.url_for("operator")  # channels are the operator's to write
     nc = await nats.connect(operator_url)
-    assert channelstore.replicas_for(nc, "auto") == 1
+    assert jetstream.replicas_for(nc, "auto") == 1
     await nc.close()
     one = channel_cli(
         operator_url, "apply", "-f", "-", stdin=manifest("solo", "{history: {size: 5, ttl: 1m}}")

@@ -21,11 +21,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client, SwitchboardError
-from switchboard.localdrain import HEADER, secret_path
-from switchboard.natsserver import NatsServer
-from switchboard.resume import mint_resume
-from switchboard.tokens import Claims
+from switchboard.contract.localdrain import HEADER, secret_path
+from switchboard.contract.resume import mint_resume
+from switchboard.contract.tokens import Claims
 from tests.conftest import SECRET, Edge, EdgeFactory, token
 from tests.integration.helpers import scrape_metrics, wait_for
 from tests.integration.test_refusals_in_band import ORIGIN, closed_in_band

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import nats
 import pytest
 
+from switchboard.cli.natsserver import free_port, wait_for_port
 from switchboard.client import Client
-from switchboard.natsserver import free_port, wait_for_port
 from tests.integration.helpers import next_event
 
 SECRET = "dev-mode-secret-long-enough-for-hs256-x"

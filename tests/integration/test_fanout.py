@@ -9,8 +9,8 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
+from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client, SwitchboardError
-from switchboard.natsserver import NatsServer
 from tests.conftest import Edge, token
 from tests.integration.helpers import (
     edge_subjects,

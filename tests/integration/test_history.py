@@ -9,9 +9,9 @@ import nats
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client
-from switchboard.natsserver import NatsServer
-from switchboard.resilient import ResilientClient
+from switchboard.client.resilient import ResilientClient
 from tests.conftest import Edge, EdgeFactory, token
 from tests.integration.helpers import channel_cli, next_event
 

@@ -14,9 +14,15 @@ from typing import Literal
 import nats
 import pytest
 
-from switchboard.channels import channel_subject, rpc_subject, user_subject
-from switchboard.natsauth import NatsCredentials, connect_options
-from switchboard.natsnames import (
+from switchboard.cli.natsserver import (
+    NatsServer,
+    find_binary,
+    free_port,
+    stop_process,
+    wait_for_port,
+)
+from switchboard.contract.channels import channel_subject, rpc_subject, user_subject
+from switchboard.contract.names import (
     CHANNELS_BUCKET,
     EDGES_BUCKET,
     PRESENCE_BUCKET,
@@ -26,8 +32,8 @@ from switchboard.natsnames import (
     kv_stream,
     presence_feed_prefix,
 )
-from switchboard.natsserver import NatsServer, find_binary, free_port, stop_process, wait_for_port
-from switchboard.permissions import Role, allows, role_permissions
+from switchboard.contract.natsauth import NatsCredentials, connect_options
+from switchboard.contract.permissions import Role, allows, role_permissions
 
 Action = Literal["publish", "subscribe"]
 P = "sb"

@@ -13,8 +13,8 @@ import json
 
 import nats
 
+from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client
-from switchboard.natsserver import NatsServer
 from tests.conftest import Edge, token
 from tests.integration.helpers import channel_cli, next_event, scrape_metrics, settle
 

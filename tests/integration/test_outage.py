@@ -13,8 +13,8 @@ from typing import Any
 import nats
 import pytest
 
+from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client, SwitchboardError
-from switchboard.natsserver import NatsServer
 from tests.conftest import EdgeFactory, token
 from tests.integration.helpers import channel_cli, next_event, wait_for
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client, SwitchboardError
-from switchboard.natsserver import NatsServer
 from tests.conftest import EdgeFactory, token
 
 ROOM = """\

@@ -20,9 +20,9 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from websockets.asyncio.client import connect
 
+from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client, Closed
-from switchboard.natsserver import NatsServer
-from switchboard.resilient import ResilientClient
+from switchboard.client.resilient import ResilientClient
 from tests.conftest import Edge, EdgeFactory, token
 from tests.integration.helpers import channel_cli, scrape_metrics, wait_for
 

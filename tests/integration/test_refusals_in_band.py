@@ -18,10 +18,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from switchboard.client import Client, Closed
-from switchboard.localdrain import HEADER, secret_path
-from switchboard.resilient import ResilientClient
-from switchboard.resume import mint_resume
-from switchboard.tokens import Claims, mint_token
+from switchboard.client.resilient import ResilientClient
+from switchboard.contract.localdrain import HEADER, secret_path
+from switchboard.contract.resume import mint_resume
+from switchboard.contract.tokens import Claims, mint_token
 from tests.conftest import Edge, EdgeFactory, token
 from tests.integration.helpers import edge_subjects, scrape_metrics, wait_for
 

@@ -8,9 +8,9 @@ import random
 import nats
 import pytest
 
+from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client
-from switchboard.natsserver import NatsServer
-from switchboard.resilient import ResilientClient, Stopped
+from switchboard.client.resilient import ResilientClient, Stopped
 from tests.conftest import Edge, EdgeFactory, token
 from tests.integration.helpers import channel_cli
 

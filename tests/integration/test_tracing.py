@@ -17,9 +17,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from edge.app import connect_backbone, make_verifier
 from edge.server import EdgeServer
+from edge.settings import load_edge_settings
+from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client
-from switchboard.natsserver import NatsServer
-from switchboard.settings import load_edge_settings
 from tests.conftest import SECRET, token
 from tests.integration.helpers import next_event
 

@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from switchboard.client import Client
-from switchboard.tokens import mint_token
+from switchboard.contract.tokens import mint_token
 from tests.conftest import Edge, EdgeFactory, token
 
 

@@ -22,7 +22,7 @@ import kmock
 import yaml
 
 from edge.metrics import parse as parse_metrics
-from switchboard.natsserver import free_port, stop_process, wait_for_port
+from switchboard.cli.natsserver import free_port, stop_process, wait_for_port
 
 GROUP_VERSION = "switchboard.dev/v1alpha1"
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}

@@ -27,8 +27,8 @@ import pytest
 import websockets
 from nats.js.errors import NotFoundError
 
+from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client, SwitchboardError
-from switchboard.natsserver import NatsServer
 from tests.conftest import Edge, EdgeFactory, token
 from tests.integration.helpers import next_event
 from tests.operator.harness import (

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from switchboard.natsauth import NatsCredentials, connect_options, redact
-from switchboard.settings import SettingsError, load_edge_settings
+from edge.settings import load_edge_settings
+from switchboard.contract.natsauth import NatsCredentials, connect_options, redact
+from switchboard.contract.settings import SettingsError
 from tests.chart.test_nats_tls import make_certificates
 
 

@@ -1,7 +1,7 @@
 """Who may do what on NATS (DESIGN §6): each role's allow and deny lists.
 
-Derived here, once, from the contract's names (`switchboard.channels`,
-`switchboard.natsnames`); the chart's NATS configuration, dev mode and the
+Derived here, once, from the contract's names (`switchboard.contract.channels`,
+`switchboard.contract.names`); the chart's NATS configuration, dev mode and the
 tests all render these lists, never a hand-written copy.
 
 - edge: client traffic (channels, RPC requests, presence frames), its KV buckets
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from switchboard.natsnames import (
+from switchboard.contract.names import (
     BUCKETS,
     CHANNELS_BUCKET,
     EDGES_BUCKET,

@@ -1,5 +1,5 @@
-"""Every NATS name lives in the contract modules (switchboard/natsnames.py and
-switchboard/channels.py), where switchboard/permissions.py derives each role's
+"""Every NATS name lives in the contract modules (switchboard/contract/names.py and
+switchboard/contract/channels.py), where switchboard/contract/permissions.py derives each role's
 permissions from them; a subject spelled anywhere else could ship without one."""
 
 from __future__ import annotations
@@ -9,7 +9,11 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
-CONTRACT = {"switchboard/natsnames.py", "switchboard/channels.py", "switchboard/permissions.py"}
+CONTRACT = {
+    "switchboard/contract/names.py",
+    "switchboard/contract/channels.py",
+    "switchboard/contract/permissions.py",
+}
 BUCKETS = {"sb_tickets", "sb_edges", "sb_channels", "sb_presence"}
 WHOLE = re.compile(r"^(\$JS\.|\$KV\.|_INBOX\.|SB_CH_)")
 # the fixed part of an f-string subject: f"{prefix}.ch.{channel}", f"{p}.edge.{pod}.ctl"
@@ -53,11 +57,11 @@ def test_no_nats_name_is_spelled_outside_the_contract() -> None:
     ]
     assert len(sources) > 40
     found = [hit for path in sources for hit in nats_literals(path)]
-    assert found == [], "use switchboard.natsnames / switchboard.channels"
+    assert found == [], "use switchboard.contract.names / switchboard.contract.channels"
 
 
 def test_the_scan_finds_what_it_looks_for(tmp_path: Path) -> None:
-    sample = ROOT / "tests" / "unit" / "_nats_literal_sample.py"
+    sample = ROOT / "tests" / "contract" / "_nats_literal_sample.py"
     sample.write_text('BUCKET = "sb_tickets"\nS = f"{prefix}.edge.{pod}.ctl"\n')
     try:
         assert len(nats_literals(sample)) == 2

@@ -15,9 +15,9 @@ from typing import Any
 
 import jwt
 
-from switchboard.channels import is_valid_user_id
+from switchboard.contract.channels import is_valid_user_id
 
-# The audience of resume tokens (switchboard/resume.py). They are signed with the same
+# The audience of resume tokens (switchboard/contract/resume.py). They are signed with the same
 # secret as JWTs by default, so a bearer token with this audience is refused even when
 # `jwt_audience` is unset: a resume token is good for `?resume=` only.
 RESUME_AUDIENCE = "switchboard-resume"

@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 
 from edge.directory import ChannelDirectory
-from switchboard.channel_config import ChannelSpec, ManifestError, governing, load_manifests
-from switchboard.settings import ChannelPolicy
+from switchboard.contract.channel_config import (
+    ChannelSpec,
+    ManifestError,
+    governing,
+    load_manifests,
+)
+from switchboard.contract.settings import ChannelPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = "apiVersion: switchboard.dev/v1alpha1\nkind: Channel\n"

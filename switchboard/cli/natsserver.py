@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from switchboard.permissions import ROLES, Role, authorization_block, user_name
+from switchboard.contract.permissions import ROLES, Role, authorization_block, user_name
 
 
 def find_binary() -> str:
@@ -89,7 +89,7 @@ class NatsServer:
     """A nats-server child process with JetStream and the monitoring port on.
 
     With `auth`, it runs with the role users and permissions of
-    `switchboard.permissions` (as the chart's NATS does), each role with a random
+    `switchboard.contract.permissions` (as the chart's NATS does), each role with a random
     password: `url` is then a backend's URL (what apps get), `url_for(role)` any
     role's, and an anonymous connection is refused.
     """

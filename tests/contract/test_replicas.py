@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from switchboard.channel_config import ManifestError, load_manifests, resolve_replicas
-from switchboard.settings import SettingsError, load_edge_settings
+from edge.settings import load_edge_settings
+from switchboard.contract.channel_config import ManifestError, load_manifests, resolve_replicas
+from switchboard.contract.settings import SettingsError
 from switchboard_operator.settings import load_operator_settings
 
 HEAD = "apiVersion: switchboard.dev/v1alpha1\nkind: Channel\nmetadata: {name: c}\n"

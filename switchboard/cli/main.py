@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from switchboard.settings import SettingsError, load_edge_settings
+from edge.settings import load_edge_settings
+from switchboard.contract.settings import SettingsError
 
 if TYPE_CHECKING:
-    from switchboard.channel_config import ChannelSpec
+    from switchboard.contract.channel_config import ChannelSpec
 
 
 def _csv(value: str) -> list[str]:
@@ -172,7 +173,7 @@ async def _client(args: argparse.Namespace) -> int:
 
 
 def _channel(args: argparse.Namespace) -> int:
-    from switchboard.channel_config import ManifestError, load_manifests
+    from switchboard.contract.channel_config import ManifestError, load_manifests
 
     manifests: list[tuple[str, ChannelSpec]] = []
     if args.action == "apply":
@@ -186,9 +187,10 @@ def _channel(args: argparse.Namespace) -> int:
 
 
 async def _channel_store(args: argparse.Namespace, manifests: list[tuple[str, ChannelSpec]]) -> int:
-    from switchboard import channelstore
+    from switchboard import jetstream
+    from switchboard_operator import channelstore
 
-    url = args.nats_url or channelstore.default_nats_url()
+    url = args.nats_url or jetstream.default_nats_url()
     try:
         if args.action == "apply":
             for name, spec in manifests:
@@ -201,11 +203,11 @@ async def _channel_store(args: argparse.Namespace, manifests: list[tuple[str, Ch
             for name, spec in sorted((await channelstore.list_channels(url)).items()):
                 print(f"{name}\t{spec.to_json().decode()}")
     except OSError as exc:
-        from switchboard.natsauth import redact
+        from switchboard.contract.natsauth import redact
 
         print(f"error: cannot reach NATS at {redact(url)}: {exc}", file=sys.stderr)
         return 1
-    except channelstore.ReplicasRefused as exc:
+    except jetstream.ReplicasRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "operator":
-            from switchboard import logs
+            from switchboard.contract import logs
             from switchboard_operator.main import run_operator
             from switchboard_operator.settings import load_operator_settings
 
@@ -238,17 +240,17 @@ def main(argv: list[str] | None = None) -> int:
             logs.configure(op_settings.log_level)
             return run_operator(op_settings)
         if args.command == "cleanup":
-            from switchboard import logs
+            from switchboard.contract import logs
             from switchboard_operator.cleanup import cleanup
 
             logs.configure("INFO")
             return asyncio.run(cleanup(args.namespace, args.selector, args.timeout))
         if args.command == "drain":
-            from switchboard.localdrain import secret_path, start_local_drain
+            from switchboard.contract.localdrain import secret_path, start_local_drain
 
             return start_local_drain(args.port, secret_path(args.port, args.secret_file))
         if args.command == "probe":
-            from switchboard.probe import probe
+            from switchboard.cli.probe import probe
 
             return asyncio.run(
                 probe(args.url, args.token, args.secret, args.timeout, args.nats_url)
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "crds":
             return _crds(args.out)
         if args.command in ("chart-schema", "nats-authorization"):
-            from switchboard.chart_schema import render_nats_authorization, render_values_schema
+            from switchboard.cli.chart_schema import render_nats_authorization, render_values_schema
 
             if args.command == "chart-schema":
                 text = render_values_schema()
@@ -269,12 +271,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {args.out}")
             return 0
         if args.command == "dev":
-            from switchboard.dev import run_dev
+            from switchboard.cli.dev import run_dev
 
             return run_dev(args.ports, args.host, args.secret)
         if args.command == "edge":
             from edge.app import run_edge
-            from switchboard import logs
+            from switchboard.contract import logs
 
             settings = load_edge_settings(
                 port=args.port, host=args.host, nats_url=args.nats_url, pod_name=args.pod_name
@@ -285,12 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "channel":
             return _channel(args)
         if args.command == "settings":
-            from switchboard.settings_doc import markdown
+            from switchboard.cli.settings_doc import markdown
 
             print(markdown())
             return 0
         if args.command == "token":
-            from switchboard.tokens import mint_token
+            from switchboard.contract.tokens import mint_token
 
             if not args.secret:
                 print("a secret is required: --secret or $SB_EDGE_JWT_SECRET", file=sys.stderr)

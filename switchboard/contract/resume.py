@@ -12,7 +12,7 @@ from typing import Any
 
 import jwt
 
-from switchboard.tokens import (
+from switchboard.contract.tokens import (
     RESUME_AUDIENCE,
     TIME_CLAIMS,
     Claims,

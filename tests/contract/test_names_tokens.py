@@ -10,15 +10,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from switchboard.channels import (
+from edge.settings import load_edge_settings
+from switchboard.contract.channels import (
     channel_subject,
     is_valid_channel,
     is_valid_user_id,
     matches_any,
 )
-from switchboard.codes import CloseCode, ReconnectAdvice, close_advice
-from switchboard.settings import SettingsError, load_edge_settings
-from switchboard.tokens import TokenError, TokenVerifier, mint_token
+from switchboard.contract.codes import CloseCode, ReconnectAdvice, close_advice
+from switchboard.contract.settings import SettingsError
+from switchboard.contract.tokens import TokenError, TokenVerifier, mint_token
 
 
 @pytest.mark.parametrize(

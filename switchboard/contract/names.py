@@ -1,8 +1,8 @@
 """Every NATS name of the contract (DESIGN §6) that is not a per-channel subject.
 
-Subjects of channels, users and RPC methods are built in `switchboard.channels`;
+Subjects of channels, users and RPC methods are built in `switchboard.contract.channels`;
 the buckets, control subjects and stream names live here, so that the edge, the
-operator, the CLI and the permission lists (`switchboard.permissions`) read the
+operator, the CLI and the permission lists (`switchboard.contract.permissions`) read the
 same spelling.
 """
 

@@ -15,9 +15,9 @@ import subprocess
 import sys
 import time
 
-from switchboard.channelstore import DEV_STATE
-from switchboard.natsserver import NatsServer, port_is_free, wait_for_port
-from switchboard.tokens import mint_token
+from switchboard.cli.natsserver import NatsServer, port_is_free, wait_for_port
+from switchboard.contract.tokens import mint_token
+from switchboard.jetstream import DEV_STATE
 
 
 def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None) -> int:

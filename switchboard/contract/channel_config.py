@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from switchboard.channels import channel_subject, is_valid_channel
-from switchboard.natsnames import CHANNELS_BUCKET, STREAM_PREFIX
-from switchboard.settings import ChannelPolicy, Replicas, ReplicasSetting
+from switchboard.contract.channels import channel_subject, is_valid_channel
+from switchboard.contract.names import CHANNELS_BUCKET, STREAM_PREFIX
+from switchboard.contract.settings import ChannelPolicy, Replicas, ReplicasSetting
 
 API_VERSION = "switchboard.dev/v1alpha1"
 KIND = "Channel"

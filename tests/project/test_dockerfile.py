@@ -118,11 +118,11 @@ def test_multi_stage_final_stage_copies_only_the_venv() -> None:
 
 def test_dockerignore_rules_behave_like_docker() -> None:
     rules = _ignore_rules()
-    assert _in_context("switchboard/cli.py", rules)
+    assert _in_context("switchboard/cli/main.py", rules)
     assert _in_context("operator/switchboard_operator/models.py", rules)
     assert not _in_context("switchboard/__pycache__/cli.cpython-311.pyc", rules)
     assert not _in_context(".venv/bin/python", rules)
-    assert not _in_context("tests/unit/test_dockerfile.py", rules)
+    assert not _in_context("tests/project/test_dockerfile.py", rules)
     assert not _in_context("charts/switchboard/values.yaml", rules)
 
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from switchboard.backoff import full_jitter
+from switchboard.client.backoff import full_jitter
 
 
 @pytest.mark.parametrize(

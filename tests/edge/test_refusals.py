@@ -12,6 +12,7 @@ from typing import Any
 import jwt
 import pytest
 
+from edge.settings import load_edge_settings
 from edge.upgrade import (
     MAX_CLOSE_REASON_BYTES,
     Refusal,
@@ -20,10 +21,10 @@ from edge.upgrade import (
     refuse_in_band,
     truncate_utf8,
 )
-from switchboard.localdrain import secret_path, write_secret
-from switchboard.resume import mint_resume, read_resume
-from switchboard.settings import SettingsError, load_edge_settings
-from switchboard.tokens import Claims, TokenError, TokenVerifier, mint_token
+from switchboard.contract.localdrain import secret_path, write_secret
+from switchboard.contract.resume import mint_resume, read_resume
+from switchboard.contract.settings import SettingsError
+from switchboard.contract.tokens import Claims, TokenError, TokenVerifier, mint_token
 
 SECRET = "unit-secret-that-is-long-enough-for-hs256"
 

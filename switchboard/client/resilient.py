@@ -26,9 +26,9 @@ from typing import Any
 
 from websockets.exceptions import InvalidStatus
 
-from switchboard.backoff import full_jitter
-from switchboard.client import Client, Closed, SwitchboardError
-from switchboard.codes import ReconnectAdvice, close_advice
+from switchboard.client.backoff import full_jitter
+from switchboard.client.connection import Client, Closed, SwitchboardError
+from switchboard.contract.codes import ReconnectAdvice, close_advice
 
 log = logging.getLogger("switchboard.client")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from switchboard.settings_doc import markdown
+from switchboard.cli.settings_doc import markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 

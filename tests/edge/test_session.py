@@ -19,9 +19,9 @@ from edge.session import (
     Subscribe,
     Unsubscribe,
 )
-from switchboard.codes import ErrorCode
-from switchboard.settings import ChannelPolicy
-from switchboard.tokens import Claims, TokenError
+from switchboard.contract.codes import ErrorCode
+from switchboard.contract.settings import ChannelPolicy
+from switchboard.contract.tokens import Claims, TokenError
 
 NOW = 1000.0
 

@@ -8,10 +8,10 @@ import os
 import secrets
 import sys
 
-from switchboard.channels import channel_subject
-from switchboard.channelstore import backend_publish
 from switchboard.client import Client, Closed, SwitchboardError
-from switchboard.tokens import mint_token
+from switchboard.contract.channels import channel_subject
+from switchboard.contract.tokens import mint_token
+from switchboard_operator.channelstore import backend_publish
 
 
 async def probe(
