@@ -50,8 +50,8 @@ class StreamCursor(Protocol):
     async def close(self) -> None: ...
 
 
-class Backbone(Protocol):
-    """What the edge needs from the message backbone."""
+class Bus(Protocol):
+    """Core NATS: subjects, publishes and requests (no storage)."""
 
     @property
     def connected(self) -> bool: ...
@@ -68,9 +68,9 @@ class Backbone(Protocol):
         self, subject: str, data: bytes, headers: dict[str, str], timeout_s: float
     ) -> Reply: ...
 
-    async def put_ticket(self, ticket: str, value: bytes) -> None: ...
 
-    async def put_edge_stats(self, pod: str, value: bytes) -> None: ...
+class History(Protocol):
+    """The channels' history streams (JetStream)."""
 
     async def stream_publish(
         self, subject: str, data: bytes, headers: dict[str, str], stream: str
@@ -100,6 +100,18 @@ class Backbone(Protocol):
         """Messages of `subject` in `stream` from offset `start` on, with their offsets."""
         ...
 
+
+class Stores(Protocol):
+    """The key-value state edges share: tickets, edge stats, presence, channel configs."""
+
+    async def put_ticket(self, ticket: str, value: bytes) -> None: ...
+
+    async def take_ticket(self, ticket: str) -> bytes | None:
+        """The ticket's value exactly once across all edges; None if unknown or used."""
+        ...
+
+    async def put_edge_stats(self, pod: str, value: bytes) -> None: ...
+
     async def presence_put(self, key: str) -> None: ...
 
     async def presence_delete(self, key: str) -> None: ...
@@ -110,9 +122,10 @@ class Backbone(Protocol):
         """Every channel config, then each change (None: deleted); runs until cancelled."""
         ...
 
-    async def take_ticket(self, ticket: str) -> bytes | None:
-        """The ticket's value exactly once across all edges; None if unknown or used."""
-        ...
+
+class Backbone(Bus, History, Stores, Protocol):
+    """Everything the edge needs from the message backbone: NATS in production
+    (`edge.backbone`), memory in the in-process tests (`edge.memory`)."""
 
 
 class Member(Protocol):

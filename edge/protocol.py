@@ -180,6 +180,17 @@ def error(request_id: str | None, code: ErrorCode, message: str) -> str:
     )
 
 
+def backend_error(request_id: str | None, code: str, message: str) -> str:
+    """A backend's own error code for an RPC (its `Sb-Error` header), never retryable."""
+    return frame("error", {"code": code, "message": message, "retryable": False}, request_id)
+
+
+def reconnect(resume_token: str | None, after_ms: int, reason: str) -> str:
+    """Sent before a 1001 close: where to come back from and when (DESIGN §5)."""
+    payload = {"resume_token": resume_token, "after_ms": after_ms, "reason": reason}
+    return frame("reconnect", payload)
+
+
 def event_frame(
     channel: str, data: Any, *, ts: int, sender: str | None, extra: dict[str, Any] | None = None
 ) -> str:

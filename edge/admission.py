@@ -1,0 +1,109 @@
+"""Who may open a connection: the checks of the WebSocket upgrade, in the order
+docs/protocol.md §2 gives (Origin, draining, cap, new-connection rate, credential)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.http11 import Request
+
+from edge.node import Node
+from edge.ports import Unavailable
+from edge.ratelimit import TokenBucket
+from edge.upgrade import (
+    Refusal,
+    find_credential,
+    is_ticket_shaped,
+    origin_allowed,
+    refuse_in_band,
+)
+from switchboard.contract.resume import read_resume
+from switchboard.contract.tokens import Claims, TokenError, TokenVerifier
+
+ORIGIN_REFUSAL = Refusal(403, "origin not allowed")
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    claims: Claims
+    resume: list[dict[str, Any]] | None = None  # subscriptions to restore (`?resume=`)
+
+
+class Admission:
+    """Decides each upgrade: who it is (and what to resume), or why not."""
+
+    def __init__(self, node: Node, verifier: TokenVerifier) -> None:
+        self.node = node
+        self.verifier = verifier
+        settings = node.settings
+        self._upgrades = TokenBucket(
+            settings.new_connections_per_s, settings.new_connections_burst, time.monotonic()
+        )
+
+    def in_band(self, refusal: Refusal, request: Request) -> bool:
+        """Refuse with a close after 101 (browsers), not the HTTP status? Never for a
+        forbidden Origin: a page from another site learns nothing."""
+        if refusal is ORIGIN_REFUSAL:
+            return False
+        return refuse_in_band(self.node.settings.in_band_refusals, request.headers.get("Origin"))
+
+    def origin_ok(self, request: Request) -> bool:
+        return origin_allowed(
+            request.headers.get("Origin"),
+            request.headers.get("Host"),
+            self.node.settings.allowed_origins,
+        )
+
+    async def check(self, request: Request) -> Admitted | Refusal:
+        node = self.node
+        if not self.origin_ok(request):
+            return ORIGIN_REFUSAL
+        if not node.accepting:
+            return Refusal(503, "edge is draining", retry_after_s=1)
+        if len(node.members) >= node.settings.max_connections:
+            return Refusal(503, "edge is full", retry_after_s=5)
+        if not self._upgrades.take(time.monotonic()):
+            return Refusal(429, "too many new connections", retry_after_s=1)
+        credential = find_credential(
+            request.path,
+            request.headers.get_all("Sec-WebSocket-Protocol"),
+            request.headers.get("Authorization"),
+        )
+        if credential is None:
+            return Refusal(401, "missing credentials")
+        if credential.kind == "resume":
+            secret = node.resume_secret
+            if secret is None:
+                return Refusal(401, "resume tokens are not enabled")
+            try:
+                return Admitted(*read_resume(secret, credential.value))
+            except TokenError as exc:
+                return Refusal(401, str(exc))
+        token = credential.value
+        if credential.kind == "ticket":
+            redeemed = await self._redeem(credential.value)
+            if isinstance(redeemed, Refusal):
+                return redeemed
+            token = redeemed
+        try:
+            return Admitted(self.verifier.verify(token))
+        except TokenError as exc:
+            return Refusal(401, str(exc))
+
+    async def _redeem(self, ticket: str) -> str | Refusal:
+        """The token a ticket stands for, once across all edges."""
+        if not is_ticket_shaped(ticket):
+            return Refusal(401, "malformed ticket")
+        try:
+            stored = await self.node.backbone.take_ticket(ticket)
+        except Unavailable:
+            return Refusal(503, "ticket store unavailable", retry_after_s=1)
+        if stored is None:
+            return Refusal(401, "unknown or used ticket")
+        record = json.loads(stored)
+        if time.time() - record["created"] > self.node.settings.ticket_ttl_s:
+            return Refusal(401, "ticket expired")
+        return str(record["token"])

@@ -1,0 +1,364 @@
+"""One edge's shared state (`Node`) and each client on it (`Member`).
+
+A `Member` carries out its Session's actions — subscribe with recovery,
+publish, RPC, presence — against the node's hub, backbone and presence, and
+hands frames to its socket adapter (a `Link`). Nothing here touches a socket:
+the in-process tests drive it with the in-memory backbone (`edge.memory`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from edge import protocol, tracing
+from edge.directory import ChannelDirectory
+from edge.hub import HEADER_FROM, HEADER_TS, Hub, decode_data
+from edge.metrics import EdgeMetrics
+from edge.ports import Backbone, NoResponders, RequestTimeout, Unavailable
+from edge.presence import Presence
+from edge.replay import Recovery, Sink
+from edge.session import (
+    Action,
+    Close,
+    PresenceQuery,
+    Publish,
+    Rpc,
+    Send,
+    Session,
+    Subscribe,
+    Unsubscribe,
+)
+from edge.settings import EdgeSettings
+from edge.tracing import SpanKind
+from switchboard.contract.channels import channel_subject, rpc_subject
+from switchboard.contract.codes import ErrorCode
+from switchboard.contract.resume import mint_resume
+from switchboard.contract.settings import ChannelPolicy
+
+log = logging.getLogger("switchboard.edge.node")
+
+
+class Link(Sink, Protocol):
+    """What a member needs from its socket adapter (`edge.connection`)."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Flush what is pending, then close with `code`."""
+        ...
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as long as the connection lives."""
+        ...
+
+
+class Node:
+    """What all connections of one edge share, and the registry of its members."""
+
+    def __init__(self, settings: EdgeSettings, backbone: Backbone) -> None:
+        self.settings = settings
+        self.backbone = backbone
+        self.directory = ChannelDirectory(settings.default_channel)
+        self.hub = Hub(
+            backbone,
+            settings.subject_prefix,
+            expose_publisher=settings.expose_publisher,
+            pod=settings.pod_name,
+            stream_for=self.directory.stream_for,
+        )
+        self.presence = Presence(
+            backbone, settings.subject_prefix, settings.pod_name, settings.presence_ttl_s
+        )
+        self.metrics = EdgeMetrics()
+        self.members: set[Member] = set()
+        self.accepting = True
+        self._down_since_ms: int | None = None
+        self._resuming: asyncio.Task[None] | None = None  # history consumers after a return
+
+    def policy_for(self, channel: str) -> ChannelPolicy:
+        return self.directory.policy_for(channel)
+
+    def record_error(self, code: str) -> None:
+        self.metrics.errors[code] += 1
+
+    def on_backbone_state(self, connected: bool) -> None:
+        """NATS went away or came back; on return, report the gap to clients."""
+        now_ms = int(time.time() * 1000)
+        if not connected:
+            self._down_since_ms = self._down_since_ms or now_ms
+            log.warning("backbone lost: publishes and RPCs answer 'unavailable'")
+        elif self._down_since_ms is not None:
+            self.hub.notify_gap(self._down_since_ms, now_ms)
+            self._resuming = asyncio.create_task(self.hub.resume_streams(self._down_since_ms))
+            log.info("backbone back after %d ms", now_ms - self._down_since_ms)
+            self._down_since_ms = None
+
+    @property
+    def resume_secret(self) -> str | None:
+        return self.settings.resume_secret or self.settings.jwt_secret
+
+    def resume_token(self, member: Member) -> str | None:
+        """Claims plus, per subscription, the last offset this edge handed it."""
+        secret = self.resume_secret
+        if secret is None:
+            return None
+        subscriptions = [
+            {"channel": channel, **member.position(channel)}
+            for channel in sorted(member.session.subscriptions)
+        ]
+        return mint_resume(
+            secret, member.session.claims, subscriptions, ttl_s=self.settings.resume_ttl_s
+        )
+
+    def channel_usage(self) -> dict[str, dict[str, int]]:
+        return self.directory.usage(
+            channel for member in self.members for channel in member.session.subscriptions
+        )
+
+
+class Member:
+    """One client on this node: its Session's actions carried out, the hub's
+    deliveries handed to its link."""
+
+    __slots__ = ("_joined_user", "_present", "id", "link", "node", "recovery", "session")
+
+    def __init__(self, node: Node, link: Link, session: Session, cid: str) -> None:
+        self.node = node
+        self.link = link
+        self.session = session
+        self.id = cid
+        self.recovery = Recovery(node.hub, node.backbone, node.settings.subject_prefix)
+        self._joined_user = False
+        self._present: set[str] | None = None  # presence channels this member is in
+
+    # -- what the hub hands over ------------------------------------------------
+
+    def deliver(self, frame: bytes) -> None:
+        self.link.deliver(frame)
+
+    def deliver_stored(self, channel: str, offset: int, frame: bytes) -> None:
+        if self.recovery.takes_live(channel, offset):
+            self.link.deliver(frame)
+
+    def position(self, channel: str) -> dict[str, Any]:
+        """`{offset, epoch}` of the newest event of `channel` handed to this member."""
+        position = self.node.hub.position(channel)
+        replayed = self.recovery.replayed_to(channel)
+        if replayed is not None:
+            position["offset"] = replayed
+        return position
+
+    def send(self, text: str) -> None:
+        """Queue a frame made for this client only (acks, errors, welcome)."""
+        self.link.deliver(text.encode())
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self, resume: list[dict[str, Any]]) -> None:
+        """Join the user's personal subject, then restore what a resume token lists."""
+        await self.node.hub.join_user(self.session.user, self)
+        self._joined_user = True
+        await self._restore(resume)
+
+    async def _restore(self, subscriptions: list[dict[str, Any]]) -> None:
+        """Each goes through the same checks as a client's own `subscribe`; the
+        answers are acks (or errors) with id `resume:<channel>`."""
+        loop = asyncio.get_running_loop()
+        for sub in subscriptions:
+            payload: dict[str, Any] = {"channel": sub.get("channel")}
+            if sub.get("offset") is not None:
+                payload["since"] = {"offset": sub["offset"], "epoch": sub.get("epoch")}
+            request = {
+                "type": "subscribe",
+                "id": f"resume:{sub.get('channel')}",
+                "payload": payload,
+            }
+            await self.execute(self.session.receive(protocol.encode(request), loop.time()))
+
+    async def finish(self) -> None:
+        """The connection is gone: leave every channel and the user's subject."""
+        self.recovery.cancel_all()
+        for channel in tuple(self.session.subscriptions):
+            await self._leave_channel(channel)
+        self.session.subscriptions.clear()
+        if self._joined_user:
+            await self.node.hub.leave_user(self.session.user, self)
+
+    # -- actions --------------------------------------------------------------
+
+    async def execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Send(text):
+                    self.send(text)
+                case Close(code, reason):
+                    await self.link.close(code, reason)
+                case Subscribe():
+                    await self._subscribe(action)
+                case Unsubscribe(request_id, channel):
+                    await self._leave_channel(channel)
+                    self.send(protocol.ack(request_id, {"channel": channel}))
+                case PresenceQuery(request_id, channel):
+                    await self._presence_query(request_id, channel)
+                case Publish():
+                    await self._publish(action)
+                case Rpc():
+                    self.link.spawn(self._rpc(action))
+
+    def _error(self, request_id: str | None, code: ErrorCode, message: str) -> None:
+        now = asyncio.get_running_loop().time()
+        for action in self.session.refuse(request_id, code, message, now):
+            if isinstance(action, Send):
+                self.send(action.text)
+
+    async def _subscribe(self, action: Subscribe) -> None:
+        hub, channel = self.node.hub, action.channel
+        stream = self.node.directory.stream_for(channel)
+        if stream is not None and action.since is not None:
+            self.recovery.begin(channel, action.since.offset)
+        try:
+            epoch = await hub.join_channel(channel, self)
+            payload: dict[str, Any] = {
+                "channel": channel,
+                "offset": None,
+                "epoch": epoch,
+                "recovered": False,
+            }
+            start: int | None = None
+            if stream is not None and epoch is not None:
+                start = await self._recover(stream, channel, action, payload)
+        except Unavailable as exc:
+            self.recovery.stop(channel, None)
+            self.session.subscribe_failed(channel)
+            await hub.leave_channel(channel, self)
+            self._error(action.request_id, ErrorCode.UNAVAILABLE, str(exc))
+            return
+        if payload["offset"] is not None:
+            hub.note_offset(channel, payload["offset"])
+        self.send(protocol.ack(action.request_id, payload))
+        if start is not None and stream is not None:
+            size = self.node.policy_for(channel).max_message_bytes
+            self.recovery.start(channel, stream, start, payload["epoch"], size, self.link)
+        if self.node.policy_for(channel).presence:
+            await self._enter_presence(channel)
+
+    async def _recover(
+        self, stream: str, channel: str, action: Subscribe, payload: dict[str, Any]
+    ) -> int | None:
+        """Fill in the ack's position; the offset to replay from, if the client asked
+        for what it missed.
+
+        `recovered` is true only when everything after `since` is still stored
+        under the same epoch; otherwise the client is told (never a silent gap)
+        and goes on from the newest offset.
+        """
+        backbone = self.node.backbone
+        subject = channel_subject(self.node.settings.subject_prefix, channel)
+        epoch = await self.node.hub.refresh_epoch(stream)  # recreated since? ask now
+        payload["epoch"] = epoch
+        last = await backbone.stream_last_offset(stream, subject)
+        payload["offset"] = last
+        since = action.since
+        if since is None:
+            return None
+        if since.epoch == epoch and since.offset + 1 >= await backbone.stream_first_offset(stream):
+            payload["recovered"] = True
+            return since.offset + 1
+        return last + 1  # what arrived since the ack's offset is still owed
+
+    async def _enter_presence(self, channel: str) -> None:
+        if self._present is None:
+            self._present = set()
+        if channel in self._present:
+            return
+        self._present.add(channel)
+        await self.node.hub.join_presence_feed(channel, self)
+        await self.node.presence.enter(channel, self.session.user)
+
+    async def _leave_channel(self, channel: str) -> None:
+        self.recovery.cancel(channel)
+        await self.node.hub.leave_channel(channel, self)
+        if self._present and channel in self._present:
+            self._present.discard(channel)
+            await self.node.hub.leave_presence_feed(channel, self)
+            await self.node.presence.leave(channel, self.session.user)
+
+    async def _presence_query(self, request_id: str | None, channel: str) -> None:
+        try:
+            users = await self.node.presence.users(channel)
+        except Unavailable as exc:
+            self._error(request_id, ErrorCode.UNAVAILABLE, str(exc))
+            return
+        self.send(protocol.ack(request_id, {"channel": channel, "users": users}))
+
+    async def _publish(self, action: Publish) -> None:
+        node = self.node
+        headers = {HEADER_FROM: self.session.user, HEADER_TS: str(int(time.time() * 1000))}
+        if action.msg_id is not None:
+            headers["Nats-Msg-Id"] = action.msg_id
+        subject = channel_subject(node.settings.subject_prefix, action.channel)
+        with tracing.tracer().start_as_current_span(
+            "sb.publish", kind=SpanKind.PRODUCER, attributes=self._span_attributes(subject)
+        ) as span:
+            tracing.inject(headers, span)
+            ack: dict[str, Any] = {"channel": action.channel}
+            stream = node.directory.stream_for(action.channel)
+            try:
+                if stream is None:
+                    await node.backbone.publish(subject, action.body, headers)
+                else:  # stored; a repeated msg_id is acked with the original offset
+                    ack["offset"] = await node.backbone.stream_publish(
+                        subject, action.body, headers, stream
+                    )
+                    ack["epoch"] = await node.hub.epoch(stream)
+            except Unavailable as exc:
+                span.set_attribute("sb.error", "unavailable")
+                self._error(action.request_id, ErrorCode.UNAVAILABLE, f"not accepted: {exc}")
+                return
+        node.metrics.publishes += 1
+        node.directory.count_publish(action.channel)
+        self.send(protocol.ack(action.request_id, ack))
+
+    def _span_attributes(self, subject: str) -> dict[str, str]:
+        return {
+            "messaging.system": "nats",
+            "messaging.destination.name": subject,
+            "enduser.id": self.session.user,
+            "sb.conn": self.id,
+            "sb.pod": self.node.settings.pod_name,
+        }
+
+    async def _rpc(self, action: Rpc) -> None:
+        subject = rpc_subject(self.node.settings.subject_prefix, action.method)
+        headers = {HEADER_FROM: self.session.user, "Sb-Conn": self.id}
+        with tracing.tracer().start_as_current_span(
+            "sb.rpc", kind=SpanKind.CLIENT, attributes=self._span_attributes(subject)
+        ) as span:
+            tracing.inject(headers, span)
+            await self._rpc_request(action, subject, headers)
+
+    async def _rpc_request(self, action: Rpc, subject: str, headers: dict[str, str]) -> None:
+        try:
+            reply = await self.node.backbone.request(
+                subject, action.body, headers, action.timeout_s
+            )
+            error_code = (reply.headers or {}).get("Sb-Error")
+            if error_code:
+                self.node.record_error(error_code)
+                message = reply.data.decode(errors="replace")
+                self.send(protocol.backend_error(action.request_id, error_code, message))
+            else:
+                data = decode_data(reply.data) if reply.data else None
+                self.send(protocol.frame("rpc_response", {"data": data}, action.request_id))
+        except NoResponders:
+            self._error(action.request_id, ErrorCode.NOT_FOUND, f"no backend for '{action.method}'")
+        except RequestTimeout:
+            self._error(action.request_id, ErrorCode.TIMEOUT, f"'{action.method}' timed out")
+        except Unavailable as exc:
+            self._error(action.request_id, ErrorCode.UNAVAILABLE, str(exc))
+        except UnicodeDecodeError:
+            self._error(action.request_id, ErrorCode.INTERNAL, "backend reply is not UTF-8")
+        finally:
+            self.session.rpc_finished()
