@@ -170,12 +170,8 @@ class Member:
             payload: dict[str, Any] = {"channel": sub.get("channel")}
             if sub.get("offset") is not None:
                 payload["since"] = {"offset": sub["offset"], "epoch": sub.get("epoch")}
-            request = {
-                "type": "subscribe",
-                "id": f"resume:{sub.get('channel')}",
-                "payload": payload,
-            }
-            await self.execute(self.session.receive(protocol.encode(request), loop.time()))
+            request = protocol.Request("subscribe", f"resume:{sub.get('channel')}", payload)
+            await self.execute(self.session.handle(request, loop.time()))
 
     async def finish(self) -> None:
         """The connection is gone: leave every channel and the user's subject."""

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from switchboard.contract.channels import is_valid_channel, is_valid_method
 from switchboard.contract.codes import RETRYABLE, ErrorCode
 
 CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "rpc", "presence", "refresh"})
@@ -144,6 +145,142 @@ def parse(text: str) -> Request:
 
 
 JSON_TYPES: dict[type, str] = {str: "a string", int: "an integer", dict: "an object"}
+
+
+# -- typed client messages ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a client stands in a channel's history."""
+
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeMessage:
+    id: str | None
+    channel: str
+    since: Position | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeMessage:
+    id: str | None
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishMessage:
+    id: str | None
+    channel: str
+    data: Any
+    msg_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RpcMessage:
+    id: str | None
+    method: str
+    data: Any
+    timeout_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceMessage:
+    id: str | None
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshMessage:
+    id: str | None
+    token: str
+
+
+ClientMessage = (
+    SubscribeMessage
+    | UnsubscribeMessage
+    | PublishMessage
+    | RpcMessage
+    | PresenceMessage
+    | RefreshMessage
+)
+
+
+def parse_message(text: str) -> ClientMessage:
+    """Decode one client frame into its typed message, or raise ProtocolError."""
+    return typed(parse(text))
+
+
+def typed(request: Request) -> ClientMessage:
+    """The typed message of a decoded frame: every field's type and form checked."""
+    match request.type:
+        case "subscribe":
+            return SubscribeMessage(request.id, _channel(request), _position(request))
+        case "unsubscribe":
+            return UnsubscribeMessage(request.id, _channel(request))
+        case "publish":
+            channel = _channel(request)
+            if "data" not in request.payload:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'data'", request.id)
+            data = request.payload["data"]
+            return PublishMessage(request.id, channel, data, _msg_id(request))
+        case "rpc":
+            method: str = field(request, "method", str)
+            if not is_valid_method(method):
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST,
+                    "invalid method name: use [A-Za-z0-9_-] segments joined by '.'",
+                    request.id,
+                )
+            timeout_ms = field(request, "timeout_ms", int, required=False)
+            return RpcMessage(request.id, method, request.payload.get("data"), timeout_ms)
+        case "presence":
+            return PresenceMessage(request.id, _channel(request))
+        case "refresh":
+            return RefreshMessage(request.id, field(request, "token", str))
+    raise AssertionError(request.type)  # parse() admits only CLIENT_TYPES
+
+
+def _channel(request: Request) -> str:
+    channel: str = field(request, "channel", str)
+    if not is_valid_channel(channel):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            "invalid channel name: use [A-Za-z0-9_-] segments joined by ':'",
+            request.id,
+        )
+    return channel
+
+
+def _position(request: Request) -> Position | None:
+    since = field(request, "since", dict, required=False)
+    if since is None:
+        return None
+    offset, epoch = since.get("offset"), since.get("epoch")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, "'since.offset' must be an integer >= 0", request.id
+        )
+    if not isinstance(epoch, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'since.epoch' must be a string", request.id)
+    return Position(offset, epoch)
+
+
+def _msg_id(request: Request) -> str | None:
+    """`msg_id` travels as the `Nats-Msg-Id` header: printable, bounded, one line."""
+    msg_id: str | None = field(request, "msg_id", str, required=False)
+    if msg_id is not None and not (
+        0 < len(msg_id) <= MAX_ID_LENGTH and msg_id.isprintable() and msg_id.strip() == msg_id
+    ):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"'msg_id' must be 1..{MAX_ID_LENGTH} printable characters, no surrounding spaces",
+            request.id,
+        )
+    return msg_id
 
 
 def field(request: Request, name: str, kind: type, *, required: bool = True) -> Any:

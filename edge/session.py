@@ -14,9 +14,19 @@ from typing import Any
 
 from edge import protocol
 from edge.policy import PolicyLookup, publish_refusal, subscribe_refusal
-from edge.protocol import ProtocolError, Request
+from edge.protocol import (
+    ClientMessage,
+    Position,
+    PresenceMessage,
+    ProtocolError,
+    PublishMessage,
+    RefreshMessage,
+    Request,
+    RpcMessage,
+    SubscribeMessage,
+    UnsubscribeMessage,
+)
 from edge.ratelimit import ErrorWindow, TokenBucket
-from switchboard.contract.channels import is_valid_channel, is_valid_method
 from switchboard.contract.codes import ABUSIVE, CloseCode, ErrorCode
 from switchboard.contract.tokens import Claims, TokenError
 
@@ -37,14 +47,6 @@ class Subscribe:
     request_id: str | None
     channel: str
     since: Position | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where a client stands in a channel's history."""
-
-    offset: int
-    epoch: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +149,21 @@ class Session:
             return []
         try:
             request = protocol.parse(text)
-            if not self._bucket.take(now):
-                return self.refuse(
-                    request.id, ErrorCode.RATE_LIMITED, "over the message rate limit", now
-                )
-            return self._dispatch(request, now)
+        except ProtocolError as exc:
+            return self.refuse(exc.request_id, exc.code, exc.message, now)
+        return self.handle(request, now)
+
+    def handle(self, request: Request, now: float) -> list[Action]:
+        """A decoded frame: from the socket, or made on the client's behalf (a resume
+        token's subscriptions) under the same rate limit and checks."""
+        if self.closed:
+            return []
+        if not self._bucket.take(now):
+            return self.refuse(
+                request.id, ErrorCode.RATE_LIMITED, "over the message rate limit", now
+            )
+        try:
+            return self._dispatch(protocol.typed(request), now)
         except ProtocolError as exc:
             return self.refuse(exc.request_id, exc.code, exc.message, now)
 
@@ -184,140 +196,101 @@ class Session:
 
     # -- handlers ------------------------------------------------------------
 
-    def _dispatch(self, request: Request, now: float) -> list[Action]:
-        match request.type:
-            case "subscribe":
-                return self._subscribe(request, now)
-            case "unsubscribe":
-                channel = self._channel(request)
+    def _dispatch(self, message: ClientMessage, now: float) -> list[Action]:
+        match message:
+            case SubscribeMessage():
+                return self._subscribe(message, now)
+            case UnsubscribeMessage(request_id, channel):
                 self.subscriptions.discard(channel)
-                return [Unsubscribe(request.id, channel)]
-            case "publish":
-                return self._publish(request, now)
-            case "rpc":
-                return self._rpc(request, now)
-            case "refresh":
-                return self._refresh(request, now)
-            case "presence":
-                return self._presence(request, now)
-        raise AssertionError(request.type)  # parse() admits only CLIENT_TYPES
+                return [Unsubscribe(request_id, channel)]
+            case PublishMessage():
+                return self._publish(message, now)
+            case RpcMessage():
+                return self._rpc(message, now)
+            case RefreshMessage():
+                return self._refresh(message, now)
+            case PresenceMessage(request_id, channel):
+                return self._presence(request_id, channel, now)
 
-    def _channel(self, request: Request) -> str:
-        channel: str = protocol.field(request, "channel", str)
-        if not is_valid_channel(channel):
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST,
-                "invalid channel name: use [A-Za-z0-9_-] segments joined by ':'",
-                request.id,
-            )
-        return channel
-
-    def _subscribe(self, request: Request, now: float) -> list[Action]:
-        channel = self._channel(request)
-        since = _position(request)
+    def _subscribe(self, message: SubscribeMessage, now: float) -> list[Action]:
+        channel = message.channel
         refusal = subscribe_refusal(self.claims, channel, self._policy_for(channel))
         if refusal:
-            return self.refuse(request.id, ErrorCode.FORBIDDEN, refusal, now)
+            return self.refuse(message.id, ErrorCode.FORBIDDEN, refusal, now)
         if channel not in self.subscriptions:
             if len(self.subscriptions) >= self.limits.max_subscriptions:
                 return self.refuse(
-                    request.id,
+                    message.id,
                     ErrorCode.LIMIT_EXCEEDED,
                     f"at most {self.limits.max_subscriptions} subscriptions",
                     now,
                 )
             self.subscriptions.add(channel)
-        return [Subscribe(request.id, channel, since)]
+        return [Subscribe(message.id, channel, message.since)]
 
-    def _presence(self, request: Request, now: float) -> list[Action]:
-        channel = self._channel(request)
+    def _presence(self, request_id: str | None, channel: str, now: float) -> list[Action]:
         policy = self._policy_for(channel)
         if not policy.presence:
             return self.refuse(
-                request.id, ErrorCode.NOT_ENABLED, f"presence is off for '{channel}'", now
+                request_id, ErrorCode.NOT_ENABLED, f"presence is off for '{channel}'", now
             )
         refusal = subscribe_refusal(self.claims, channel, policy)
         if refusal:  # who is in a channel is visible to those who may subscribe to it
-            return self.refuse(request.id, ErrorCode.FORBIDDEN, refusal, now)
-        return [PresenceQuery(request.id, channel)]
+            return self.refuse(request_id, ErrorCode.FORBIDDEN, refusal, now)
+        return [PresenceQuery(request_id, channel)]
 
-    def _publish(self, request: Request, now: float) -> list[Action]:
-        channel = self._channel(request)
-        if "data" not in request.payload:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'data'", request.id)
-        msg_id = protocol.field(request, "msg_id", str, required=False)
+    def _publish(self, message: PublishMessage, now: float) -> list[Action]:
+        channel = message.channel
         policy = self._policy_for(channel)
         refusal = publish_refusal(self.claims, channel, policy)
         if refusal:
-            return self.refuse(request.id, ErrorCode.FORBIDDEN, refusal, now)
-        body = _encode_data(request.payload["data"])
+            return self.refuse(message.id, ErrorCode.FORBIDDEN, refusal, now)
+        body = _encode_data(message.data)
         if len(body) > policy.max_message_bytes:
             return self.refuse(
-                request.id,
+                message.id,
                 ErrorCode.TOO_LARGE,
                 f"data is {len(body)} bytes; '{channel}' allows {policy.max_message_bytes}",
                 now,
             )
-        return [Publish(request.id, channel, body, msg_id)]
+        return [Publish(message.id, channel, body, message.msg_id)]
 
-    def _rpc(self, request: Request, now: float) -> list[Action]:
-        method: str = protocol.field(request, "method", str)
-        if not is_valid_method(method):
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST,
-                "invalid method name: use [A-Za-z0-9_-] segments joined by '.'",
-                request.id,
-            )
-        timeout_ms = protocol.field(request, "timeout_ms", int, required=False)
+    def _rpc(self, message: RpcMessage, now: float) -> list[Action]:
+        timeout_ms = message.timeout_ms
         if timeout_ms is None:
             timeout_ms = self.limits.rpc_timeout_ms
         if not 0 < timeout_ms <= self.limits.rpc_max_timeout_ms:
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST,
                 f"'timeout_ms' must be 1..{self.limits.rpc_max_timeout_ms}",
-                request.id,
+                message.id,
             )
         if self.rpcs_in_flight >= self.limits.max_rpcs_in_flight:
             return self.refuse(
-                request.id,
+                message.id,
                 ErrorCode.LIMIT_EXCEEDED,
                 f"at most {self.limits.max_rpcs_in_flight} RPCs in flight",
                 now,
             )
         self.rpcs_in_flight += 1
-        body = _encode_data(request.payload.get("data"))
-        return [Rpc(request.id, method, body, timeout_ms / 1000)]
+        body = _encode_data(message.data)
+        return [Rpc(message.id, message.method, body, timeout_ms / 1000)]
 
-    def _refresh(self, request: Request, now: float) -> list[Action]:
-        token: str = protocol.field(request, "token", str)
+    def _refresh(self, message: RefreshMessage, now: float) -> list[Action]:
         try:
-            claims = self._verify(token)
+            claims = self._verify(message.token)
         except TokenError as exc:
-            return self.refuse(request.id, ErrorCode.UNAUTHORIZED, str(exc), now)
+            return self.refuse(message.id, ErrorCode.UNAUTHORIZED, str(exc), now)
         if claims.sub != self.claims.sub:
             return self.refuse(
-                request.id, ErrorCode.FORBIDDEN, "refresh token is for another user", now
+                message.id, ErrorCode.FORBIDDEN, "refresh token is for another user", now
             )
         self.claims = claims
-        return [Send(protocol.ack(request.id, {"expires_at": int(claims.exp)}))]
+        return [Send(protocol.ack(message.id, {"expires_at": int(claims.exp)}))]
 
     def _close(self, code: int, reason: str) -> list[Action]:
         self.closed = True
         return [Close(code, reason)]
-
-
-def _position(request: Request) -> Position | None:
-    since = protocol.field(request, "since", dict, required=False)
-    if since is None:
-        return None
-    offset, epoch = since.get("offset"), since.get("epoch")
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST, "'since.offset' must be an integer >= 0", request.id
-        )
-    if not isinstance(epoch, str):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "'since.epoch' must be a string", request.id)
-    return Position(offset, epoch)
 
 
 def _encode_data(data: Any) -> bytes:
