@@ -264,6 +264,7 @@ def start_edge(
     env = os.environ | {
         "SB_EDGE_HOST": "127.0.0.1",
         "SB_EDGE_PORT": str(port),
+        "SB_EDGE_ADMIN_PORT": "0",
         "SB_EDGE_POD_NAME": "bench-edge",
         "SB_EDGE_NATS_URL": nats_url,
         "SB_EDGE_JWT_SECRET": SECRET,

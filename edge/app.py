@@ -67,7 +67,12 @@ async def run_edge(settings: EdgeSettings, ready: asyncio.Event | None = None) -
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     log.info(
         "edge listening",
-        extra={"pod": settings.pod_name, "port": server.port, "nats": settings.nats_url},
+        extra={
+            "pod": settings.pod_name,
+            "port": server.port,
+            "admin_port": server.admin.port,
+            "nats": settings.nats_url,
+        },
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

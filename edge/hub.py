@@ -17,7 +17,13 @@ from typing import Any
 from edge import protocol, tracing
 from edge.ports import Backbone, Delivery, Member, SubscriptionHandle, Unavailable
 from edge.presence import feed_subject
-from switchboard.contract.channels import channel_subject, personal_channel, user_subject
+from switchboard.contract.channels import (
+    PERSONAL_PREFIX,
+    channel_subject,
+    personal_channel,
+    user_subject,
+)
+from switchboard.contract.codes import DISCONNECT_CODES, DISCONNECT_HEADER, CloseCode
 
 log = logging.getLogger("switchboard.edge.hub")
 
@@ -284,6 +290,9 @@ class Hub:
         topic = self._topics.get(subject)
         if topic is None or not topic.members:
             return
+        if delivery.headers and DISCONNECT_HEADER in delivery.headers:
+            self._disconnect(topic, delivery)
+            return
         if delivery.offset is not None:
             if topic.delivered is not None and delivery.offset <= topic.delivered:
                 return  # a rebuilt consumer's repeat: members have it already
@@ -316,6 +325,20 @@ class Hub:
         if span is not None:
             span.set_attribute("sb.recipients", len(topic.members))
             span.end()
+
+    def _disconnect(self, topic: _Topic, delivery: Delivery) -> None:
+        """Close every member of a user's subject with the code a backend asked for."""
+        assert delivery.headers is not None
+        raw = delivery.headers[DISCONNECT_HEADER]
+        if not topic.channel.startswith(PERSONAL_PREFIX) or not raw.isdigit():
+            self.dropped += 1
+            log.warning("ignored a disconnect", extra={"subject": delivery.subject})
+            return
+        code = int(raw) if int(raw) in DISCONNECT_CODES else int(CloseCode.FORBIDDEN)
+        reason = delivery.data.decode(errors="replace")[:120] or "revoked"
+        for member in tuple(topic.members):
+            member.disconnect(code, reason)
+        log.info("disconnected a user", extra={"subject": delivery.subject, "code": code})
 
     def stored_event(self, channel: str, data: Any, delivery: Delivery, epoch: str | None) -> bytes:
         """An event of a channel with history: it carries its offset and epoch."""

@@ -142,6 +142,9 @@ class Member:
         if self.recovery.takes_live(channel, offset):
             self.link.deliver(frame)
 
+    def disconnect(self, code: int, reason: str) -> None:
+        self.link.spawn(self.link.close(code, reason))
+
     def position(self, channel: str) -> dict[str, Any]:
         """`{offset, epoch}` of the newest event of `channel` handed to this member."""
         position = self.node.hub.position(channel)

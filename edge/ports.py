@@ -138,3 +138,7 @@ class Member(Protocol):
     def deliver_stored(self, channel: str, offset: int, frame: bytes) -> None:
         """An event of a channel with history (the member may hold it while recovering)."""
         ...
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """A backend closes this user's connections (`Sb-Disconnect` on the user's subject)."""
+        ...

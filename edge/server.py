@@ -16,7 +16,9 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from edge import tracing
+from edge.admin import Admin
 from edge.admission import Admission
+from edge.api import ServerApi
 from edge.connection import Connection, EdgeConnection
 from edge.control import Control
 from edge.flusher import Flusher
@@ -60,6 +62,7 @@ class EdgeServer:
         self.control = Control(self.node)
         self.admission = Admission(self.node, verifier)
         self.routes = Routes(self.node, self.control, self.admission)
+        self.admin = Admin(self.node, ServerApi(self.node, settings.api_keys()))
         self.limits = limits_of(settings)
         self.connections: set[Connection] = set()
         self._background: list[asyncio.Task[None]] = []
@@ -92,6 +95,7 @@ class EdgeServer:
             backlog=4096,
         )
         self.routes.drain_secret = write_secret(self._drain_secret_path)
+        await self.admin.start(self.settings.admin_host, self.settings.admin_port)
         node = self.node
         self._background = [
             asyncio.create_task(self._sweep()),
@@ -128,6 +132,7 @@ class EdgeServer:
             remove_secret(self._drain_secret_path)
             self._server.close(close_connections=False)
             await self._server.wait_closed()
+        await self.admin.stop()
 
     async def _sweep(self) -> None:
         """Periodic checks of every connection: slow consumers and keepalive pings."""

@@ -25,6 +25,7 @@ from switchboard.contract.settings import (
 )
 
 ENV_PREFIX = "SB_EDGE_"
+MIN_API_KEY_LENGTH = 16
 
 
 class EdgeSettings(BaseSettings, NatsCredentials):
@@ -34,6 +35,19 @@ class EdgeSettings(BaseSettings, NatsCredentials):
 
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8080, ge=0, le=65535, description="WebSocket and HTTP port.")
+    admin_host: str = Field("0.0.0.0", description="Address the admin port listens on.")
+    admin_port: int = Field(
+        9090,
+        ge=0,
+        le=65535,
+        description="Admin port: /healthz, /readyz, /metrics and the server API (never "
+        "exposed to clients). 0: any free port.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="The server API's keys, one per line (a mounted Secret). Unset: the "
+        "server API answers 503.",
+    )
     pod_name: str = Field(
         default_factory=socket.gethostname,
         description="This edge's name (pod name).",
@@ -131,6 +145,26 @@ class EdgeSettings(BaseSettings, NatsCredentials):
         False, description="Serve GET /dev/token (mints tokens; `switchboard dev` only)."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def api_keys(self) -> list[str]:
+        """The keys in `api_keys_file` (read on each call: a rotated Secret applies on restart)."""
+        if self.api_keys_file is None:
+            return []
+        lines = self.api_keys_file.read_text().splitlines()
+        return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+    @model_validator(mode="after")
+    def _api_keys_readable(self) -> EdgeSettings:
+        if self.api_keys_file is not None:
+            try:
+                keys = self.api_keys()
+            except OSError as exc:
+                raise ValueError(f"{ENV_PREFIX}API_KEYS_FILE: {exc.strerror}") from None
+            if any(len(key) < MIN_API_KEY_LENGTH for key in keys):
+                raise ValueError(
+                    f"{ENV_PREFIX}API_KEYS_FILE: every key needs {MIN_API_KEY_LENGTH}+ characters"
+                )
+        return self
 
     @model_validator(mode="after")
     def _needs_a_key(self) -> EdgeSettings:

@@ -70,6 +70,12 @@ class Edge:
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     log_path: str = ""
+    admin_port: int = 0
+
+    @property
+    def admin_url(self) -> str:
+        """The admin port: health, metrics and the server API."""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def ws_url(self) -> str:
@@ -103,10 +109,12 @@ class EdgeFactory:
     started: list[Edge] = field(default_factory=list)
 
     def start(self, name: str, **settings: str) -> Edge:
-        port = free_port()
+        port, admin_port = free_port(), free_port()
         env = os.environ | {
             "SB_EDGE_HOST": "127.0.0.1",
             "SB_EDGE_PORT": str(port),
+            "SB_EDGE_ADMIN_HOST": "127.0.0.1",
+            "SB_EDGE_ADMIN_PORT": str(admin_port),
             "SB_EDGE_POD_NAME": name,
             "SB_EDGE_NATS_URL": self.nats.address,
             "SB_EDGE_JWT_SECRET": SECRET,
@@ -117,7 +125,8 @@ class EdgeFactory:
             user, password = self.nats.credentials("edge")
             env |= {"SB_EDGE_NATS_USER": user, "SB_EDGE_NATS_PASSWORD": password}
         env |= {f"SB_EDGE_{k.upper()}": v for k, v in settings.items()}
-        edge = Edge(name, port, env, log_path=os.path.join(self.tmp, f"{name}.log")).start()
+        log_path = os.path.join(self.tmp, f"{name}.log")
+        edge = Edge(name, port, env, log_path=log_path, admin_port=admin_port).start()
         self.started.append(edge)
         return edge
 

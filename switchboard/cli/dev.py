@@ -13,9 +13,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-from switchboard.cli.natsserver import NatsServer, port_is_free, wait_for_port
+from switchboard.cli.natsserver import NatsServer, free_port, port_is_free, wait_for_port
 from switchboard.contract.tokens import mint_token
 from switchboard.jetstream import DEV_STATE
 
@@ -30,11 +32,19 @@ def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None
     edges: list[subprocess.Popen[bytes]] = []
     nats = NatsServer(auth=True).start()  # the roles and permissions a cluster runs with
     edge_user, edge_password = nats.credentials("edge")
+    api_key = secrets.token_urlsafe(24)
+    keys_file = Path(tempfile.mkdtemp(prefix="switchboard-dev-")) / "api-keys"
+    keys_file.write_text(api_key + "\n")
+    keys_file.chmod(0o600)
+    admin_ports = _admin_ports(host, len(ports))
     try:
-        for index, port in enumerate(ports, start=1):
+        for index, (port, admin_port) in enumerate(zip(ports, admin_ports, strict=True), start=1):
             env = os.environ | {
                 "SB_EDGE_HOST": host,
                 "SB_EDGE_PORT": str(port),
+                "SB_EDGE_ADMIN_HOST": host,
+                "SB_EDGE_ADMIN_PORT": str(admin_port),
+                "SB_EDGE_API_KEYS_FILE": str(keys_file),
                 "SB_EDGE_POD_NAME": f"edge-{index}",
                 "SB_EDGE_NATS_URL": nats.address,
                 "SB_EDGE_NATS_USER": edge_user,
@@ -53,7 +63,7 @@ def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None
         fd = os.open(DEV_STATE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(state)
-        print(_banner(ports, host, nats, secret, token), flush=True)
+        print(_banner(ports, admin_ports, nats, secret, token, api_key), flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while all(e.poll() is None for e in edges):
             time.sleep(0.5)
@@ -72,6 +82,7 @@ def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None
                 edge.kill()
         nats.stop()
         DEV_STATE.unlink(missing_ok=True)
+        shutil.rmtree(keys_file.parent, ignore_errors=True)
         print("switchboard dev stopped", file=sys.stderr)
 
 
@@ -83,8 +94,19 @@ def _self_command() -> str:
     return os.path.relpath(me)
 
 
-def _banner(ports: list[int], host: str, nats: NatsServer, secret: str, token: str) -> str:
+def _admin_ports(host: str, count: int) -> list[int]:
+    """9090, 9091, ... where free (the chart's admin port), else any free port."""
+    return [p if port_is_free(host, p) else free_port() for p in range(9090, 9090 + count)]
+
+
+def _banner(
+    ports: list[int], admin_ports: list[int], nats: NatsServer, secret: str, token: str, key: str
+) -> str:
     cmd = _self_command()
+    admins = "\n".join(
+        f"  admin       http://localhost:{p}/   (edge-{i}: /metrics, /readyz, server API)"
+        for i, p in enumerate(admin_ports, 1)
+    )
     pages = "\n".join(
         f"  demo page   http://localhost:{p}/   (edge-{i})" for i, p in enumerate(ports, 1)
     )
@@ -93,6 +115,8 @@ def _banner(ports: list[int], host: str, nats: NatsServer, secret: str, token: s
 Switchboard dev tier is up (Ctrl-C stops everything)
 {pages}
 {sockets}
+{admins}
+  api key     {key}
   nats        {nats.address}   (monitoring {nats.monitor_url})
   backend     {nats.url}
               (a backend's NATS URL: publish to sb.ch.> / sb.user.>, answer sb.rpc.>)
@@ -105,4 +129,6 @@ Try it from a terminal:
   {cmd} client --url ws://localhost:{ports[0]}/v1/ws publish chat:lobby '{{"text":"hi"}}'
   wscat -c ws://localhost:{ports[-1]}/v1/ws -s switchboard.v1 -s bearer.$SB_TOKEN
   {cmd} channel apply -f deploy/examples/channel-chat.yaml   (policy, live on every edge)
+  curl -H 'Authorization: apikey {key}' -d '{{"channel":"chat:lobby","data":"hi"}}' \\
+       http://localhost:{admin_ports[0]}/api/v1/publish
 """

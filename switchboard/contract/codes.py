@@ -82,3 +82,10 @@ ABUSIVE: frozenset[ErrorCode] = frozenset(
         ErrorCode.UNAUTHORIZED,
     }
 )
+
+
+# Backends (NATS, or the server API's `disconnect`) close every connection of a user
+# by publishing on the user's subject with this header; its value is the close code.
+DISCONNECT_HEADER = "Sb-Disconnect"
+# Close codes a backend may ask for: normal, policy, or an application code (4000-4999).
+DISCONNECT_CODES: frozenset[int] = frozenset({1000, 1008, *range(4000, 5000)})

@@ -99,6 +99,7 @@ def role_permissions(prefix: str = "sb") -> dict[Role, Permissions]:
     edge = Permissions(
         publish=(
             channels,
+            users,  # the server API: messages to a user, disconnects (`Sb-Disconnect`)
             rpc,
             presence,
             drain_subject(prefix),

@@ -220,7 +220,8 @@ async def test_the_rendered_config_admits_each_role_to_its_subjects_only(tmp_pat
         assert not await refused("operator", "publish", "app.edge.edge-1.ctl")
         assert await refused("backend", "publish", "app.edge.edge-1.ctl")
         assert await refused("backend", "publish", "$KV.sb_tickets.x")
-        assert await refused("edge", "publish", "app.user.alice")
+        assert not await refused("edge", "publish", "app.user.alice")  # the server API
+        assert await refused("edge", "publish", "app.edge.edge-2.ctl")
         assert await refused("operator", "publish", "$KV.sb_tickets.x")
         with pytest.raises(nats.errors.Error, match="Authorization Violation"):
             await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False)

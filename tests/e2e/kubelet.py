@@ -212,6 +212,7 @@ class StandInKubelet:
         port = free_port() if args[:1] == ["edge"] else None
         if port is not None:
             env |= {"SB_EDGE_HOST": "127.0.0.1", "SB_EDGE_PORT": str(port)}
+            env |= {"SB_EDGE_ADMIN_HOST": "127.0.0.1", "SB_EDGE_ADMIN_PORT": "0"}
         with (self.log_dir / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
                 [sys.executable, "-m", "switchboard", *args], env=env, stdout=log, stderr=log

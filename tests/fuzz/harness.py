@@ -126,6 +126,9 @@ class Recorder:
     def deliver_stored(self, channel: str, offset: int, frame: bytes) -> None:
         self.frames.append(frame)
 
+    def disconnect(self, code: int, reason: str) -> None:
+        self.frames.append(f"disconnect {code} {reason}".encode())
+
 
 class _Handle:
     async def unsubscribe(self) -> None:

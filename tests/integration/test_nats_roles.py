@@ -70,6 +70,7 @@ USES: dict[Role, dict[Action, list[str]]] = {
     "edge": {
         "publish": [
             channel_subject(P, "chat:lobby"),
+            user_subject(P, "alice"),  # the server API: messages to a user, disconnects
             rpc_subject(P, "orders.create"),
             drain_subject(P),
             f"{presence_feed_prefix(P)}.chat.lobby",
@@ -113,7 +114,6 @@ USES: dict[Role, dict[Action, list[str]]] = {
 FORBIDDEN: dict[Role, dict[Action, list[str]]] = {
     "edge": {
         "publish": [
-            user_subject(P, "bob"),  # a forged message to a user
             control_subject(P, "edge-2"),  # draining another edge
             f"$KV.{CHANNELS_BUCKET}.chat",  # channel config is the operator's
             f"{JS}.STREAM.DELETE.{HISTORY}",

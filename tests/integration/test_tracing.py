@@ -34,7 +34,12 @@ async def traced_edges(nats_server: NatsServer) -> AsyncIterator[list[EdgeServer
     servers = []
     for pod in ("trace-1", "trace-2"):
         settings = load_edge_settings(
-            host="127.0.0.1", port=0, pod_name=pod, nats_url=nats_server.url, jwt_secret=SECRET
+            host="127.0.0.1",
+            port=0,
+            admin_port=0,
+            pod_name=pod,
+            nats_url=nats_server.url,
+            jwt_secret=SECRET,
         )
         server = EdgeServer(settings, await connect_backbone(settings), make_verifier(settings))
         await server.start()
