@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.settings import load_edge_settings
-from switchboard.contract.settings import SettingsError
+from switchboard.contract.errors import SettingsError
 
 if TYPE_CHECKING:
     from switchboard.contract.channel_config import ChannelSpec
@@ -173,7 +173,8 @@ async def _client(args: argparse.Namespace) -> int:
 
 
 def _channel(args: argparse.Namespace) -> int:
-    from switchboard.contract.channel_config import ManifestError, load_manifests
+    from switchboard.contract.channel_config import load_manifests
+    from switchboard.contract.errors import ManifestError
 
     manifests: list[tuple[str, ChannelSpec]] = []
     if args.action == "apply":

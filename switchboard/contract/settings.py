@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings
 
+from switchboard.contract.errors import SettingsError as SettingsError  # its home before errors.py
+
 Algorithm = Literal["HS256", "RS256", "ES256"]
 ALGORITHMS: tuple[Algorithm, ...] = ("HS256", "RS256", "ES256")
 
@@ -43,10 +45,6 @@ class ChannelPolicy(BaseModel):
     )
     max_message_bytes: int = Field(16384, ge=1, description="Largest publish `data`, encoded.")
     presence: bool = Field(False, description="Track who is subscribed (join/leave, query).")
-
-
-class SettingsError(ValueError):
-    """A configuration error whose message names the offending key."""
 
 
 S = TypeVar("S", bound=BaseSettings)
