@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,26 +38,57 @@ def _object(data: bytes | str, what: str) -> dict[str, Any]:
     return value
 
 
-def _get(obj: Mapping[str, Any], what: str, name: str, default: Any) -> Any:
-    if name in obj:
-        return obj[name]
-    if default is _REQUIRED:
-        raise MessageError(f"{what}: '{name}' is missing")
-    return default
+def _field(
+    obj: Mapping[str, Any],
+    what: str,
+    name: str,
+    default: Any,
+    valid: Callable[[Any], bool],
+    expected: str,
+) -> Any:
+    """`obj[name]` if `valid`, else `default` when absent (unless _REQUIRED); any
+    other value is a MessageError naming `what` and `name`."""
+    if name not in obj:
+        if default is _REQUIRED:
+            raise MessageError(f"{what}: '{name}' is missing")
+        return default
+    value = obj[name]
+    if not valid(value):
+        raise MessageError(f"{what}: '{name}' must be {expected}, got {value!r:.80}")
+    return value
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_seq(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _is_rate(value: Any) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value > 0
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_flag(value: Any) -> bool:
+    return isinstance(value, bool)
 
 
 def _count(obj: Mapping[str, Any], what: str, name: str, default: Any = _REQUIRED) -> int:
-    value = _get(obj, what, name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise MessageError(f"{what}: '{name}' must be a whole number >= 0, got {value!r:.80}")
-    return value
+    return int(_field(obj, what, name, default, _is_count, "a whole number >= 0"))
 
 
 def _text(obj: Mapping[str, Any], what: str, name: str, default: Any = _REQUIRED) -> str:
-    value = _get(obj, what, name, default)
-    if not isinstance(value, str):
-        raise MessageError(f"{what}: '{name}' must be a string, got {value!r:.80}")
-    return value
+    return str(_field(obj, what, name, default, _is_text, "a string"))
 
 
 def _name(obj: Mapping[str, Any], what: str, name: str) -> str:
@@ -68,25 +99,16 @@ def _name(obj: Mapping[str, Any], what: str, name: str) -> str:
 
 
 def _flag(obj: Mapping[str, Any], what: str, name: str, default: Any = _REQUIRED) -> bool:
-    value = _get(obj, what, name, default)
-    if not isinstance(value, bool):
-        raise MessageError(f"{what}: '{name}' must be true or false, got {value!r:.80}")
-    return value
+    return bool(_field(obj, what, name, default, _is_flag, "true or false"))
 
 
 def _rate(obj: Mapping[str, Any], what: str, name: str) -> float:
-    value = _get(obj, what, name, _REQUIRED)
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value <= 0:
-        raise MessageError(f"{what}: '{name}' must be a number > 0, got {value!r:.80}")
-    return float(value)
+    return float(_field(obj, what, name, _REQUIRED, _is_rate, "a number > 0"))
 
 
 def _seq(obj: Mapping[str, Any], what: str, name: str) -> int | None:
-    value = _get(obj, what, name, None)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise MessageError(f"{what}: '{name}' must be a whole number, got {value!r:.80}")
-    return value
+    value = _field(obj, what, name, None, _is_seq, "a whole number")
+    return None if value is None else int(value)
 
 
 def _dump(obj: Mapping[str, Any]) -> bytes:
@@ -142,9 +164,7 @@ class EdgeStats:
     def decode(cls, data: bytes | str) -> EdgeStats:
         what = "edge stats"
         raw = _object(data, what)
-        channels = _get(raw, what, "channels", {})
-        if not isinstance(channels, dict):
-            raise MessageError(f"{what}: 'channels' must be an object, got {channels!r:.80}")
+        channels = _field(raw, what, "channels", {}, _is_object, "an object")
         usage: dict[str, ChannelUsage] = {}
         for name, entry in channels.items():
             where = f"{what}: channels.{name}"

@@ -69,6 +69,7 @@ WIRE: list[tuple[Any, bytes, Any]] = [
     ),
     (DrainGrant.decode, b'{"reconnects_per_second": 20}', DrainGrant(20.0)),
     (DrainGrant.decode, b'{"reconnects_per_second": 1, "seq": 10}', DrainGrant(1.0, 10)),
+    (DrainGrant.decode, b'{"reconnects_per_second": 2.5, "seq": null}', DrainGrant(2.5)),
     (decode_command, b'{"command": "drain"}', DrainCommand("operator")),
     (
         decode_command,
