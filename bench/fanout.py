@@ -36,8 +36,10 @@ from typing import Any
 
 import _common as c
 
+from switchboard.contract.channels import channel_subject
+
 CHANNEL = "bench"
-SUBJECT = "sb.ch.bench"
+SUBJECT = channel_subject(c.PREFIX, CHANNEL)
 MARK = b"MSG " + SUBJECT.encode() + b" "
 # what the fan-out report has always recorded about the machine (a subset of the others')
 MACHINE_KEYS = ("cpus", "python", "platform", "nats_server")

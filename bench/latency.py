@@ -34,8 +34,10 @@ from typing import Any
 
 import _common as c
 
+from switchboard.contract.channels import channel_subject
+
 CHANNEL = "lat"
-SUBJECT = "sb.ch.lat"
+SUBJECT = channel_subject(c.PREFIX, CHANNEL)
 STAMP_TEXT = re.compile(r'"t":(\d+)')
 STAMP_BYTES = re.compile(rb'"t":(\d+)[,}]')
 CARRY = 48  # longer than any `"t":<19 digits>,`: a stamp cut by a frame boundary fits

@@ -24,9 +24,9 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from switchboard.contract.channel_config import (
-    resolve_replicas,
-)
+from switchboard.contract import errors
+from switchboard.contract.channel_config import resolve_replicas
+from switchboard.contract.names import kv_stream
 from switchboard.contract.natsauth import cli_connect_options
 from switchboard.contract.settings import ReplicasSetting
 
@@ -39,8 +39,10 @@ SETTLE_TIMEOUT_S = 10
 ATTEMPT_TIMEOUT_S = 2  # one JetStream admin request
 
 
-class ReplicasRefused(nats.errors.Error):
-    """NATS cannot keep the requested number of copies; the message says which and why."""
+class ReplicasRefused(errors.ReplicasRefused, nats.errors.Error):
+    """NATS cannot keep the requested number of copies; the message says which and why.
+    A NATS error too, so that a component's backbone that turns NATS errors into
+    `Unavailable` treats it as one."""
 
 
 @contextlib.contextmanager
@@ -124,7 +126,7 @@ async def ensure_bucket(
     (it is being replaced) does not get any answer later either."""
     js = admin(nc)
     try:
-        info = await js.stream_info(f"KV_{name}")
+        info = await js.stream_info(kv_stream(name))
     except NotFoundError:
         config = KeyValueConfig(bucket=name, ttl=ttl_s or None, history=1, replicas=replicas)
         try:
@@ -133,12 +135,12 @@ async def ensure_bucket(
         except BadRequestError as exc:  # created meanwhile by another process: use it
             if exc.err_code != STREAM_NAME_IN_USE:
                 raise
-        info = await js.stream_info(f"KV_{name}")
+        info = await js.stream_info(kv_stream(name))
     if owner and (info.config.num_replicas or 1) < replicas:
         info.config.num_replicas = replicas
         with placing(f"bucket {name}", replicas):
             await js.update_stream(info.config)
-        await settle(nc, f"KV_{name}")
+        await settle(nc, kv_stream(name))
     return await nc.jetstream(timeout=op_timeout_s).key_value(name)
 
 

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
-from switchboard.cli.natsserver import (
-    NatsCluster,
-    NatsServer,
-    free_port,
-    stop_process,
-    wait_for_port,
-)
+from switchboard.cli.launch import EdgeProcess, stop_all
+from switchboard.cli.natsserver import NatsCluster, NatsServer
 from switchboard.contract.tokens import mint_token
 
 # A real etcd + kube-apiserver + kube-controller-manager (tests/controlplane), built
@@ -63,41 +56,8 @@ def token(sub: str = "alice", **kwargs: object) -> str:
     return mint_token(SECRET, sub, **kwargs)  # type: ignore[arg-type]
 
 
-@dataclass
-class Edge:
-    name: str
-    port: int
-    env: dict[str, str]
-    process: subprocess.Popen[bytes] | None = None
-    log_path: str = ""
-    admin_port: int = 0
-
-    @property
-    def admin_url(self) -> str:
-        """The admin port: health, metrics and the server API."""
-        return f"http://127.0.0.1:{self.admin_port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/ws"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Edge:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "switchboard", "edge"],
-                env=self.env,
-                stderr=log,
-                stdout=log,
-            )
-        wait_for_port(self.port, 20)
-        return self
-
-    def stop(self) -> int | None:
-        return None if self.process is None else stop_process(self.process, 20)
+# An edge process of the tests (switchboard.cli.launch, as `switchboard dev` and bench use).
+Edge = EdgeProcess
 
 
 @dataclass
@@ -109,30 +69,18 @@ class EdgeFactory:
     started: list[Edge] = field(default_factory=list)
 
     def start(self, name: str, **settings: str) -> Edge:
-        port, admin_port = free_port(), free_port()
-        env = os.environ | {
-            "SB_EDGE_HOST": "127.0.0.1",
-            "SB_EDGE_PORT": str(port),
-            "SB_EDGE_ADMIN_HOST": "127.0.0.1",
-            "SB_EDGE_ADMIN_PORT": str(admin_port),
-            "SB_EDGE_POD_NAME": name,
-            "SB_EDGE_NATS_URL": self.nats.address,
-            "SB_EDGE_JWT_SECRET": SECRET,
-            "SB_EDGE_ALLOWED_ORIGINS": ALLOWED_ORIGINS,
-            "SB_EDGE_DEV_TOKENS": "true",
-        }
-        if self.nats.passwords is not None:  # the edge role's own login (DESIGN §6)
-            user, password = self.nats.credentials("edge")
-            env |= {"SB_EDGE_NATS_USER": user, "SB_EDGE_NATS_PASSWORD": password}
-        env |= {f"SB_EDGE_{k.upper()}": v for k, v in settings.items()}
-        log_path = os.path.join(self.tmp, f"{name}.log")
-        edge = Edge(name, port, env, log_path=log_path, admin_port=admin_port).start()
+        edge = Edge.on(
+            self.nats,
+            name,
+            jwt_secret=SECRET,
+            log_path=os.path.join(self.tmp, f"{name}.log"),
+            settings={"allowed_origins": ALLOWED_ORIGINS, "dev_tokens": "true", **settings},
+        ).start(20)
         self.started.append(edge)
         return edge
 
     def stop_all(self) -> None:
-        for edge in self.started:
-            edge.stop()
+        stop_all(self.started, 20)
         self.started.clear()
 
 

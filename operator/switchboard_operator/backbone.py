@@ -9,7 +9,6 @@ Reconnects forever, like an edge.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,10 +21,11 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from switchboard.contract.channel_config import ChannelSpec, stream_name
-from switchboard.contract.names import EDGES_BUCKET, control_subject, drain_subject
+from switchboard.contract.errors import MessageError, ReplicasRefused, Unavailable
+from switchboard.contract.messages import DrainGrant, DrainRequest, EdgeStats, RateCommand
+from switchboard.contract.names import EDGES_BUCKET, control_subject, drain_subject, stream_epoch
 from switchboard.contract.natsauth import redact
 from switchboard.contract.settings import ReplicasSetting
-from switchboard.jetstream import ReplicasRefused
 from switchboard_operator import channelstore
 
 log = logging.getLogger("switchboard.operator.backbone")
@@ -36,29 +36,9 @@ GrantFn = Callable[[str, int], Awaitable[float | None]]
 
 
 @dataclass(frozen=True, slots=True)
-class EdgeStats:
-    """One edge's last report in `sb_edges`."""
-
-    pod: str
-    connections: int
-    draining: bool
-    channels: dict[str, dict[str, int]]
-    received: float  # monotonic time this operator read it
-
-
-@dataclass(frozen=True, slots=True)
 class StreamState:
     last_offset: int
     epoch: str
-
-
-class Unreachable(Exception):
-    """NATS cannot take the request now; the caller retries later."""
-
-
-class Refused(Unreachable):
-    """NATS cannot do it as asked (e.g. more replicas than it has servers); retried
-    later too, as servers may be added."""
 
 
 class OperatorBackbone:
@@ -77,7 +57,7 @@ class OperatorBackbone:
         self._replicas: ReplicasSetting = replicas
         self._stale_after_s = stale_after_s
         self._nc: Client | None = None
-        self._edges: dict[str, EdgeStats] = {}
+        self._edges: dict[str, tuple[EdgeStats, float]] = {}  # pod → last report, read when
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = 0  # the last pace sequence number handed out
 
@@ -119,7 +99,7 @@ class OperatorBackbone:
     @property
     def client(self) -> Client:
         if self._nc is None or not self._nc.is_connected:
-            raise Unreachable("not connected to NATS")
+            raise Unavailable("not connected to NATS")
         return self._nc
 
     # -- channels ------------------------------------------------------------
@@ -127,16 +107,16 @@ class OperatorBackbone:
     async def apply_channel(self, name: str, spec: ChannelSpec) -> None:
         try:
             await channelstore.write_channel(self.client, name, spec, self._prefix, self._replicas)
-        except ReplicasRefused as exc:
-            raise Refused(f"channel {name}: {exc}") from None
+        except ReplicasRefused as exc:  # switchboard.jetstream's, a NATS error as well
+            raise ReplicasRefused(f"channel {name}: {exc}") from None
         except (nats.errors.Error, TimeoutError) as exc:
-            raise Unreachable(f"channel {name}: {exc!r}") from None
+            raise Unavailable(f"channel {name}: {exc!r}") from None
 
     async def remove_channel(self, name: str) -> None:
         try:
             await channelstore.erase_channel(self.client, name, self._replicas)
         except (nats.errors.Error, TimeoutError) as exc:
-            raise Unreachable(f"channel {name}: {exc!r}") from None
+            raise Unavailable(f"channel {name}: {exc!r}") from None
 
     async def stream_state(self, name: str) -> StreamState | None:
         """Last offset and epoch of a Channel's history stream (None: no stream)."""
@@ -145,16 +125,16 @@ class OperatorBackbone:
         except NotFoundError:
             return None
         except (nats.errors.Error, TimeoutError) as exc:
-            raise Unreachable(f"stream of {name}: {exc!r}") from None
-        epoch = info.created.isoformat() if info.created else info.config.name or ""
-        return StreamState(last_offset=int(info.state.last_seq), epoch=str(epoch))
+            raise Unavailable(f"stream of {name}: {exc!r}") from None
+        epoch = stream_epoch(info.created, stream_name(name))
+        return StreamState(last_offset=int(info.state.last_seq), epoch=epoch)
 
     # -- edges ---------------------------------------------------------------
 
     def edge_stats(self) -> dict[str, EdgeStats]:
         """Edges that reported recently (a dead edge's last entry is ignored)."""
         cutoff = time.monotonic() - self._stale_after_s
-        return {pod: s for pod, s in self._edges.items() if s.received >= cutoff}
+        return {pod: stats for pod, (stats, received) in self._edges.items() if received >= cutoff}
 
     async def _follow_edges(self) -> None:
         """Keep `_edges` current from a KV watch; restart it whenever it breaks."""
@@ -169,30 +149,18 @@ class OperatorBackbone:
                         self._edges.pop(entry.key, None)
                         continue
                     self._record(entry.key, entry.value)
-            except (nats.errors.Error, TimeoutError, Unreachable) as exc:
+            except (nats.errors.Error, TimeoutError, Unavailable) as exc:
                 log.debug("edge stats watch restarting: %s", exc)
                 await asyncio.sleep(1)
 
     def _record(self, pod: str, value: bytes) -> None:
+        """Keep an edge's report (under its key: the pod that wrote it)."""
         try:
-            raw = json.loads(value)
-            stats = EdgeStats(
-                pod=pod,
-                connections=int(raw.get("connections", 0)),
-                draining=bool(raw.get("draining", False)),
-                channels={
-                    str(k): {
-                        "subscribers": int(v.get("subscribers", 0)),
-                        "published": int(v.get("published", 0)),
-                    }
-                    for k, v in (raw.get("channels") or {}).items()
-                },
-                received=time.monotonic(),
-            )
-        except (ValueError, TypeError, AttributeError):
-            log.warning("ignored malformed edge stats", extra={"pod": pod})
+            stats = EdgeStats.decode(value)
+        except MessageError as exc:
+            log.warning("ignored malformed edge stats: %s", exc, extra={"pod": pod})
             return
-        self._edges[pod] = stats
+        self._edges[pod] = (stats, time.monotonic())
 
     # -- drains --------------------------------------------------------------
 
@@ -204,25 +172,24 @@ class OperatorBackbone:
         return self._seq
 
     async def serve_drain_grants(self, grant: GrantFn) -> None:
-        """Answer `<prefix>.operator.drain` with `{"reconnects_per_second": R}`."""
+        """Answer each `DrainRequest` on `<prefix>.operator.drain` with a `DrainGrant`."""
 
         async def on_request(msg: Msg) -> None:
             try:
-                body = json.loads(msg.data)
-                pod, connections = str(body["pod"]), int(body.get("connections", 0))
-            except (ValueError, KeyError, TypeError):
+                request = DrainRequest.decode(msg.data)
+            except MessageError as exc:
+                log.warning("ignored a malformed drain request: %s", exc)
                 return
-            rate = await grant(pod, connections)
+            rate = await grant(request.pod, request.connections)
             if rate is not None and msg.reply:
-                answer = {"reconnects_per_second": rate, "seq": self._next_seq()}
-                await msg.respond(json.dumps(answer).encode())
+                await msg.respond(DrainGrant(rate, self._next_seq()).encode())
 
         await self.client.subscribe(drain_subject(self._prefix), cb=on_request)
 
     async def send_rate(self, pod: str, rate: float) -> None:
         """Re-pace a drain already running on `pod`."""
-        body = {"command": "rate", "reconnects_per_second": rate, "seq": self._next_seq()}
+        command = RateCommand(rate, self._next_seq())
         try:
-            await self.client.publish(control_subject(self._prefix, pod), json.dumps(body).encode())
-        except (nats.errors.Error, Unreachable) as exc:
+            await self.client.publish(control_subject(self._prefix, pod), command.encode())
+        except (nats.errors.Error, Unavailable) as exc:
             log.warning("rate not sent to %s: %s", pod, exc)

@@ -3,7 +3,9 @@
 `switchboard crds --out charts/switchboard/crds` writes them; a test fails when
 the committed YAML drifts from the models. The API server then enforces what
 the operator's models would: defaults, bounds, patterns, and rules across
-fields (CEL) such as minReplicas ≤ maxReplicas.
+fields (CEL) such as minReplicas ≤ maxReplicas. The models become OpenAPI schemas
+through the converter the chart's values schema uses too
+(`switchboard.contract.jsonschema`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
 
+from switchboard.contract.jsonschema import openapi_schema
 from switchboard_operator.models import (
     GROUP,
     VERSION,
@@ -21,50 +23,6 @@ from switchboard_operator.models import (
     EdgePoolSpec,
     EdgePoolStatus,
 )
-
-_DROP = {"title", "additionalProperties", "$defs"}
-
-
-def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """A Kubernetes structural schema (OpenAPI v3.0 subset) of a pydantic model."""
-    raw = model.model_json_schema(by_alias=True)
-    return _convert(raw, raw.get("$defs", {}))
-
-
-def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    if "$ref" in node:
-        target = _convert(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
-        extra = {k: v for k, v in node.items() if k != "$ref" and k not in _DROP}
-        return {**target, **extra}
-    if "anyOf" in node:  # `X | None`: optional in Kubernetes means "may be absent"
-        options = [o for o in node["anyOf"] if o.get("type") != "null"]
-        if len(options) != 1:
-            raise ValueError(f"cannot express a union in a structural schema: {node}")
-        merged = {**_convert(options[0], defs)}
-        merged.update({k: v for k, v in node.items() if k not in _DROP | {"anyOf", "default"}})
-        if node.get("default") is not None:
-            merged["default"] = node["default"]
-        return merged
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key in _DROP:
-            continue
-        if key == "properties":
-            out[key] = {name: _convert(sub, defs) for name, sub in value.items()}
-        elif key == "items":
-            out[key] = _convert(value, defs)
-        elif key == "exclusiveMinimum":  # JSON Schema number → OpenAPI 3.0 boolean form
-            out["minimum"], out["exclusiveMinimum"] = value, True
-        else:
-            out[key] = value
-    for name, sub in out.get("properties", {}).items():
-        # A nested object that is not optional (`X | None`) and needs nothing defaults
-        # to {}, so that its own fields' defaults apply.
-        optional = "anyOf" in node["properties"][name]
-        needs_nothing = "default" not in sub and not sub.get("required")
-        if sub.get("type") == "object" and not optional and needs_nothing:
-            sub["default"] = {}
-    return out
 
 
 def _crd(

@@ -16,7 +16,9 @@ from typing import Any
 import kopf
 from pydantic import BaseModel, ValidationError
 
-from switchboard_operator.backbone import OperatorBackbone, Refused, Unreachable
+from switchboard.contract.errors import ReplicasRefused, Unavailable
+from switchboard.contract.messages import EdgeStats
+from switchboard_operator.backbone import OperatorBackbone
 from switchboard_operator.drains import DrainLedger
 from switchboard_operator.kube import KubeApi, KubeError
 from switchboard_operator.kube import login as kube_login
@@ -118,8 +120,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             raise
         try:
             await ctx.backbone.apply_channel(name, parsed)
-        except Unreachable as exc:
-            reason = "ReplicasRefused" if isinstance(exc, Refused) else "NatsUnavailable"
+        except Unavailable as exc:
+            reason = "ReplicasRefused" if isinstance(exc, ReplicasRefused) else "NatsUnavailable"
             patch.status["conditions"] = [
                 _ready("False", reason, str(exc), status.get("conditions"))
             ]
@@ -138,7 +140,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     async def delete_channel(name: str, body: Any, **_: Any) -> None:
         try:
             await ctx.backbone.remove_channel(name)
-        except Unreachable as exc:
+        except Unavailable as exc:
             raise kopf.TemporaryError(str(exc), delay=RETRY_S) from None
         ctx.metrics.channel_deletes += 1
         kopf.info(body, reason="Deleted", message="config and history removed from NATS")
@@ -150,11 +152,11 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         name: str, spec: Any, status: Any, memo: kopf.Memo, patch: kopf.Patch, **_: Any
     ) -> None:
         edges = ctx.backbone.edge_stats().values()
-        subscribers = sum(e.channels.get(name, {}).get("subscribers", 0) for e in edges)
-        published = sum(e.channels.get(name, {}).get("published", 0) for e in edges)
+        subscribers = sum(e.usage(name).subscribers for e in edges)
+        published = sum(e.usage(name).published for e in edges)
         try:
             stream = await ctx.backbone.stream_state(name) if spec.get("history") else None
-        except Unreachable as exc:
+        except Unavailable as exc:
             log.warning("channel status without stream: %s", exc, extra={"channel": name})
             stream = None
         counter = stream.last_offset if stream is not None else published
@@ -271,7 +273,7 @@ async def _update_costs(
     namespace: str,
     pods: list[dict[str, Any]],
     terminating: set[str],
-    live: dict[str, Any],
+    live: dict[str, EdgeStats],
     memo: kopf.Memo,
     now: float,
 ) -> None:

@@ -17,12 +17,13 @@ from urllib.parse import quote
 import aiohttp
 import kopf
 
+from switchboard.contract.errors import SwitchboardException
 from switchboard_operator.models import GROUP, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
 
 
-class KubeError(Exception):
+class KubeError(SwitchboardException):
     """An API call failed; the message says which and how."""
 
     def __init__(self, what: str, status: int, body: str) -> None:

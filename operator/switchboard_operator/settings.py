@@ -6,13 +6,17 @@ variable, and the Helm chart's `values.schema.json` is generated from it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from switchboard.contract.natsauth import NatsCredentials
-from switchboard.contract.settings import ReplicasSetting, load_settings
+from switchboard.contract.settings import (
+    ComponentSettings,
+    LogLevel,
+    ReplicasSetting,
+    load_settings,
+)
 
 ENV_PREFIX = "SB_OPERATOR_"
 
@@ -20,13 +24,11 @@ ENV_PREFIX = "SB_OPERATOR_"
 PEERING_PRIORITY_MAX = 2**31 - 1
 
 
-class OperatorSettings(BaseSettings, NatsCredentials):
+class OperatorSettings(ComponentSettings):
     """Everything the operator process can be told."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
-    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-sep.")
-    subject_prefix: str = Field("sb", pattern=r"^[A-Za-z0-9_-]+$", description="NATS prefix.")
     jetstream_replicas: ReplicasSetting = Field(
         "auto",
         description="Copies of history streams (unless a Channel sets `history.replicas`) "
@@ -64,7 +66,7 @@ class OperatorSettings(BaseSettings, NatsCredentials):
     deletion_cost_min_interval_s: float = Field(
         10.0, ge=0, description="At most one deletion-cost patch per pod per this interval."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: LogLevel = "INFO"
 
     @model_validator(mode="after")
     def _ports_differ(self) -> OperatorSettings:

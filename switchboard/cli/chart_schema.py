@@ -14,17 +14,33 @@ it; a test fails when the committed file differs from `render_values_schema()`.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from pydantic import BaseModel
 
 from edge.settings import EdgeSettings
+from switchboard.cli.chart_parts import (
+    JSON,
+    _auth,
+    _bool,
+    _free,
+    _image,
+    _int,
+    _list,
+    _map,
+    _network_policy,
+    _obj,
+    _otel,
+    _pod_placement,
+    _resources,
+    _service,
+    _service_account,
+    _str,
+)
+from switchboard.contract.jsonschema import json_schema
 from switchboard.contract.natsauth import NatsCredentials
 from switchboard.contract.permissions import ROLES, Role, authorization_block
 from switchboard_operator.models import ChannelSpec, EdgePoolSpec
 from switchboard_operator.settings import OperatorSettings
-
-JSON = dict[str, Any]
 
 # EdgeSettings the chart sets itself, from other values or the pod (so a user
 # cannot contradict it): listen address and port (`edge.port`), the pod name
@@ -76,35 +92,6 @@ _NOISE = {"title", "doc_default"}
 _CHANNEL_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
-def _inline(node: Any, defs: JSON, nullable: bool) -> Any:
-    """Resolve `$ref`s and drop titles; without `nullable`, `X | None` becomes `X`
-    (a Kubernetes object field is absent, never null)."""
-    if isinstance(node, list):
-        return [_inline(item, defs, nullable) for item in node]
-    if not isinstance(node, dict):
-        return node
-    if "$ref" in node:
-        target = _inline(defs[node["$ref"].rsplit("/", 1)[-1]], defs, nullable)
-        siblings = {k: v for k, v in node.items() if k != "$ref"}
-        return {**target, **_inline(siblings, defs, nullable)}
-    if not nullable and "anyOf" in node:
-        options = [o for o in node["anyOf"] if o.get("type") != "null"]
-        if len(options) == 1:
-            rest = {k: v for k, v in node.items() if k != "anyOf" and k not in _NOISE}
-            if rest.get("default", 0) is None:
-                del rest["default"]
-            return {**_inline(options[0], defs, nullable), **_inline(rest, defs, nullable)}
-    out: JSON = {}
-    for key, value in node.items():
-        if key in _NOISE or key == "$defs":
-            continue
-        if key == "properties":
-            out[key] = {name: _inline(sub, defs, nullable) for name, sub in value.items()}
-        else:
-            out[key] = _inline(value, defs, nullable)
-    return out
-
-
 def model_schema(
     model: type[BaseModel],
     *,
@@ -115,8 +102,7 @@ def model_schema(
 ) -> JSON:
     """A model's JSON schema for a values section: every key optional (the process
     default applies), unknown keys refused, the chart-set keys left out."""
-    raw = model.model_json_schema(by_alias=by_alias)
-    schema: JSON = _inline(raw, raw.get("$defs", {}), nullable)
+    schema = json_schema(model, by_alias=by_alias, nullable=nullable, drop=_NOISE)
     for key in omit:
         del schema["properties"][key]  # KeyError: the model lost a key the chart sets
     schema.pop("required", None)
@@ -130,97 +116,6 @@ def _field(model: type[BaseModel], name: str) -> JSON:
     """One field's schema, e.g. the NATS prefix both processes share."""
     field: JSON = model_schema(model)["properties"][name]
     return field
-
-
-def _obj(description: str, properties: JSON, **extra: Any) -> JSON:
-    return {
-        "type": "object",
-        "description": description,
-        "properties": properties,
-        "additionalProperties": False,
-        **extra,
-    }
-
-
-def _str(description: str, **extra: Any) -> JSON:
-    return {"type": "string", "description": description, **extra}
-
-
-def _int(description: str, minimum: int | None = None, **extra: Any) -> JSON:
-    out: JSON = {"type": "integer", "description": description, **extra}
-    if minimum is not None:
-        out["minimum"] = minimum
-    return out
-
-
-def _bool(description: str) -> JSON:
-    return {"type": "boolean", "description": description}
-
-
-def _map(description: str) -> JSON:
-    return {
-        "type": "object",
-        "description": description,
-        "additionalProperties": {"type": "string"},
-    }
-
-
-def _list(description: str) -> JSON:
-    return {"type": "array", "description": description, "items": {"type": "object"}}
-
-
-def _free(description: str) -> JSON:
-    """A Kubernetes object passed through as is (checked by the API server)."""
-    return {"type": "object", "description": description}
-
-
-def _resources(description: str) -> JSON:
-    quantities = {
-        "type": "object",
-        "additionalProperties": {"type": ["string", "number"]},
-    }
-    return _obj(description, {"requests": quantities, "limits": quantities})
-
-
-def _image(description: str) -> JSON:
-    return _obj(
-        description,
-        {
-            "repository": _str("Image repository.", minLength=1),
-            "tag": _str("Image tag (empty: the chart's appVersion)."),
-            "digest": _str(
-                "Pins the image (sha256:...); wins over the tag.",
-                pattern=r"^(sha256:[a-f0-9]{64})?$",
-            ),
-            "pullPolicy": {
-                "enum": ["Always", "IfNotPresent", "Never"],
-                "description": "Pull policy.",
-            },
-        },
-        required=["repository"],
-    )
-
-
-def _pod_placement() -> JSON:
-    return {
-        "podAnnotations": _map("Extra pod annotations."),
-        "podLabels": _map("Extra pod labels."),
-        "nodeSelector": _map("Node selector."),
-        "tolerations": _list("Tolerations."),
-        "affinity": _free("Affinity (replaces the chart's anti-affinity when set)."),
-        "priorityClassName": _str("Priority class."),
-    }
-
-
-def _service_account(what: str) -> JSON:
-    return _obj(
-        f"The {what} ServiceAccount.",
-        {
-            "create": _bool("Create it (else `name` must exist)."),
-            "name": _str("Name (empty: generated)."),
-            "annotations": _map("Annotations (e.g. cloud IAM bindings)."),
-        },
-    )
 
 
 def _secret_ref(description: str) -> JSON:
@@ -273,57 +168,8 @@ def values_schema() -> JSON:
             "image": _image("The Switchboard image (edge, operator, drain hook, test)."),
             "imagePullSecrets": _list("Pull secrets for every pod."),
             "subjectPrefix": _field(EdgeSettings, "subject_prefix"),
-            "auth": _obj(
-                "Key material, kept in a Secret.",
-                {
-                    "existingSecret": _str(
-                        "Use this Secret (keys `jwt-secret` or `jwt-public-key.pem`, "
-                        "and `resume-secret`) instead of creating one."
-                    ),
-                    "verification": {
-                        "enum": ["secret", "publicKey"],
-                        "description": "How edges verify JWTs: an HS256 shared secret, or "
-                        "an RS256/ES256 public key (PEM).",
-                    },
-                    "jwtSecret": _str(
-                        "HS256 secret, at least 32 characters (empty: generated at install, "
-                        "kept on upgrade).",
-                        pattern=r"^(.{32,})?$",
-                    ),
-                    "jwtPublicKey": _str("PEM public key (verification: publicKey)."),
-                    "resumeSecret": _str(
-                        "Signs resume tokens, at least 32 characters (empty: generated at "
-                        "install, kept on upgrade).",
-                        pattern=r"^(.{32,})?$",
-                    ),
-                },
-            ),
-            "otel": _obj(
-                "OpenTelemetry traces, passed to edge and operator as the standard OTEL_* "
-                "variables (OTLP over HTTP).",
-                {
-                    "enabled": _bool("Export traces."),
-                    "endpoint": _str("OTLP/HTTP endpoint, e.g. http://otel-collector:4318."),
-                    "sampler": {
-                        "enum": [
-                            "always_on",
-                            "always_off",
-                            "traceidratio",
-                            "parentbased_always_on",
-                            "parentbased_always_off",
-                            "parentbased_traceidratio",
-                        ],
-                        "description": "OTEL_TRACES_SAMPLER.",
-                    },
-                    "samplerArg": {
-                        "type": "number",
-                        "minimum": 0,
-                        "maximum": 1,
-                        "description": "OTEL_TRACES_SAMPLER_ARG (the ratio).",
-                    },
-                    "resourceAttributes": _map("Added to OTEL_RESOURCE_ATTRIBUTES."),
-                },
-            ),
+            "auth": _auth(),
+            "otel": _otel(),
             "metrics": _obj(
                 "Prometheus scraping.",
                 {"podAnnotations": _bool("Annotate pods with prometheus.io/scrape, port, path.")},
@@ -361,22 +207,7 @@ def values_schema() -> JSON:
                     **_pod_placement(),
                 },
             ),
-            "service": _obj(
-                "The Service clients connect through.",
-                {
-                    "type": {
-                        "enum": ["ClusterIP", "NodePort", "LoadBalancer"],
-                        "description": "Service type.",
-                    },
-                    "port": _int("Service port.", 1, maximum=65535),
-                    "nodePort": _int("Node port (type NodePort or LoadBalancer; 0: any).", 0),
-                    "externalTrafficPolicy": {
-                        "enum": ["", "Cluster", "Local"],
-                        "description": "For NodePort/LoadBalancer (Local keeps client IPs).",
-                    },
-                    "annotations": _map("Service annotations (e.g. load balancer options)."),
-                },
-            ),
+            "service": _service(),
             "ingress": _obj(
                 "An Ingress for the WebSocket and tickets (/v1/ws, /v1/tickets).",
                 {
@@ -457,24 +288,7 @@ def values_schema() -> JSON:
                     **_pod_placement(),
                 },
             ),
-            "networkPolicy": _obj(
-                "NetworkPolicies for NATS and the operator (docs/security.md).",
-                {
-                    "enabled": _bool("Create them (needs a CNI that enforces them)."),
-                    "backends": _obj(
-                        "Pods that may reach NATS as backends.",
-                        {
-                            "namespaceSelector": _free("Namespaces ({}: all)."),
-                            "podSelector": _free("Pods in those namespaces."),
-                        },
-                    ),
-                    "monitoringNamespaces": {
-                        "type": "array",
-                        "items": {"type": "string", "minLength": 1},
-                        "description": "Namespaces whose pods may scrape NATS and the operator.",
-                    },
-                },
-            ),
+            "networkPolicy": _network_policy(),
             "nats": _obj(
                 "NATS: a bundled JetStream cluster, or an external one.",
                 {

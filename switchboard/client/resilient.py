@@ -29,6 +29,7 @@ from websockets.exceptions import InvalidStatus
 from switchboard.client.backoff import full_jitter
 from switchboard.client.connection import Client, Closed, SwitchboardError
 from switchboard.contract.codes import ReconnectAdvice, close_advice
+from switchboard.contract.errors import SwitchboardException
 
 log = logging.getLogger("switchboard.client")
 
@@ -42,7 +43,7 @@ STATUS_ADVICE: dict[int, ReconnectAdvice] = {
 }
 
 
-class Stopped(Exception):
+class Stopped(SwitchboardException):
     """The client stopped for good (a "do not reconnect" close or refusal)."""
 
     def __init__(self, code: int | None, reason: str) -> None:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from switchboard.contract.channels import channel_subject, is_valid_channel
+from switchboard.contract.errors import ManifestError as ManifestError  # its home before errors.py
 from switchboard.contract.names import CHANNELS_BUCKET, STREAM_PREFIX
 from switchboard.contract.settings import ChannelPolicy, Replicas, ReplicasSetting
 
@@ -97,10 +98,6 @@ class ChannelSpec(_Spec):
     @classmethod
     def from_json(cls, data: bytes) -> ChannelSpec:
         return cls.model_validate_json(data)
-
-
-class ManifestError(ValueError):
-    """A manifest that is not a valid Channel; the message names the field."""
 
 
 def load_manifests(text: str) -> Iterator[tuple[str, ChannelSpec]]:

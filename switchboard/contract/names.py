@@ -8,6 +8,8 @@ same spelling.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 TICKETS_BUCKET = "sb_tickets"
 EDGES_BUCKET = "sb_edges"
 CHANNELS_BUCKET = "sb_channels"
@@ -19,6 +21,14 @@ STREAM_PREFIX = "SB_CH_"  # a Channel with history keeps it in the stream SB_CH_
 def kv_stream(bucket: str) -> str:
     """The JetStream stream behind a KV bucket."""
     return f"KV_{bucket}"
+
+
+def stream_epoch(created: datetime | None, stream: str) -> str:
+    """A history stream's epoch (DESIGN §3, §7): its creation time, so it changes whenever
+    the stream was recreated and its offsets started again. The edge hands it out
+    with offsets and the operator shows it in a Channel's status: both read it here.
+    A server that reports no creation time gets the stream's name (never changes)."""
+    return created.isoformat() if created is not None else stream
 
 
 def control_subject(prefix: str, pod: str) -> str:

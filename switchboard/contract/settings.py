@@ -1,8 +1,10 @@
 """What every component's settings share: loading with errors that name the
-environment variable, the replicas setting, and the default channel policy.
+environment variable, the fields of every process on the backbone
+(`ComponentSettings`), the replicas setting, and the default channel policy.
 
 Each component keeps its own typed settings object (`edge.settings`,
-`switchboard_operator.settings`) built with `load_settings`.
+`switchboard_operator.settings`) built on `ComponentSettings` and loaded with
+`load_settings`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings
+
+from switchboard.contract.errors import SettingsError as SettingsError  # its home before errors.py
+from switchboard.contract.natsauth import NatsCredentials
 
 Algorithm = Literal["HS256", "RS256", "ES256"]
 ALGORITHMS: tuple[Algorithm, ...] = ("HS256", "RS256", "ES256")
@@ -29,6 +34,27 @@ Replicas = Literal[1, 3, 5]
 ReplicasSetting = Annotated[Literal["auto", 1, 3, 5], BeforeValidator(_digits_to_int)]
 
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class ComponentSettings(BaseSettings, NatsCredentials):
+    """The settings of every process on the backbone, the same keys under each one's
+    prefix (`SB_EDGE_*`, `SB_OPERATOR_*`): how it logs in to NATS (the
+    `NatsCredentials` fields), where NATS is, the prefix of every subject, and how
+    many copies JetStream keeps of what it creates (each component says of what, in
+    its own description of `jetstream_replicas`). A component adds its own fields,
+    a `model_config` with its prefix, and its `log_level: LogLevel` (last, where its
+    docs and the chart schema list it)."""
+
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-sep.")
+    subject_prefix: str = Field("sb", pattern=r"^[A-Za-z0-9_-]+$", description="NATS prefix.")
+    jetstream_replicas: ReplicasSetting = Field(
+        "auto",
+        description="Copies JetStream keeps of what this process creates: 1, 3, 5, or auto "
+        "(3 on a clustered NATS, else 1).",
+    )
+
+
 class ChannelPolicy(BaseModel):
     """Policy for channels that no Channel resource governs."""
 
@@ -43,10 +69,6 @@ class ChannelPolicy(BaseModel):
     )
     max_message_bytes: int = Field(16384, ge=1, description="Largest publish `data`, encoded.")
     presence: bool = Field(False, description="Track who is subscribed (join/leave, query).")
-
-
-class SettingsError(ValueError):
-    """A configuration error whose message names the offending key."""
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -16,16 +16,13 @@ from typing import Any
 import jwt
 
 from switchboard.contract.channels import is_valid_user_id
+from switchboard.contract.errors import TokenError as TokenError  # its home before errors.py
 
 # The audience of resume tokens (switchboard/contract/resume.py). They are signed with the same
 # secret as JWTs by default, so a bearer token with this audience is refused even when
 # `jwt_audience` is unset: a resume token is good for `?resume=` only.
 RESUME_AUDIENCE = "switchboard-resume"
 TIME_CLAIMS = ("exp", "nbf", "iat")
-
-
-class TokenError(Exception):
-    """A token was refused; the message is safe to show to the client."""
 
 
 @dataclass(frozen=True, slots=True)

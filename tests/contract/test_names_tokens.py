@@ -1,8 +1,9 @@
-"""Channel names, subjects, claim patterns, tokens and settings errors."""
+"""Channel names, subjects, stream epochs, claim patterns, tokens and settings errors."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
@@ -18,6 +19,7 @@ from switchboard.contract.channels import (
     matches_any,
 )
 from switchboard.contract.codes import CloseCode, ReconnectAdvice, close_advice
+from switchboard.contract.names import stream_epoch
 from switchboard.contract.settings import SettingsError
 from switchboard.contract.tokens import TokenError, TokenVerifier, mint_token
 
@@ -153,3 +155,12 @@ def test_verified_tokens_are_cached_but_still_expire() -> None:
     assert len(verifier._verified) == 2  # bounded
     with pytest.raises(TokenError, match="invalid token"):
         verifier.verify(token[:-2] + "xx")  # a forged variant is never a cache hit
+
+
+def test_a_streams_epoch_is_its_creation_time() -> None:
+    created = datetime(2026, 11, 30, 4, 11, 44, 123456, tzinfo=UTC)
+    assert stream_epoch(created, "SB_CH_chat") == "2026-11-30T04:11:44.123456+00:00"
+    recreated = datetime(2026, 11, 30, 4, 12, 0, tzinfo=UTC)
+    assert stream_epoch(recreated, "SB_CH_chat") != stream_epoch(created, "SB_CH_chat")
+    # a server that reports no creation time: the name, never the text "None"
+    assert stream_epoch(None, "SB_CH_chat") == "SB_CH_chat"

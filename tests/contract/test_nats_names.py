@@ -1,6 +1,7 @@
 """Every NATS name lives in the contract modules (switchboard/contract/names.py and
 switchboard/contract/channels.py), where switchboard/contract/permissions.py derives each role's
-permissions from them; a subject spelled anywhere else could ship without one."""
+permissions from them; a subject spelled anywhere else could ship without one. The
+edge, the operator, the CLI (all of `switchboard/`) and the benchmarks are read."""
 
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ CONTRACT = {
     "switchboard/contract/permissions.py",
 }
 BUCKETS = {"sb_tickets", "sb_edges", "sb_channels", "sb_presence"}
-WHOLE = re.compile(r"^(\$JS\.|\$KV\.|_INBOX\.|SB_CH_)")
-# the fixed part of an f-string subject: f"{prefix}.ch.{channel}", f"{p}.edge.{pod}.ctl"
-PART = re.compile(r"^\.(ch|user|rpc|edge|operator|presence)(\.|$)")
+KINDS = r"(ch|user|rpc|edge|operator|presence)"
+# a whole name: JetStream's own subjects and streams, ours, or a subject with the
+# default prefix spelled out ("sb.ch.bench")
+WHOLE = re.compile(rf"^(\$JS\.|\$KV\.|_INBOX\.|SB_CH_|KV_|sb\.{KINDS}\.)")
+# the fixed part of an f-string name: f"{prefix}.ch.{channel}", f"{p}.edge.{pod}.ctl",
+# f"KV_{bucket}"
+PART = re.compile(rf"^(\.{KINDS}(\.|$)|KV_|SB_CH_)")
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -51,7 +56,7 @@ def nats_literals(path: Path) -> list[str]:
 def test_no_nats_name_is_spelled_outside_the_contract() -> None:
     sources = [
         p
-        for folder in ("edge", "switchboard", "operator/switchboard_operator")
+        for folder in ("edge", "switchboard", "operator/switchboard_operator", "bench")
         for p in sorted((ROOT / folder).rglob("*.py"))
         if str(p.relative_to(ROOT)) not in CONTRACT
     ]
@@ -62,8 +67,11 @@ def test_no_nats_name_is_spelled_outside_the_contract() -> None:
 
 def test_the_scan_finds_what_it_looks_for(tmp_path: Path) -> None:
     sample = ROOT / "tests" / "contract" / "_nats_literal_sample.py"
-    sample.write_text('BUCKET = "sb_tickets"\nS = f"{prefix}.edge.{pod}.ctl"\n')
+    sample.write_text(
+        'BUCKET = "sb_tickets"\nS = f"{prefix}.edge.{pod}.ctl"\n'
+        'K = f"KV_{bucket}"\nB = "sb.ch.bench"\nNOT = "see sb.ch.> in the docs"\n'
+    )
     try:
-        assert len(nats_literals(sample)) == 2
+        assert len(nats_literals(sample)) == 4
     finally:
         sample.unlink()

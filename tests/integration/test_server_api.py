@@ -65,8 +65,10 @@ async def call(
 
 
 async def connected(edge: Edge, user: str, *channels: str) -> Client:
+    """A client of `user`, once its edge's interest in the user's subject is in NATS:
+    a confirmed subscribe flushes the edge's NATS connection, the user's SUB with it."""
     client = await Client.connect(edge.ws_url, token=token(user))
-    for channel in channels:
+    for channel in channels or ("sync",):
         await client.subscribe(channel)
     return client
 

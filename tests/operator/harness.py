@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -22,7 +20,7 @@ import kmock
 import yaml
 
 from edge.metrics import parse as parse_metrics
-from switchboard.cli.natsserver import free_port, stop_process, wait_for_port
+from switchboard.cli.launch import LocalProcess, free_port, switchboard_command, wait_for_port
 
 GROUP_VERSION = "switchboard.dev/v1alpha1"
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
@@ -125,7 +123,7 @@ def write_kubeconfig(path: Path, server: str) -> Path:
 
 @dataclass
 class OperatorProcess:
-    process: subprocess.Popen[bytes]
+    process: LocalProcess
     metrics_port: int
     log_path: Path
 
@@ -172,16 +170,13 @@ async def run_operator(
     if namespace is not None:
         env["SB_OPERATOR_NAMESPACE"] = namespace
     log_path = log_dir / f"operator-{health}.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-            [sys.executable, "-m", "switchboard", "operator"], env=env, stdout=log, stderr=log
-        )
+    process = LocalProcess(switchboard_command("operator"), env, str(log_path)).spawn()
     try:
         await asyncio.to_thread(wait_for_port, metrics, 30)
         await asyncio.to_thread(wait_for_port, health, 30)
         yield OperatorProcess(process, metrics, log_path)
     finally:
-        await asyncio.to_thread(stop_process, process, 20)
+        await asyncio.to_thread(process.stop, 20)
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
