@@ -128,7 +128,9 @@ VALUE_SETS: dict[str, Values] = {
             "podMonitor": {
                 "enabled": True,
                 "interval": "15s",
-                "relabelings": [{"action": "replace", "targetLabel": "cluster", "replacement": "a"}],
+                "relabelings": [
+                    {"action": "replace", "targetLabel": "cluster", "replacement": "a"}
+                ],
             },
             "prometheusRule": {"enabled": True, "alertLabels": {"team": "realtime"}},
             "dashboard": {
@@ -142,7 +144,9 @@ VALUE_SETS: dict[str, Values] = {
     "gateway": {
         "httpRoute": {
             "enabled": True,
-            "parentRefs": [{"name": "public", "namespace": "gateway-system", "sectionName": "https"}],
+            "parentRefs": [
+                {"name": "public", "namespace": "gateway-system", "sectionName": "https"}
+            ],
             "hostnames": ["ws.example.com"],
             "timeouts": {"backendRequest": "0s"},
         },

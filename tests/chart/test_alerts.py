@@ -91,8 +91,9 @@ def test_the_rules_file_is_filled_in_from_values() -> None:
     assert "> 2.5" in alerts["SwitchboardSlowConsumerEvictions"]["expr"]
     assert "> 0.05" in alerts["SwitchboardHandshakeRefusals"]["expr"]
     # Only this release's pods, in its namespace.
-    assert 'namespace="switchboard", pod=~"sb-switchboard-edge-[a-z0-9]+-[a-z0-9]+"' in (
-        alerts["SwitchboardEdgeDown"]["expr"]
+    assert (
+        'namespace="switchboard", pod=~"sb-switchboard-edge-[a-z0-9]+-[a-z0-9]+"'
+        in (alerts["SwitchboardEdgeDown"]["expr"])
     )
 
 

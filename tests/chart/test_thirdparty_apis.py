@@ -118,9 +118,7 @@ def test_auto_follows_the_apis_the_cluster_serves(cluster: Cluster) -> None:
         "sb-switchboard-operator-metrics",
     }
     # Switched off explicitly, they stay off even where the API is served.
-    off = {
-        "metrics": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}}
-    }
+    off = {"metrics": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}}}
     assert {d["kind"] for d in _render(cluster.plane, off)}.isdisjoint(KINDS)
 
 
