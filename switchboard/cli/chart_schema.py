@@ -828,8 +828,9 @@ _MISSING = object()
 def _type_of(node: JSON) -> str:
     if "enum" in node:
         return " \\| ".join(f"`{json.dumps(v)}`" for v in node["enum"])
-    if "oneOf" in node or "anyOf" in node:
-        return " or ".join(_type_of(o) for o in node.get("oneOf", node.get("anyOf", [])))
+    options: list[JSON] = node.get("oneOf") or node.get("anyOf") or []
+    if options:
+        return " or ".join(_type_of(o) for o in options)
     kind = node.get("type", "any")
     kinds = kind if isinstance(kind, list) else [kind]
     names = []
