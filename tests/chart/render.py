@@ -229,9 +229,11 @@ def container_env(
     """The environment a container would see: its ConfigMaps (envFrom), then env;
     Secret references resolved from `secrets`, the pod name as `pod-0`."""
     env: dict[str, str] = {}
+    rendered = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
     for source in container.get("envFrom", []):
-        config_map = find(docs, "ConfigMap", source["configMapRef"]["name"])
-        env.update(config_map["data"])
+        name = source.get("configMapRef", {}).get("name")
+        if name in rendered:  # the user's own sources (envFrom values) are not rendered
+            env.update(rendered[name]["data"])
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"]

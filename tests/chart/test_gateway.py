@@ -8,7 +8,7 @@ from __future__ import annotations
 import helm_python as helm
 import pytest
 
-from tests.chart.render import VALUE_SETS, docs_of, find, find_all, parse, render
+from tests.chart.render import VALUE_SETS, docs_of, find, find_all, parse, render, rendered_set
 
 
 def test_off_by_default() -> None:
@@ -61,3 +61,8 @@ def test_bad_route_values_are_refused_naming_the_key(values: dict[str, object], 
     with pytest.raises(helm.HelmError) as refused:
         render(values)
     assert key in str(refused.value), str(refused.value)
+
+
+def test_the_notes_name_the_routes_url() -> None:
+    notes = rendered_set("gateway")["switchboard/templates/NOTES.txt"]
+    assert "wscat -c wss://ws.example.com/v1/ws" in notes

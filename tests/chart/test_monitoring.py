@@ -202,3 +202,13 @@ def test_every_panel_reads_series_the_edge_and_operator_export(edge1: Edge) -> N
     # Every series the edge exports today has a panel.
     edge_series = {n for n in edge if n.startswith("sb_edge_")}
     assert edge_series <= used, edge_series - used
+
+
+def test_the_notes_say_what_monitors_were_made() -> None:
+    notes = render(MONITORS)["switchboard/templates/NOTES.txt"]
+    assert "Monitoring: PodMonitor, ServiceMonitor for Prometheus" in notes
+    assert "ConfigMap sb-switchboard-dashboard" in notes
+    quiet = render({"metrics": {"dashboard": {"enabled": False}}})[
+        "switchboard/templates/NOTES.txt"
+    ]
+    assert "Monitoring:" not in quiet
