@@ -34,7 +34,7 @@ COPY operator/ operator/
 # pip itself is removed from the venv: nothing installs at run time.
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir /wheels/switchboard-*.whl \
+    && /opt/venv/bin/pip install --no-cache-dir /wheels/switchboard_ws-*.whl \
     && /opt/venv/bin/pip uninstall --yes pip
 
 

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint pytest install clean js bundle
+.PHONY: dev test lint pytest install clean js bundle dist
 
 $(BIN)/switchboard: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,5 +42,15 @@ bundle: js
 
 test: lint js pytest
 
+# Release artifacts in $(DIST)/: the Python distribution `switchboard-ws` (sdist, and
+# the wheel built from that sdist, offline with this venv's setuptools) and the Helm
+# chart as `helm package` makes it (Helm's own engine, from helm-python-sdk).
+DIST ?= dist
+
+dist: install
+	rm -rf $(DIST)
+	$(BIN)/python -m build --no-isolation --outdir $(DIST) .
+	$(BIN)/python -c 'import sys, helm_python; print(helm_python.package(sys.argv[1], destination=sys.argv[2]))' charts/switchboard $(DIST)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info $(JS)/node_modules $(JS)/dist
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info $(JS)/node_modules $(JS)/dist dist

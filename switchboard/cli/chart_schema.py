@@ -88,6 +88,8 @@ OPERATOR_CHART_KEYS = (
 EDGEPOOL_CHART_KEYS = ("deployment",)
 
 _NOISE = {"title", "doc_default"}
+# A Gateway API duration (`1h`, `30s`, `0s`, `1m30s`), or empty for unset.
+_DURATION = r"^(([0-9]{1,5}(h|m|s|ms)){1,4})?$"
 # The Channel CRD's own rule on metadata.name.
 _CHANNEL_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -124,6 +126,103 @@ def _secret_ref(description: str) -> JSON:
         {
             "name": _str("Secret name (empty: not used)."),
             "key": _str("Key in the Secret.", minLength=1),
+        },
+    )
+
+
+_INT_OR_PERCENT = {"type": ["integer", "string"], "pattern": r"^[0-9]+%$", "minimum": 0}
+
+# Probe fields the chart types; the handler (httpGet, tcpSocket, exec, grpc) is the
+# chart's unless one is given.
+_PROBE_TIMINGS = (
+    "initialDelaySeconds",
+    "periodSeconds",
+    "timeoutSeconds",
+    "successThreshold",
+    "failureThreshold",
+    "terminationGracePeriodSeconds",
+)
+
+
+def _probe(description: str) -> JSON:
+    properties: JSON = {name: _int(f"{name}.", 0) for name in _PROBE_TIMINGS}
+    for handler in ("httpGet", "tcpSocket", "exec", "grpc"):
+        properties[handler] = _free(f"{handler} (replaces the chart's handler).")
+    return {
+        "type": ["object", "null"],
+        "description": f"{description} null: no probe.",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def _strategy(description: str, types: tuple[str, ...], rolling: JSON) -> JSON:
+    return _obj(
+        description,
+        {
+            "type": {"enum": list(types), "description": "Strategy type."},
+            "rollingUpdate": {
+                "type": ["object", "null"],
+                "description": "RollingUpdate parameters (dropped for other types).",
+                "properties": rolling,
+                "additionalProperties": False,
+            },
+        },
+    )
+
+
+def _deployment_strategy(description: str) -> JSON:
+    surge = {**_INT_OR_PERCENT, "description": "maxSurge: pods above the desired count."}
+    unavailable = {**_INT_OR_PERCENT, "description": "maxUnavailable: pods below it."}
+    return _strategy(
+        description,
+        ("RollingUpdate", "Recreate"),
+        {"maxSurge": surge, "maxUnavailable": unavailable},
+    )
+
+
+def _escape_hatches(what: str, *, env_from: bool = True) -> JSON:
+    """What the chart does not model, passed through to the pod as Kubernetes objects
+    (the API server checks them): security contexts, volumes, sidecars."""
+    out: JSON = {
+        "podSecurityContext": _free(
+            f"The {what} pod's securityContext. On OpenShift (random UIDs) set "
+            "runAsUser, runAsGroup and fsGroup to null."
+        ),
+        "securityContext": _free(f"The {what} container's securityContext."),
+        "extraVolumes": _list(f"More volumes of the {what} pod."),
+        "extraVolumeMounts": _list(f"More volume mounts of the {what} container."),
+        "extraContainers": _list(f"Sidecar containers of the {what} pod."),
+        "initContainers": _list(f"Init containers of the {what} pod."),
+    }
+    if env_from:
+        out["envFrom"] = _list(
+            f"More envFrom sources (ConfigMaps, Secrets) of the {what} container, after "
+            "the chart's."
+        )
+    return out
+
+
+def _tristate(description: str) -> JSON:
+    return {
+        "enum": ["auto", True, False],
+        "description": f"{description} auto: when the cluster serves the kind's API.",
+    }
+
+
+def _monitor(kind: str) -> JSON:
+    return _obj(
+        f"prometheus-operator {kind}s for edges and operator.",
+        {
+            "enabled": _tristate(f"Create the {kind}s."),
+            "interval": _str("Scrape interval.", pattern=r"^([0-9]+(ms|s|m|h))*$"),
+            "scrapeTimeout": _str(
+                "Scrape timeout (empty: the Prometheus' default).",
+                pattern=r"^([0-9]+(ms|s|m|h))*$",
+            ),
+            "labels": _map("Labels (what your Prometheus selects monitors by)."),
+            "relabelings": _list("Relabelings of the targets."),
+            "metricRelabelings": _list("Relabelings of the samples."),
         },
     )
 
@@ -171,14 +270,59 @@ def values_schema() -> JSON:
             "auth": _auth(),
             "otel": _otel(),
             "metrics": _obj(
-                "Prometheus scraping.",
-                {"podAnnotations": _bool("Annotate pods with prometheus.io/scrape, port, path.")},
+                "Prometheus: scraping, alerts and the Grafana dashboard.",
+                {
+                    "podAnnotations": _bool("Annotate pods with prometheus.io/scrape, port, path."),
+                    "serviceMonitor": _monitor("ServiceMonitor"),
+                    "podMonitor": _monitor("PodMonitor"),
+                    "prometheusRule": _obj(
+                        "The chart's alerts (rules/switchboard.rules.yaml) as a PrometheusRule.",
+                        {
+                            "enabled": _tristate("Create the PrometheusRule."),
+                            "labels": _map("Labels (what your Prometheus selects rules by)."),
+                            "alertLabels": _map("Labels added to every alert."),
+                            "disabled": {
+                                "type": "array",
+                                "description": "Alert names to leave out.",
+                                "items": _str("An alert name.", pattern=r"^Switchboard\w+$"),
+                            },
+                            "slowConsumerEvictionsPerMinute": {
+                                "type": "number",
+                                "exclusiveMinimum": 0,
+                                "description": "SwitchboardSlowConsumerEvictions fires above "
+                                "this many evictions per minute.",
+                            },
+                            "handshakeRefusalRatio": {
+                                "type": "number",
+                                "exclusiveMinimum": 0,
+                                "maximum": 1,
+                                "description": "SwitchboardHandshakeRefusals fires when this "
+                                "share of upgrades is refused with one status.",
+                            },
+                        },
+                    ),
+                    "dashboard": _obj(
+                        "The Grafana dashboard (dashboards/switchboard.json) in a ConfigMap "
+                        "for Grafana's dashboard sidecar.",
+                        {
+                            "enabled": _bool("Create the ConfigMap."),
+                            "labels": _map("Labels the sidecar finds dashboards by."),
+                            "annotations": _map("Annotations (e.g. the sidecar's folder)."),
+                            "namespace": _str("Its namespace (empty: the release's)."),
+                        },
+                    ),
+                },
             ),
             "edge": _obj(
                 "The edge Deployment.",
                 {
                     "replicas": _int("Fixed replicas, used only without the EdgePool.", 1),
                     "port": _int("WebSocket and HTTP port of the container.", 1, maximum=65535),
+                    "metricsPort": _int(
+                        "Port of the edge's /metrics (0: edge.port, where it serves them today).",
+                        0,
+                        maximum=65535,
+                    ),
                     "config": model_schema(
                         EdgeSettings,
                         omit=EDGE_CHART_KEYS,
@@ -199,6 +343,13 @@ def values_schema() -> JSON:
                     ),
                     "resources": _resources("Edge container resources."),
                     "extraEnv": _list("Extra environment variables of the edge container."),
+                    "strategy": _deployment_strategy(
+                        "The Deployment's strategy (default: surge first, none unavailable)."
+                    ),
+                    "startupProbe": _probe("Startup probe (/healthz)."),
+                    "readinessProbe": _probe("Readiness probe (/readyz: 503 while draining)."),
+                    "livenessProbe": _probe("Liveness probe (/healthz)."),
+                    **_escape_hatches("edge"),
                     "pdb": _obj(
                         "The edges' PodDisruptionBudget.",
                         {"enabled": _bool("Create it."), "minAvailable": _MIN_AVAILABLE},
@@ -243,6 +394,51 @@ def values_schema() -> JSON:
                     },
                 },
             ),
+            "httpRoute": _obj(
+                "A Gateway API HTTPRoute for the WebSocket and tickets (next to or instead "
+                "of the Ingress).",
+                {
+                    "enabled": _bool("Create it."),
+                    "annotations": _map("Annotations."),
+                    "labels": _map("Labels."),
+                    "parentRefs": {
+                        "type": "array",
+                        "description": "The Gateways (and listeners) it attaches to.",
+                        "items": {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {"name": _str("The Gateway.", minLength=1)},
+                        },
+                    },
+                    "hostnames": {
+                        "type": "array",
+                        "description": "Host names (empty: the listeners').",
+                        "items": _str("A host name.", minLength=1),
+                    },
+                    "paths": {
+                        "type": "array",
+                        "description": "Path prefixes routed to the edges.",
+                        "items": _str("A path prefix.", pattern="^/"),
+                        "minItems": 1,
+                    },
+                    "timeouts": _obj(
+                        "The route's timeouts (Gateway API durations; 0s: none).",
+                        {
+                            "request": {
+                                "type": ["string", "null"],
+                                "pattern": _DURATION,
+                                "description": "Whole request; a WebSocket lasts as long as "
+                                "its connection, so 0s (off) by default; null: unset.",
+                            },
+                            "backendRequest": {
+                                "type": ["string", "null"],
+                                "pattern": _DURATION,
+                                "description": "Request to the edge (empty or null: unset).",
+                            },
+                        },
+                    ),
+                },
+            ),
             "edgePool": edge_pool,
             "channels": _obj(
                 "Channel resources created with the release.",
@@ -272,6 +468,9 @@ def values_schema() -> JSON:
                     ),
                     "resources": _resources("Operator container resources."),
                     "extraEnv": _list("Extra environment variables of the operator container."),
+                    "strategy": _deployment_strategy("The Deployment's strategy."),
+                    "livenessProbe": _probe("Liveness probe (kopf's /healthz on 8081)."),
+                    **_escape_hatches("operator"),
                     "pdb": _obj(
                         "The operator's PodDisruptionBudget.",
                         {"enabled": _bool("Create it."), "minAvailable": _MIN_AVAILABLE},
@@ -379,6 +578,21 @@ def values_schema() -> JSON:
                         "NATS PodDisruptionBudget: one server down at a time (keeps quorum).",
                         {"enabled": _bool("Create it (with more than one replica).")},
                     ),
+                    "updateStrategy": _strategy(
+                        "The StatefulSet's update strategy.",
+                        ("RollingUpdate", "OnDelete"),
+                        {
+                            "partition": _int("Only pods with this ordinal or higher.", 0),
+                            "maxUnavailable": {
+                                **_INT_OR_PERCENT,
+                                "description": "maxUnavailable (needs the feature gate).",
+                            },
+                        },
+                    ),
+                    "startupProbe": _probe("Startup probe (/healthz?js-enabled-only=true)."),
+                    "livenessProbe": _probe("Liveness probe (/healthz?js-enabled-only=true)."),
+                    "readinessProbe": _probe("Readiness probe (/healthz?js-server-only=true)."),
+                    **_escape_hatches("NATS", env_from=False),
                     **_pod_placement(),
                 },
             ),
@@ -416,3 +630,99 @@ def render_nats_authorization() -> str:
         "# do not edit. One user per role, least privilege (docs/security.md).\n"
     )
     return header + authorization_block(PASSWORD_VARIABLES, PREFIX_PLACEHOLDER)
+
+
+# The chart README's values table, generated from the schema (descriptions, types)
+# and values.yaml (defaults) between these markers; a test fails when it is stale.
+TABLE_START = "<!-- values table: generated by `python -m switchboard.cli.chart_schema` -->"
+TABLE_END = "<!-- end of values table -->"
+_MISSING = object()
+
+
+def _type_of(node: JSON) -> str:
+    if "enum" in node:
+        return " \\| ".join(f"`{json.dumps(v)}`" for v in node["enum"])
+    options: list[JSON] = node.get("oneOf") or node.get("anyOf") or []
+    if options:
+        return " or ".join(_type_of(o) for o in options)
+    kind = node.get("type", "any")
+    kinds = kind if isinstance(kind, list) else [kind]
+    names = []
+    for k in kinds:
+        if k == "array":
+            items = node.get("items", {})
+            names.append(f"list of {_type_of(items)}" if "type" in items else "list")
+        elif k == "object" and "patternProperties" in node:
+            names.append("map")
+        else:
+            names.append(k)
+    return " or ".join(names)
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _default(value: Any) -> str:
+    if value is _MISSING:
+        return ""
+    return f"`{json.dumps(value, ensure_ascii=False, separators=(', ', ': '))}`"
+
+
+def values_rows(schema: JSON, values: Any, path: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, description) for every key of the schema, depth first:
+    objects with known keys are walked, everything else is one row. Defaults come
+    from values.yaml, else from the settings models (the process default)."""
+    rows = []
+    for name, node in schema.get("properties", {}).items():
+        key = f"{path}.{name}" if path else name
+        value = values.get(name, _MISSING) if isinstance(values, dict) else _MISSING
+        if value is _MISSING and "default" in node:
+            value = node["default"]
+        walk = node.get("properties") and node.get("additionalProperties") is False
+        if walk and not (value is None or value is _MISSING or isinstance(value, dict)):
+            walk = False
+        if walk:
+            rows += values_rows(node, value if isinstance(value, dict) else {}, key)
+        else:
+            rows.append((key, _type_of(node), _default(value), node.get("description", "")))
+    return rows
+
+
+def render_values_table(schema: JSON, values: Any) -> str:
+    lines = ["| key | type | default | description |", "|---|---|---|---|"]
+    for key, kind, default, description in values_rows(schema, values):
+        lines.append(f"| `{key}` | {_cell(kind)} | {_cell(default)} | {_cell(description)} |")
+    return "\n".join(lines)
+
+
+def render_readme(readme: str, schema: JSON, values: Any) -> str:
+    """The chart README with its values table regenerated."""
+    head, start, rest = readme.partition(TABLE_START)
+    _, end, tail = rest.partition(TABLE_END)
+    if not start or not end:
+        raise ValueError(f"the README needs the markers {TABLE_START!r} and {TABLE_END!r}")
+    table = render_values_table(schema, values)
+    return f"{head}{TABLE_START}\n{table}\n{TABLE_END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m switchboard.cli.chart_schema [CHART]`: regenerate CHART/README.md's
+    values table from CHART/values.schema.json and CHART/values.yaml."""
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    args = sys.argv[1:] if argv is None else argv
+    chart = Path(args[0] if args else "charts/switchboard")
+    schema = json.loads((chart / "values.schema.json").read_text())
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    readme = chart / "README.md"
+    readme.write_text(render_readme(readme.read_text(), schema, values))
+    print(f"wrote {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

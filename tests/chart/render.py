@@ -41,6 +41,25 @@ def _deploy(name: str) -> Values:
     return values
 
 
+# What a platform team adds that the chart does not model, for each workload.
+_ESCAPE_HATCHES: Values = {
+    # OpenShift's restricted SCC picks the UID: the chart must not name one.
+    "podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None},
+    "securityContext": {"runAsNonRoot": True},
+    "extraVolumes": [{"name": "extra", "configMap": {"name": "extra"}}],
+    "extraVolumeMounts": [{"name": "extra", "mountPath": "/etc/extra", "readOnly": True}],
+    "extraContainers": [
+        {
+            "name": "sidecar",
+            "image": "busybox:1.37",
+            "args": ["sleep", "infinity"],
+            "volumeMounts": [{"name": "extra", "mountPath": "/etc/extra"}],
+        }
+    ],
+    "initContainers": [{"name": "init", "image": "busybox:1.37", "args": ["true"]}],
+    "livenessProbe": {"periodSeconds": 15, "failureThreshold": 4},
+}
+
 VALUE_SETS: dict[str, Values] = {
     "default": {},
     "external-nats": {"nats": {"enabled": False, "url": "nats://nats.messaging.svc:4222"}},
@@ -93,6 +112,62 @@ VALUE_SETS: dict[str, Values] = {
                     "whenUnsatisfiable": "ScheduleAnyway",
                 }
             ]
+        },
+    },
+    "monitoring": {
+        "metrics": {
+            "podAnnotations": False,
+            "serviceMonitor": {
+                "enabled": True,
+                "labels": {"release": "kube-prometheus-stack"},
+                "scrapeTimeout": "10s",
+                "metricRelabelings": [
+                    {"action": "drop", "sourceLabels": ["__name__"], "regex": "sb_edge_x"}
+                ],
+            },
+            "podMonitor": {
+                "enabled": True,
+                "interval": "15s",
+                "relabelings": [
+                    {"action": "replace", "targetLabel": "cluster", "replacement": "a"}
+                ],
+            },
+            "prometheusRule": {"enabled": True, "alertLabels": {"team": "realtime"}},
+            "dashboard": {
+                "namespace": "monitoring",
+                "annotations": {"grafana_folder": "Switchboard"},
+            },
+        },
+        # A /metrics port of its own (the admin port, once the edge has one).
+        "edge": {"metricsPort": 9090},
+    },
+    "gateway": {
+        "httpRoute": {
+            "enabled": True,
+            "parentRefs": [
+                {"name": "public", "namespace": "gateway-system", "sectionName": "https"}
+            ],
+            "hostnames": ["ws.example.com"],
+            "timeouts": {"backendRequest": "0s"},
+        },
+    },
+    "escape-hatches": {
+        "edge": {
+            **_ESCAPE_HATCHES,
+            "envFrom": [{"secretRef": {"name": "edge-extra-env"}}],
+            "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": "10%"}},
+            "readinessProbe": {"periodSeconds": 3, "timeoutSeconds": 1},
+            "startupProbe": None,
+        },
+        "operator": {
+            **_ESCAPE_HATCHES,
+            "envFrom": [{"configMapRef": {"name": "operator-extra-env"}}],
+            "strategy": {"type": "Recreate"},
+        },
+        "nats": {
+            **_ESCAPE_HATCHES,
+            "updateStrategy": {"type": "OnDelete"},
+            "readinessProbe": {"tcpSocket": {"port": "nats"}, "periodSeconds": 5},
         },
     },
     "deploy-dev": _deploy("values-dev.yaml"),
@@ -154,9 +229,11 @@ def container_env(
     """The environment a container would see: its ConfigMaps (envFrom), then env;
     Secret references resolved from `secrets`, the pod name as `pod-0`."""
     env: dict[str, str] = {}
+    rendered = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
     for source in container.get("envFrom", []):
-        config_map = find(docs, "ConfigMap", source["configMapRef"]["name"])
-        env.update(config_map["data"])
+        name = source.get("configMapRef", {}).get("name")
+        if name in rendered:  # the user's own sources (envFrom values) are not rendered
+            env.update(rendered[name]["data"])
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"]

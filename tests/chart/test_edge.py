@@ -116,9 +116,12 @@ def test_containers_run_as_non_root_read_only(name: str) -> None:
     for pod, spec in specs:
         context = spec["securityContext"]
         assert context["runAsNonRoot"] is True, pod
-        assert context["runAsUser"] > 0, pod
+        # No runAsUser at all is OpenShift's case (the platform picks a non-root UID).
+        assert context.get("runAsUser", 1) > 0, pod
         assert context["seccompProfile"] == {"type": "RuntimeDefault"}, pod
         for c in spec["containers"] + spec.get("initContainers", []):
+            if c["name"] in ("sidecar", "init"):  # the user's own (escape-hatches)
+                continue
             own = c["securityContext"]
             assert own.get("runAsNonRoot", True) is True, (pod, c["name"])
             assert own.get("runAsUser", 1) != 0, (pod, c["name"])

@@ -146,3 +146,18 @@ def test_names_fit_with_the_longest_release_name() -> None:
             assert len(name) <= 52, name
         for value in doc["metadata"].get("labels", {}).values():
             assert len(value) <= 63, value
+
+
+def test_the_published_schemas_catch_errors() -> None:
+    """Objects of APIs the chart does not define are checked too (tests/chart/thirdparty)."""
+    monitor = next(d for d in docs_of("monitoring") if d["kind"] == "ServiceMonitor")
+    assert custom_object_errors(monitor) == []
+    monitor["spec"]["endpoints"][0]["interval"] = "soon"
+    assert custom_object_errors(monitor)
+    route = next(d for d in docs_of("gateway") if d["kind"] == "HTTPRoute")
+    assert custom_object_errors(route) == []
+    route["spec"]["rules"][0]["matches"][0]["path"]["type"] = "Glob"
+    assert custom_object_errors(route)
+    rule = next(d for d in docs_of("monitoring") if d["kind"] == "PrometheusRule")
+    del rule["spec"]["groups"][0]["name"]
+    assert custom_object_errors(rule)

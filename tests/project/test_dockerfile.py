@@ -152,7 +152,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (built,) = out.glob("switchboard-*.whl")
+    (built,) = out.glob("switchboard_ws-*.whl")  # the distribution switchboard-ws
     return built
 
 
@@ -172,7 +172,7 @@ def test_wheel_holds_every_module_and_the_demo_page(wheel: Path) -> None:
 def test_wheel_entry_point_runs_every_subcommand(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    (entry_points,) = site.glob("switchboard-*.dist-info/entry_points.txt")
+    (entry_points,) = site.glob("switchboard_ws-*.dist-info/entry_points.txt")
     match = re.search(r"^switchboard = ([\w.]+):(\w+)$", entry_points.read_text(), re.MULTILINE)
     assert match, entry_points.read_text()
     module, function = match.groups()

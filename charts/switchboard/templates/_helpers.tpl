@@ -97,22 +97,39 @@ app.kubernetes.io/part-of: switchboard
 {{- if kindIs "string" . }}{{ quote . }}{{ else }}{{ int . }}{{ end }}
 {{- end }}
 
-{{/* Non-root, read-only root filesystem, no privileges, no capabilities. */}}
-{{- define "switchboard.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: {{ .uid }}
-runAsGroup: {{ .uid }}
-fsGroup: {{ .uid }}
-seccompProfile:
-  type: RuntimeDefault
+{{/* A securityContext from values (non-root, read-only root filesystem, no privileges,
+no capabilities by default); keys set to null are gone, as OpenShift's random UIDs need. */}}
+{{- define "switchboard.securityContext" -}}
+{{- with . -}}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 
-{{- define "switchboard.containerSecurityContext" -}}
-runAsNonRoot: true
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-capabilities:
-  drop: ["ALL"]
+{{/* A probe from values: its timings, and the chart's handler unless it names one.
+(dict "name" "readinessProbe" "probe" $values "handler" (dict "httpGet" ...)). A probe set
+to null renders nothing. */}}
+{{- define "switchboard.probe" -}}
+{{- if .probe }}
+{{- $probe := deepCopy .probe }}
+{{- if not (or $probe.httpGet $probe.tcpSocket $probe.exec $probe.grpc) }}
+{{- $probe = merge $probe .handler }}
+{{- end -}}
+{{ .name }}:
+  {{- toYaml $probe | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* A Deployment or StatefulSet strategy from values: rollingUpdate only with RollingUpdate. */}}
+{{- define "switchboard.strategy" -}}
+{{- $strategy := deepCopy .strategy }}
+{{- if ne (toString $strategy.type) "RollingUpdate" }}
+{{- $strategy = omit $strategy "rollingUpdate" }}
+{{- end }}
+{{- if $strategy -}}
+{{ .field }}:
+  {{- toYaml $strategy | nindent 2 }}
+{{- end }}
 {{- end }}
 
 {{/* Anti-affinity of a component over nodes: (dict "ctx" $ "component" "edge" "mode" "soft"). */}}
@@ -162,6 +179,34 @@ OTEL_TRACES_SAMPLER_ARG: {{ toJson .samplerArg | quote }}
 - name: OTEL_RESOURCE_ATTRIBUTES
   value: {{ join "," $attrs | quote }}
 {{- end }}
+{{- end }}
+
+{{/* Where the edge serves /metrics: edge.metricsPort, or (0) its client port. */}}
+{{- define "switchboard.edgeMetricsPort" -}}
+{{- .Values.edge.metricsPort | default .Values.edge.port | int }}
+{{- end }}
+
+{{/* The edge container port's name for /metrics: the client port's, or its own. */}}
+{{- define "switchboard.edgeMetricsPortName" -}}
+{{- if eq (include "switchboard.edgeMetricsPort" . | int) (.Values.edge.port | int) }}http{{ else }}metrics{{ end }}
+{{- end }}
+
+{{/* The operator's /metrics port (SB_OPERATOR_METRICS_PORT). */}}
+{{- define "switchboard.operatorMetricsPort" -}}9090{{- end }}
+
+{{/* Whether to render an object of a prometheus-operator (or other optional) API:
+"true" or "". (dict "ctx" $ "enabled" <auto|true|false> "api" "monitoring.coreos.com/v1/ServiceMonitor") */}}
+{{- define "switchboard.apiEnabled" -}}
+{{- if eq (toString .enabled) "auto" }}
+{{- if .ctx.Capabilities.APIVersions.Has .api }}true{{ end }}
+{{- else if .enabled }}true
+{{- end }}
+{{- end }}
+
+{{/* Labels of the Services ServiceMonitors select: (dict "ctx" $ "component" "edge") */}}
+{{- define "switchboard.metricsServiceLabels" -}}
+{{ include "switchboard.selectorLabels" . }}
+switchboard.dev/metrics: "true"
 {{- end }}
 
 {{/* Prometheus annotations. (dict "ctx" $ "port" 8080) */}}
@@ -214,6 +259,9 @@ the processes ask the server whether it is clustered. */}}
 {{- if and $v.auth.existingSecret (or $v.auth.jwtSecret $v.auth.jwtPublicKey $v.auth.resumeSecret) }}
 {{- fail "auth.existingSecret: the keys come from that Secret; leave auth.jwtSecret, auth.jwtPublicKey and auth.resumeSecret empty" }}
 {{- end }}
+{{- if and $v.httpRoute.enabled (not $v.httpRoute.parentRefs) }}
+{{- fail "httpRoute.parentRefs: name the Gateway the HTTPRoute attaches to (e.g. [{name: public, namespace: gateway-system}])" }}
+{{- end }}
 {{- if and $v.otel.enabled (not $v.otel.endpoint) }}
 {{- fail "otel.endpoint: required with otel.enabled (e.g. http://otel-collector:4318)" }}
 {{- end }}
@@ -265,5 +313,23 @@ the processes ask the server whether it is clustered. */}}
     items:
       - key: ca.crt
         path: ca.crt
+{{- end }}
+{{- end }}
+
+{{/* interval, scrapeTimeout and relabelings of a monitor endpoint, from metrics.serviceMonitor / podMonitor. */}}
+{{- define "switchboard.scrapeSettings" -}}
+{{- with .interval }}
+interval: {{ . }}
+{{- end }}
+{{- with .scrapeTimeout }}
+scrapeTimeout: {{ . }}
+{{- end }}
+{{- with .relabelings }}
+relabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .metricRelabelings }}
+metricRelabelings:
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
