@@ -5,22 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
 
 from edge import protocol
 from edge.drain import DrainPace, next_move_at, reconnect_after_ms
 from edge.node import Member, Node
 from edge.ports import Delivery, NoResponders, RequestTimeout, SubscriptionHandle, Unavailable
 from switchboard.contract.codes import CloseCode
+from switchboard.contract.errors import MessageError
+from switchboard.contract.messages import (
+    ChannelUsage,
+    ControlReply,
+    DrainCommand,
+    DrainGrant,
+    DrainRequest,
+    EdgeStats,
+    decode_command,
+)
 from switchboard.contract.names import control_subject, drain_subject
 
 log = logging.getLogger("switchboard.edge.control")
 
-RATE_IGNORED = "rate ignored: needs reconnects_per_second > 0 and a seq no older than the last"
+RATE_IGNORED = "rate ignored: its seq is older than the last"
 
 
 class Control:
@@ -49,7 +56,7 @@ class Control:
             self._drain_task = asyncio.create_task(self._drain(reason))
         return self._drain_task
 
-    def offer_pace(self, message: Mapping[str, Any] | None) -> bool:
+    def offer_pace(self, message: DrainGrant | None) -> bool:
         """A grant or re-pace from the operator; applies at once to a running drain."""
         if not self._pace.offer(message):
             return False
@@ -110,22 +117,22 @@ class Control:
         # so the client has exactly what the token's offsets say.
         await member.link.close(CloseCode.GOING_AWAY, reason)
 
-    async def _ask_drain_grant(self, reason: str) -> dict[str, Any] | None:
+    async def _ask_drain_grant(self, reason: str) -> DrainGrant | None:
         """Request `sb.operator.drain`; None when no operator answers (the default pace
         stays)."""
         settings = self.node.settings
-        body = json.dumps(
-            {"pod": settings.pod_name, "connections": len(self.node.members), "reason": reason}
-        ).encode()
+        body = DrainRequest(settings.pod_name, len(self.node.members), reason).encode()
         subject = drain_subject(settings.subject_prefix)
         try:
             answer = await self.node.backbone.request(
                 subject, body, {}, settings.drain_grant_timeout_s
             )
-            reply = json.loads(answer.data)
-        except (NoResponders, RequestTimeout, Unavailable, ValueError):
+            return DrainGrant.decode(answer.data)
+        except (NoResponders, RequestTimeout, Unavailable):
             return None
-        return reply if isinstance(reply, dict) else None
+        except MessageError as exc:
+            log.warning("ignored the operator's drain grant: %s", exc)
+            return None
 
     async def listen(self) -> None:
         """`sb.edge.<pod>.ctl`: `{"command": "drain"}` or
@@ -136,54 +143,52 @@ class Control:
 
     def _on_control(self, delivery: Delivery) -> None:
         answer = self._answer(delivery.data)
-        if not answer["ok"] and answer["error"] != RATE_IGNORED:  # a stale pace is normal
+        if not answer.ok and answer.error != RATE_IGNORED:  # a stale pace is normal
             # NATS lets only the operator publish here; anything refused is a bug or a
             # probe: do nothing, say so, and count it
             self.node.metrics.control_refused += 1
             log.warning(
                 "refused a control message: %s",
-                answer["error"],
+                answer.error,
                 extra={"pod": self.node.settings.pod_name, "bytes": len(delivery.data)},
             )
         if delivery.reply:
             task = asyncio.create_task(
-                self.node.backbone.publish(delivery.reply, json.dumps(answer).encode(), {})
+                self.node.backbone.publish(delivery.reply, answer.encode(), {})
             )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    def _answer(self, data: bytes) -> dict[str, Any]:
+    def _answer(self, data: bytes) -> ControlReply:
         try:
-            command = json.loads(data)
-            kind = command["command"]
-        except (ValueError, KeyError, TypeError):
-            return {"ok": False, "error": 'expected {"command": ...}'}
-        if kind == "drain":
-            self.start_drain(str(command.get("reason", "operator")))
-            return {"ok": True, "connections": len(self.node.members)}
-        if kind == "rate":
-            applied = self.offer_pace(command)
-            return {"ok": True} if applied else {"ok": False, "error": RATE_IGNORED}
-        return {"ok": False, "error": f"unknown command {kind!r}"[:200]}
+            command = decode_command(data)
+        except MessageError as exc:
+            return ControlReply(False, error=str(exc)[:200])
+        if isinstance(command, DrainCommand):
+            self.start_drain(command.reason)
+            return ControlReply(True, connections=len(self.node.members))
+        if self.offer_pace(command):
+            return ControlReply(True)
+        return ControlReply(False, error=RATE_IGNORED)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> EdgeStats:
         node = self.node
-        return {
-            "pod": node.settings.pod_name,
-            "connections": len(node.members),
-            "subscriptions": node.hub.subscription_count,
-            "draining": self.draining,
-            "accepting": node.accepting,
-            "ts": int(time.time() * 1000),
-            "channels": node.channel_usage(),
-        }
+        return EdgeStats(
+            pod=node.settings.pod_name,
+            connections=len(node.members),
+            subscriptions=node.hub.subscription_count,
+            draining=self.draining,
+            accepting=node.accepting,
+            ts=int(time.time() * 1000),
+            channels={name: ChannelUsage(**usage) for name, usage in node.channel_usage().items()},
+        )
 
     async def report_stats(self) -> None:
         """Every `stats_interval_s`, this edge's live numbers into `sb_edges`."""
         while True:
             try:
                 await self.node.backbone.put_edge_stats(
-                    self.node.settings.pod_name, json.dumps(self.stats()).encode()
+                    self.node.settings.pod_name, self.stats().encode()
                 )
             except Unavailable as exc:
                 log.debug("stats not written: %s", exc)

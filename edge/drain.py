@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+
+from switchboard.contract.messages import DrainGrant
 
 
 def next_move_at(since: float, rate_per_s: float, deadline: float) -> float:
@@ -47,20 +47,13 @@ class DrainPace:
     rate: float
     seq: int = -1
 
-    def offer(self, message: Mapping[str, Any] | None) -> bool:
-        """Take `{"reconnects_per_second": R, "seq": N}` if valid and not stale."""
-        if message is None:
+    def offer(self, grant: DrainGrant | None) -> bool:
+        """Take a grant or re-pace (already validated: a positive rate) unless stale."""
+        if grant is None:
             return False
-        rate, seq = message.get("reconnects_per_second"), message.get("seq")
-        if not _positive_number(rate):
-            return False
-        if isinstance(seq, int) and not isinstance(seq, bool):
-            if seq < self.seq:
+        if grant.seq is not None:
+            if grant.seq < self.seq:
                 return False
-            self.seq = seq
-        self.rate = float(rate)
+            self.seq = grant.seq
+        self.rate = grant.reconnects_per_second
         return True
-
-
-def _positive_number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0

@@ -6,6 +6,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+# the backbone's failures, as the contract names them
+from switchboard.contract.errors import NoResponders as NoResponders
+from switchboard.contract.errors import RequestTimeout as RequestTimeout
+from switchboard.contract.errors import Unavailable as Unavailable
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -22,18 +27,6 @@ class Delivery:
 class Reply:
     data: bytes
     headers: Mapping[str, str] | None
-
-
-class Unavailable(Exception):
-    """The backbone cannot take the request now; nothing was accepted."""
-
-
-class NoResponders(Exception):
-    """Nobody listens on the RPC subject."""
-
-
-class RequestTimeout(Exception):
-    """The RPC responder did not answer in time."""
 
 
 class SubscriptionHandle(Protocol):

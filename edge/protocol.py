@@ -12,6 +12,7 @@ from typing import Any
 
 from switchboard.contract.channels import is_valid_channel, is_valid_method
 from switchboard.contract.codes import RETRYABLE, ErrorCode
+from switchboard.contract.errors import ProtocolError as ProtocolError
 
 CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "publish", "rpc", "presence", "refresh"})
 MAX_ID_LENGTH = 128
@@ -102,16 +103,6 @@ class Request:
     type: str
     id: str | None
     payload: dict[str, Any]
-
-
-class ProtocolError(Exception):
-    """A frame that cannot be acted on; becomes an `error` frame."""
-
-    def __init__(self, code: ErrorCode, message: str, request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
 
 
 def parse(text: str) -> Request:

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from switchboard.contract.natsauth import NatsCredentials
 from switchboard.contract.settings import (
     ALGORITHMS,
     Algorithm,
     ChannelPolicy,
+    ComponentSettings,
+    LogLevel,
     ReplicasSetting,
     load_settings,
 )
@@ -28,7 +29,7 @@ ENV_PREFIX = "SB_EDGE_"
 MIN_API_KEY_LENGTH = 16
 
 
-class EdgeSettings(BaseSettings, NatsCredentials):
+class EdgeSettings(ComponentSettings):
     """Everything an edge process can be told."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
@@ -53,8 +54,6 @@ class EdgeSettings(BaseSettings, NatsCredentials):
         description="This edge's name (pod name).",
         json_schema_extra={"doc_default": "the host name"},
     )
-    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-sep.")
-    subject_prefix: str = Field("sb", pattern=r"^[A-Za-z0-9_-]+$", description="NATS prefix.")
     jetstream_replicas: ReplicasSetting = Field(
         "auto",
         description="Copies of the KV buckets an edge creates (tickets, presence, stats, "
@@ -144,7 +143,7 @@ class EdgeSettings(BaseSettings, NatsCredentials):
     dev_tokens: bool = Field(
         False, description="Serve GET /dev/token (mints tokens; `switchboard dev` only)."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: LogLevel = "INFO"
 
     def api_keys(self) -> list[str]:
         """The keys in `api_keys_file` (read on each call: a rotated Secret applies on restart)."""

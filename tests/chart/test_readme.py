@@ -13,7 +13,7 @@ from typing import Any
 import helm_python as helm
 import yaml
 
-from switchboard.cli.chart_schema import TABLE_END, TABLE_START, render_readme, values_rows
+from switchboard.cli.chart_readme import TABLE_END, TABLE_START, render_readme, values_rows
 from tests.chart.render import CHART, ROOT
 
 README = CHART / "README.md"
@@ -32,7 +32,7 @@ def _values() -> dict[str, Any]:
 def test_the_values_table_is_current() -> None:
     text = README.read_text()
     assert render_readme(text, _schema(), _values()) == text, (
-        "charts/switchboard/README.md is stale: python -m switchboard.cli.chart_schema"
+        "charts/switchboard/README.md is stale: python -m switchboard.cli.chart_readme"
     )
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 
 from edge.drain import DrainPace, next_move_at, reconnect_after_ms
+from switchboard.contract.messages import DrainGrant
 
 
 @pytest.mark.parametrize(
@@ -26,23 +26,18 @@ def test_next_move_at(since: float, rate: float, deadline: float, expected: floa
 
 
 @pytest.mark.parametrize(
-    ("message", "applied", "rate"),
+    ("grant", "applied", "rate"),
     [
         (None, False, 50.0),  # no operator answered: the default stays
-        ({}, False, 50.0),
-        ({"reconnects_per_second": 125}, True, 125.0),
-        ({"reconnects_per_second": 0}, False, 50.0),
-        ({"reconnects_per_second": -3}, False, 50.0),
-        ({"reconnects_per_second": "fast"}, False, 50.0),
-        ({"reconnects_per_second": True}, False, 50.0),
-        ({"reconnects_per_second": 20, "seq": 7}, True, 20.0),
+        (DrainGrant(125), True, 125.0),
+        (DrainGrant(20, seq=7), True, 20.0),
     ],
 )
-def test_pace_takes_valid_grants(
-    message: dict[str, Any] | None, applied: bool, rate: float
-) -> None:
+def test_pace_takes_grants(grant: DrainGrant | None, applied: bool, rate: float) -> None:
+    """Malformed grants never get here: `DrainGrant.decode` refuses them
+    (tests/contract/test_messages.py)."""
     pace = DrainPace(50.0)
-    assert pace.offer(message) is applied
+    assert pace.offer(grant) is applied
     assert pace.rate == rate
 
 
@@ -50,11 +45,11 @@ def test_pace_keeps_the_newest_word_whatever_order_it_arrives_in() -> None:
     """The grant (seq 1: 20/s) is handled after the re-pace that followed it (seq 2:
     10/s, because a second pod started draining): 10/s stays."""
     pace = DrainPace(100.0)
-    assert pace.offer({"reconnects_per_second": 10, "seq": 2})
-    assert not pace.offer({"reconnects_per_second": 20, "seq": 1})
+    assert pace.offer(DrainGrant(10, seq=2))
+    assert not pace.offer(DrainGrant(20, seq=1))
     assert pace.rate == 10
-    assert pace.offer({"reconnects_per_second": 20, "seq": 3})  # the other pod finished
-    assert pace.offer({"reconnects_per_second": 5})  # no seq: always applies
+    assert pace.offer(DrainGrant(20, seq=3))  # the other pod finished
+    assert pace.offer(DrainGrant(5))  # no seq: always applies
     assert pace.rate == 5
 
 
