@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -27,6 +27,11 @@ from switchboard.contract.settings import (
 
 ENV_PREFIX = "SB_EDGE_"
 MIN_API_KEY_LENGTH = 16
+
+# A backend error code worth its own series: a short identifier (label values are
+# escaped by the exposition, but a dashboard would rather show plain names).
+MetricCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+MAX_METRIC_CODES = 64
 
 
 class EdgeSettings(ComponentSettings):
@@ -142,6 +147,14 @@ class EdgeSettings(ComponentSettings):
     demo_page: bool = Field(True, description="Serve the demo chat page at `/`.")
     dev_tokens: bool = Field(
         False, description="Serve GET /dev/token (mints tokens; `switchboard dev` only)."
+    )
+    metrics_error_codes: list[MetricCode] = Field(
+        default_factory=list,
+        max_length=MAX_METRIC_CODES,
+        description=(
+            "Backend `Sb-Error` codes counted by name in `sb_edge_errors_total` "
+            "(any other backend code counts as `other`)."
+        ),
     )
     log_level: LogLevel = "INFO"
 

@@ -7,6 +7,7 @@ pod), and that the series, histograms and dashboard queries work in PromQL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -15,21 +16,38 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 import pytest
+import websockets
 import yaml
 
+from edge.hub import stamp_headers
+from switchboard.cli.natsserver import NatsServer, free_port, stop_process, wait_for_port
 from switchboard.client import Client, SwitchboardError
-from switchboard.natsserver import NatsServer, free_port, stop_process, wait_for_port
-from tests.conftest import EdgeFactory, token
-from tests.integration.helpers import settle
+from tests.conftest import Edge, EdgeFactory, token
+from tests.integration.helpers import next_event, settle
+from tests.operator.harness import (
+    ApiClient,
+    OperatorProcess,
+    channel_path,
+    deployment_path,
+    edgepool_path,
+    eventually,
+    kmock_api,
+    pod_path,
+    ready,
+    run_operator,
+    write_kubeconfig,
+)
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 SCRAPE_INTERVAL_S = 1
 
 
@@ -135,10 +153,12 @@ def run_prometheus(tmp: Path, jobs: Mapping[str, list[Target]]) -> Iterator[Prom
         prometheus = Prometheus(f"http://127.0.0.1:{port}", process, log_path)
         deadline = time.monotonic() + 30
         while True:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=2) as ready:
-                    if ready.status == 200:
-                        break
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=2) as ready,
+            ):
+                if ready.status == 200:
+                    break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"prometheus not ready:\n{prometheus.log()}")
             time.sleep(0.1)
@@ -156,8 +176,9 @@ async def test_a_backend_error_code_with_a_quote_leaves_the_scrape_parsable(
 ) -> None:
     """A backend's `Sb-Error` code is any string: one with `"` or `\\` must neither
     break the exposition (Prometheus' parser rejects a whole scrape over one bad
-    label value) nor add a series per distinct code (counted as `other`)."""
-    edge = edge_factory.start("prom-quote")
+    label value) nor add a series per distinct code (counted as `other` unless the
+    settings name it)."""
+    edge = edge_factory.start("prom-quote", metrics_error_codes='["conflict"]')
     backend = await nats.connect(nats_server.url)
 
     async def answer(msg: Any) -> None:
@@ -183,4 +204,277 @@ async def test_a_backend_error_code_with_a_quote_leaves_the_scrape_parsable(
             sample["metric"]["code"]: float(sample["value"][1])
             for sample in prometheus.query('sb_edge_errors_total{pod="prom-quote"}')
         }
-        assert errors == {"other": 3.0}
+        assert errors == {"other": 2.0, "conflict": 1.0}  # conflict: named in the settings
+
+
+# -- two edges and the operator, scraped; the dashboard's queries answered -------------
+
+NS = "switchboard"
+FAST = {"stats_interval_s": "0.3"}
+EDGE_SERIES = {
+    "sb_edge_connections",
+    "sb_edge_subscriptions",
+    "sb_edge_connections_total",
+    "sb_edge_deliveries_total",
+    "sb_edge_publishes_total",
+    "sb_edge_dropped_messages_total",
+    "sb_edge_slow_consumer_evictions_total",
+    "sb_edge_control_refused_total",
+    "sb_edge_errors_total",
+    "sb_edge_closes_total",
+    "sb_edge_upgrade_refusals_total",
+    "sb_edge_nats_connected",
+    "sb_edge_accepting",
+    "sb_edge_delivery_latency_seconds_bucket",
+    "sb_edge_delivery_latency_seconds_sum",
+    "sb_edge_delivery_latency_seconds_count",
+    "sb_edge_handshake_duration_seconds_bucket",
+    "sb_edge_handshake_duration_seconds_sum",
+    "sb_edge_handshake_duration_seconds_count",
+}
+OPERATOR_SERIES = {
+    "switchboard_operator_channel_applies_total",
+    "switchboard_operator_channel_deletes_total",
+    "switchboard_operator_scalings_total",
+    "switchboard_operator_deletion_cost_patches_total",
+    "switchboard_operator_drain_grants_total",
+    "switchboard_operator_pool_connections",
+    "switchboard_operator_pool_desired_replicas",
+}
+PROCESS_SERIES = {
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+    "python_gc_collections_total",
+    "python_info",
+}
+DASHBOARDS = Path(__file__).parents[2] / "charts" / "switchboard" / "dashboards"
+
+
+@dataclass
+class Scraped:
+    """Prometheus after it scraped two edges and the operator through some traffic."""
+
+    prometheus: Prometheus
+    edges: list[Edge]
+    operator: OperatorProcess
+
+
+@pytest.fixture(scope="module")
+async def scraped(
+    edge_factory: EdgeFactory, nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Scraped]:
+    tmp = tmp_path_factory.mktemp("prometheus")
+    names = ["prom-a", "prom-b"]
+    async with (
+        kmock_api() as (_, url),
+        aiohttp.ClientSession() as session,
+        run_operator(
+            write_kubeconfig(tmp / "kubeconfig", url), nats_server.url_for("operator"), NS, tmp
+        ) as operator,
+    ):
+        api = ApiClient(session, url)
+        edges = [edge_factory.start(name, **FAST) for name in names]
+        await _edge_pool(api, names)
+        jobs = {
+            "switchboard-edge": [edge_target(f"127.0.0.1:{e.port}", e.name) for e in edges],
+            "switchboard-operator": [
+                Target(
+                    f"127.0.0.1:{operator.metrics_port}",
+                    {"namespace": NS, "pod": "operator", "container": "operator"},
+                )
+            ],
+        }
+        try:
+            with run_prometheus(tmp, jobs) as prometheus:
+                await asyncio.to_thread(prometheus.wait_scraped, 1)  # the "before" samples
+                await _traffic(edges, nats_server, api)
+                await asyncio.to_thread(prometheus.wait_scraped, 2)
+                yield Scraped(prometheus, edges, operator)
+        finally:
+            for edge in edges:
+                edge.stop()
+
+
+async def _edge_pool(api: ApiClient, pods: list[str]) -> None:
+    """An EdgePool whose Deployment's pods are the two edges (kmock has no controllers:
+    the pods are created here), so the operator reports on them."""
+    labels = {"app": "prom-edges"}
+    await api.create(
+        deployment_path(NS),
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "prom-edges", "namespace": NS, "resourceVersion": "1"},
+            "spec": {"replicas": len(pods), "selector": {"matchLabels": labels}},
+        },
+    )
+    for pod in pods:
+        await api.create(
+            pod_path(NS),
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod,
+                    "namespace": NS,
+                    "labels": labels,
+                    "resourceVersion": "1",
+                },
+            },
+        )
+    await api.create(
+        edgepool_path(NS),
+        {
+            "apiVersion": "switchboard.dev/v1alpha1",
+            "kind": "EdgePool",
+            "metadata": {"name": "prom", "namespace": NS, "resourceVersion": "1"},
+            "spec": {
+                "deployment": "prom-edges",
+                "minReplicas": 1,
+                "maxReplicas": 4,
+                "targetConnectionsPerPod": 1000,
+            },
+        },
+    )
+
+
+MESSAGES = 40
+
+
+async def _traffic(edges: list[Edge], nats_server: NatsServer, api: ApiClient) -> None:
+    """Publishes across the two edges (latency), RPC errors, refusals, normal closes,
+    a Channel applied and deleted by the operator."""
+    await api.create(
+        channel_path(NS),
+        {
+            "apiVersion": "switchboard.dev/v1alpha1",
+            "kind": "Channel",
+            "metadata": {"name": "promnews", "namespace": NS, "resourceVersion": "1"},
+            "spec": {"publish": {"clients": True}},
+        },
+    )
+    backend = await nats.connect(nats_server.url)
+
+    async def refuse(msg: Any) -> None:
+        await backend.publish(msg.reply, b"seat taken", headers={"Sb-Error": "conflict"})
+
+    await backend.subscribe("sb.rpc.book", cb=refuse)
+    await settle(backend)
+    a = await Client.connect(edges[0].ws_url, token=token("alice"))
+    b = await Client.connect(edges[1].ws_url, token=token("bob"))
+    try:
+        for client in (a, b):
+            await client.subscribe("chat:prom")
+        for n in range(MESSAGES):
+            await (a if n % 2 else b).publish("chat:prom", {"n": n})
+        for client in (a, b):
+            for _ in range(MESSAGES):
+                await next_event(client)
+        for client in (a, b):
+            with pytest.raises(SwitchboardError):
+                await client.rpc("book", {"seat": 1})
+            with pytest.raises(SwitchboardError):
+                await client.rpc("nobody-answers", {})
+        # a backend publish stamped as an edge would, and one without a stamp
+        stamp = stamp_headers()
+        await backend.publish("sb.ch.chat.prom", b'{"from": "backend"}', headers=stamp)
+        await backend.publish("sb.ch.chat.prom", b'{"from": "backend"}')
+        for client in (a, b):
+            for _ in range(2):
+                await next_event(client)
+    finally:
+        await a.close()
+        await b.close()
+        await backend.close()
+    for edge in edges:
+        for headers in ({}, {"Origin": "http://evil.example"}):
+            with pytest.raises(websockets.InvalidStatus):
+                await websockets.connect(edge.ws_url, additional_headers=headers)
+    await eventually(lambda: _channel_ready(api))
+    await api.delete(channel_path(NS, "promnews"))
+    await eventually(lambda: _gone(api, channel_path(NS, "promnews")))
+
+
+async def _channel_ready(api: ApiClient) -> bool:
+    return (ready(await api.get(channel_path(NS, "promnews"))) or {}).get("status") == "True"
+
+
+async def _gone(api: ApiClient, path: str) -> bool:
+    return await api.get(path) is None
+
+
+def _names(prometheus: Prometheus, selector: str) -> set[str]:
+    return {s["metric"]["__name__"] for s in prometheus.query(f"{{{selector}}}")}
+
+
+def test_prometheus_scrapes_two_edges_and_the_operator(scraped: Scraped) -> None:
+    prometheus = scraped.prometheus
+    health = {t["labels"]["pod"]: (t["health"], t["lastError"]) for t in prometheus.targets()}
+    assert health == {"prom-a": ("up", ""), "prom-b": ("up", ""), "operator": ("up", "")}
+
+    for edge in scraped.edges:
+        names = _names(prometheus, f'pod="{edge.name}"')
+        assert not (EDGE_SERIES | PROCESS_SERIES) - names, edge.name
+    names = _names(prometheus, 'pod="operator"')
+    assert not (OPERATOR_SERIES | PROCESS_SERIES) - names
+
+    def by_pod(expr: str) -> dict[str, float]:
+        return {s["metric"]["pod"]: float(s["value"][1]) for s in prometheus.query(expr)}
+
+    # every event reached both edges: each counts 40 client publishes + 1 stamped
+    # backend message (the unstamped one has no publish time to measure from)
+    count = by_pod("sb_edge_delivery_latency_seconds_count")
+    assert count == {"prom-a": MESSAGES + 1, "prom-b": MESSAGES + 1}
+    # quantiles over the window, per edge: finite, and well under a second here
+    p99 = by_pod(
+        "histogram_quantile(0.99, sum by (le, pod) "
+        "(rate(sb_edge_delivery_latency_seconds_bucket[1m])))"
+    )
+    assert set(p99) == {"prom-a", "prom-b"}
+    assert all(0 < v < 1 for v in p99.values()), p99
+    handshakes = {
+        (s["metric"]["pod"], s["metric"]["result"]): float(s["value"][1])
+        for s in prometheus.query(
+            "histogram_quantile(0.5, sum by (le, pod, result) "
+            "(rate(sb_edge_handshake_duration_seconds_bucket[1m])))"
+        )
+    }
+    assert set(handshakes) == {
+        (p, r) for p in ("prom-a", "prom-b") for r in ("accepted", "refused")
+    }
+    assert all(0 < v < 1 for v in handshakes.values()), handshakes
+
+    errors = {
+        (s["metric"]["pod"], s["metric"]["code"]): float(s["value"][1])
+        for s in prometheus.query("sb_edge_errors_total")
+    }
+    assert errors == {(p, c): 1.0 for p in ("prom-a", "prom-b") for c in ("other", "not_found")}
+    refusals = by_pod('sb_edge_upgrade_refusals_total{status="401",via="http"}')
+    assert refusals == {"prom-a": 1.0, "prom-b": 1.0}
+    assert by_pod('sb_edge_closes_total{code="1000"}') == {"prom-a": 1.0, "prom-b": 1.0}
+    assert by_pod("process_open_fds") and all(v > 0 for v in by_pod("process_open_fds").values())
+
+    operator = {
+        s["metric"]["__name__"]: float(s["value"][1])
+        for s in prometheus.query('{__name__=~"switchboard_operator_channel_.*"}')
+    }
+    assert operator["switchboard_operator_channel_applies_total"] >= 1
+    assert operator["switchboard_operator_channel_deletes_total"] == 1
+    (pool,) = prometheus.query("switchboard_operator_pool_desired_replicas")
+    assert pool["metric"]["pool"] == f"{NS}/prom"
+
+
+def test_prometheus_accepts_the_expositions_as_promtool_lints_them(scraped: Scraped) -> None:
+    """Prometheus' own linter (`promtool check metrics`) on what each process serves."""
+    urls = [f"{e.http_url}/metrics" for e in scraped.edges]
+    urls.append(f"http://127.0.0.1:{scraped.operator.metrics_port}/metrics")
+    for url in urls:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            text = answer.read()
+        checked = subprocess.run(
+            [PROMTOOL, "check", "metrics"], input=text, capture_output=True, timeout=30
+        )
+        assert checked.returncode == 0, (url, checked.stdout, checked.stderr)
