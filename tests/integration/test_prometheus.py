@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -291,6 +292,7 @@ async def scraped(
             with run_prometheus(tmp, jobs) as prometheus:
                 await asyncio.to_thread(prometheus.wait_scraped, 1)  # the "before" samples
                 await _traffic(edges, nats_server, api)
+                await _drain(edges[1], nats_server, operator)
                 await asyncio.to_thread(prometheus.wait_scraped, 2)
                 yield Scraped(prometheus, edges, operator)
         finally:
@@ -346,7 +348,7 @@ MESSAGES = 40
 
 async def _traffic(edges: list[Edge], nats_server: NatsServer, api: ApiClient) -> None:
     """Publishes across the two edges (latency), RPC errors, refusals, normal closes,
-    a Channel applied and deleted by the operator."""
+    a Channel applied and deleted by the operator. Every series then has samples."""
     await api.create(
         channel_path(NS),
         {
@@ -404,6 +406,28 @@ async def _channel_ready(api: ApiClient) -> bool:
 
 async def _gone(api: ApiClient, path: str) -> bool:
     return await api.get(path) is None
+
+
+async def _drain(edge: Edge, nats_server: NatsServer, operator: OperatorProcess) -> None:
+    """Drain `edge` by command (as `kubectl drain` would through the operator): it asks
+    the operator for a pace, which shows in `switchboard_operator_drain_grant`."""
+
+    async def pool_seen() -> bool:  # a pod's grant needs its pool refreshed first
+        samples = await asyncio.to_thread(operator.metrics)
+        return f'switchboard_operator_pool_desired_replicas{{pool="{NS}/prom"}}' in samples
+
+    await eventually(pool_seen, timeout=20)
+    nc = await nats.connect(nats_server.url_for("operator"))
+    try:
+        await nc.request(f"sb.edge.{edge.name}.ctl", b'{"command": "drain"}', timeout=5)
+    finally:
+        await nc.close()
+
+    async def granted() -> bool:
+        samples = await asyncio.to_thread(operator.metrics)
+        return f'switchboard_operator_drain_grant{{pod="{edge.name}"}}' in samples
+
+    await eventually(granted, timeout=20)
 
 
 def _names(prometheus: Prometheus, selector: str) -> set[str]:
@@ -465,6 +489,11 @@ def test_prometheus_scrapes_two_edges_and_the_operator(scraped: Scraped) -> None
     assert operator["switchboard_operator_channel_deletes_total"] == 1
     (pool,) = prometheus.query("switchboard_operator_pool_desired_replicas")
     assert pool["metric"]["pool"] == f"{NS}/prom"
+    (grant,) = prometheus.query("switchboard_operator_drain_grant")
+    # drained by command; the operator's own `pod` label (its target's, as Kubernetes
+    # discovery sets it) wins, and Prometheus keeps the series' one as `exported_pod`
+    assert (grant["metric"]["pod"], grant["metric"]["exported_pod"]) == ("operator", "prom-b")
+    assert by_pod("sb_edge_accepting") == {"prom-a": 1.0, "prom-b": 0.0}
 
 
 def test_prometheus_accepts_the_expositions_as_promtool_lints_them(scraped: Scraped) -> None:
@@ -478,3 +507,79 @@ def test_prometheus_accepts_the_expositions_as_promtool_lints_them(scraped: Scra
             [PROMTOOL, "check", "metrics"], input=text, capture_output=True, timeout=30
         )
         assert checked.returncode == 0, (url, checked.stdout, checked.stderr)
+
+
+# -- the Grafana dashboards the chart ships ---------------------------------------------
+
+RATE_WINDOW = "1m"  # for $__rate_interval: with 1 s scrapes, it holds every sample
+
+
+def dashboard_files() -> list[Path]:
+    """Every dashboard JSON of the chart; missing is a failure, never a skip (the chart
+    ships them, and this is what shows their queries work)."""
+    assert DASHBOARDS.is_dir(), f"{DASHBOARDS} is missing: the chart ships its dashboards there"
+    files = sorted(DASHBOARDS.glob("*.json"))
+    assert files, f"no dashboard in {DASHBOARDS}"
+    return files
+
+
+def panels_of(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, those inside (collapsed) rows included."""
+    for panel in board.get("panels", []):
+        yield panel
+        yield from panels_of(panel)
+
+
+def variables(board: dict[str, Any], prometheus: Prometheus) -> dict[str, str]:
+    """Each template variable as Grafana would fill it in: a query variable by its
+    `label_values(metric, label)` answered by Prometheus (a regex of every value: each
+    must exist), others by their current value."""
+    values: dict[str, str] = {}
+    for var in board.get("templating", {}).get("list", []):
+        kind, name = var.get("type"), var["name"]
+        if kind == "datasource":
+            continue
+        if kind == "query":
+            query = var.get("query")
+            text = query.get("query", "") if isinstance(query, dict) else str(query)
+            match = re.fullmatch(r"\s*label_values\((.+),\s*(\w+)\s*\)\s*", text)
+            assert match, f"variable {name}: only label_values(metric, label) is understood"
+            metric, label = match.groups()
+            found = prometheus.api(f"label/{label}/values", **{"match[]": metric})
+            assert found, f"variable {name}: {text} has no values"
+            values[name] = "|".join(re.escape(v) for v in found)
+        else:
+            current = (var.get("current") or {}).get("value")
+            assert isinstance(current, str), f"variable {name} ({kind}) has no current value"
+            values[name] = current
+    return values
+
+
+def fill(expr: str, values: Mapping[str, str]) -> str:
+    for builtin in ("__rate_interval", "__interval", "__range"):
+        expr = expr.replace(f"${{{builtin}}}", RATE_WINDOW).replace(f"${builtin}", RATE_WINDOW)
+    for name in sorted(values, key=len, reverse=True):  # $namespace before $name
+        for form in (f"${{{name}}}", f"[[{name}]]", f"${name}"):
+            expr = expr.replace(form, values[name])
+    assert "$" not in expr, f"a variable is left in {expr}"
+    return expr
+
+
+def test_every_dashboard_panel_returns_data(scraped: Scraped) -> None:
+    """Each query of each panel of each dashboard, with its variables filled in as
+    Grafana would, answers with data from the real Prometheus."""
+    prometheus = scraped.prometheus
+    empty, asked = [], 0
+    for path in dashboard_files():
+        board = json.loads(path.read_text())
+        values = variables(board, prometheus)
+        for panel in panels_of(board):
+            for target in panel.get("targets") or []:
+                if not target.get("expr"):
+                    continue
+                expr = fill(target["expr"], values)
+                asked += 1
+                if not prometheus.query(expr):
+                    empty.append(f"{path.name}: {panel.get('title')}: {expr}")
+    assert asked, "the dashboards hold no Prometheus queries"
+    assert not empty, "panels without data:\n" + "\n".join(empty)
