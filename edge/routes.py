@@ -75,7 +75,7 @@ class Routes:
         if path == "/healthz":
             return response(200, "ok\n")
         if path == "/readyz":
-            ready = node.accepting and node.backbone.connected
+            ready = node.accepting and node.backbone.connected and self.admission.keys_ready
             return response(200 if ready else 503, "ready\n" if ready else "not ready\n")
         if path == "/metrics":
             body, content_type = exposition(node.registry)
@@ -121,7 +121,7 @@ class Routes:
         if credential is None:
             return response(401, "missing Authorization: Bearer <JWT>\n", headers=cors)
         try:
-            self.verifier.verify(credential.value)
+            await self.admission.verify(credential.value)
         except TokenError as exc:
             return response(401, f"{exc}\n", headers=cors)
         ticket = new_ticket()

@@ -77,6 +77,9 @@ class EdgeServer:
 
     async def start(self) -> None:
         self.flusher = Flusher(asyncio.get_running_loop())
+        keys = self.admission.keys
+        if keys is not None and not await keys.load():  # bounded by its timeout
+            log.warning("no JWKS yet: not ready, tokens refused until it is read")
         self._server = await serve(
             self._handle,
             self.settings.host,
@@ -104,6 +107,8 @@ class EdgeServer:
             asyncio.create_task(self.backbone.watch_channels(node.directory.apply)),
             asyncio.create_task(node.presence.refresh_forever()),
         ]
+        if keys is not None:
+            self._background.append(asyncio.create_task(keys.refresh_forever()))
 
     @property
     def _drain_secret_path(self) -> Path:
