@@ -41,15 +41,11 @@ class Admission:
         self.verifier = verifier
         keys = verifier.key_set
         self.keys = keys if isinstance(keys, JwksKeys) else None
+        node.jwks = self.keys  # readiness waits for the first read
         settings = node.settings
         self._upgrades = TokenBucket(
             settings.new_connections_per_s, settings.new_connections_burst, time.monotonic()
         )
-
-    @property
-    def keys_ready(self) -> bool:
-        """False until a JWKS (when one is configured) was read once: not ready then."""
-        return self.keys is None or self.keys.loaded
 
     async def verify(self, token: str) -> Claims:
         """The token's claims, or TokenError; a JWKS is read first when the token names

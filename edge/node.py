@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from edge import protocol, tracing
 from edge.directory import ChannelDirectory
 from edge.hub import HEADER_FROM, Hub, decode_data, stamp_headers
+from edge.jwks import JwksKeys
 from edge.metrics import ERROR_CODES, EdgeCollector, EdgeMetrics, Live, registry_for
 from edge.ports import Backbone, NoResponders, RequestTimeout, Unavailable
 from edge.presence import Presence
@@ -76,11 +77,19 @@ class Node:
         )
         self.members: set[Member] = set()
         self.accepting = True
+        self.jwks: JwksKeys | None = None  # token keys from an IdP, when configured
         self._down_since_ms: int | None = None
         self._resuming: asyncio.Task[None] | None = None  # history consumers after a return
 
     def policy_for(self, channel: str) -> ChannelPolicy:
         return self.directory.policy_for(channel)
+
+    @property
+    def ready(self) -> bool:
+        """For `/readyz`: accepting, on NATS, and able to verify tokens (a JWKS, when
+        configured, was read once)."""
+        keys_ready = self.jwks is None or self.jwks.loaded
+        return self.accepting and self.backbone.connected and keys_ready
 
     def record_error(self, code: str) -> None:
         self.metrics.count_error(code)

@@ -75,7 +75,7 @@ class Routes:
         if path == "/healthz":
             return response(200, "ok\n")
         if path == "/readyz":
-            ready = node.accepting and node.backbone.connected and self.admission.keys_ready
+            ready = node.ready
             return response(200 if ready else 503, "ready\n" if ready else "not ready\n")
         if path == "/metrics":
             body, content_type = exposition(node.registry)

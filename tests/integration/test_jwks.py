@@ -111,7 +111,7 @@ async def accepted(edge: Edge, tok: str) -> bool:
 
 def ready(edge: Edge) -> int:
     try:
-        with urllib.request.urlopen(f"{edge.http_url}/readyz", timeout=5) as answer:
+        with urllib.request.urlopen(f"{edge.admin_url}/readyz", timeout=5) as answer:
             return int(answer.status)
     except urllib.error.HTTPError as exc:
         return exc.code
