@@ -34,6 +34,7 @@ from prometheus_client import Histogram as LibraryHistogram
 from edge.hub import Hub, stamp_headers
 from edge.metrics import LATENCY_BUCKETS, EdgeMetrics
 from edge.ports import Delivery
+from switchboard.contract.channels import channel_subject
 
 
 class _Handle:
@@ -77,8 +78,9 @@ def run(hook: Callable[[float], None] | None, messages: int, members: int) -> fl
     asyncio.run(join())
     assert backbone.handler is not None
     body = json.dumps({"seq": 0, "pad": "x" * 76}).encode()
+    subject = channel_subject("sb", "bench")
     deliveries = [
-        Delivery("sb.ch.bench", body, {"Sb-From": "alice", **stamp_headers()}) for _ in range(1000)
+        Delivery(subject, body, {"Sb-From": "alice", **stamp_headers()}) for _ in range(1000)
     ]
     handler = backbone.handler
     start = time.process_time()

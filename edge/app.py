@@ -9,7 +9,7 @@ import signal
 
 from edge import tracing
 from edge.backbone import NatsBackbone
-from edge.jwks import JwksKeys, fetch_url, read_file
+from edge.jwks import JwksKeys
 from edge.server import EdgeServer
 from edge.settings import EdgeSettings
 from switchboard.contract.natsauth import connect_options
@@ -44,14 +44,13 @@ async def connect_backbone(settings: EdgeSettings) -> NatsBackbone:
 
 def make_verifier(settings: EdgeSettings) -> TokenVerifier:
     keys = None
-    if settings.jwt_jwks_url is not None or settings.jwt_jwks_file is not None:
+    if settings.jwt_jwks_url is not None:
         keys = JwksKeys(
-            str(settings.jwt_jwks_url or settings.jwt_jwks_file),
+            str(settings.jwt_jwks_url),
             algorithms=tuple(settings.jwt_algorithms),
             refresh_s=settings.jwt_jwks_refresh_s,
             min_interval_s=settings.jwt_jwks_min_interval_s,
             timeout_s=settings.jwt_jwks_timeout_s,
-            fetch=fetch_url if settings.jwt_jwks_file is None else read_file,
         )
     return TokenVerifier(
         secret=settings.jwt_secret,

@@ -38,19 +38,10 @@ class JwksError(Exception):
 
 
 def fetch_url(url: str, timeout_s: float) -> bytes:
-    """GET the key set (blocking: run it in a thread)."""
+    """GET the key set, or read it for a file:// URL (blocking: run it in a thread)."""
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout_s) as answer:
         body: bytes = answer.read(MAX_BYTES + 1)
-    if len(body) > MAX_BYTES:
-        raise JwksError(f"larger than {MAX_BYTES} bytes")
-    return body
-
-
-def read_file(path: str, timeout_s: float) -> bytes:
-    """A JWKS on disk (a mounted ConfigMap or Secret: rewritten to rotate)."""
-    with open(path, "rb") as document:
-        body = document.read(MAX_BYTES + 1)
     if len(body) > MAX_BYTES:
         raise JwksError(f"larger than {MAX_BYTES} bytes")
     return body

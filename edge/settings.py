@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, HttpUrl, model_validator
+from pydantic import AnyUrl, Field, UrlConstraints, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from switchboard.contract.settings import (
@@ -32,6 +32,8 @@ MIN_API_KEY_LENGTH = 16
 # escaped by the exposition, but a dashboard would rather show plain names).
 MetricCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 MAX_METRIC_CODES = 64
+# Where token keys come from: an IdP's URL, or a JWKS on disk (a mounted ConfigMap).
+JwksUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["https", "http", "file"])]
 
 
 class EdgeSettings(ComponentSettings):
@@ -68,18 +70,12 @@ class EdgeSettings(ComponentSettings):
 
     jwt_secret: str | None = Field(None, description="HS256 shared secret.")
     jwt_public_key_file: Path | None = Field(None, description="PEM public key (RS256/ES256).")
-    jwt_jwks_url: HttpUrl | None = Field(
+    jwt_jwks_url: JwksUrl | None = Field(
         None,
         description=(
-            "An identity provider's JWKS (RS256/ES256 keys by `kid`), instead of a PEM key; "
-            "fetched at start, every `jwt_jwks_refresh_s`, and on an unknown `kid`."
-        ),
-    )
-    jwt_jwks_file: Path | None = Field(
-        None,
-        description=(
-            "A JWKS document on disk (e.g. a mounted ConfigMap), read like `jwt_jwks_url`: "
-            "rewrite it to rotate keys."
+            "An identity provider's JWKS (RS256/ES256 keys by `kid`), instead of a PEM key: "
+            "https://, or file:// for one on disk (a mounted ConfigMap); read at start, every "
+            "`jwt_jwks_refresh_s`, and on an unknown `kid`."
         ),
     )
     jwt_jwks_refresh_s: float = Field(
@@ -205,7 +201,7 @@ class EdgeSettings(ComponentSettings):
     def _needs_a_key(self) -> EdgeSettings:
         public = {
             f"{ENV_PREFIX}{name.upper()}": getattr(self, name)
-            for name in ("jwt_public_key_file", "jwt_jwks_url", "jwt_jwks_file")
+            for name in ("jwt_public_key_file", "jwt_jwks_url")
         }
         chosen = [name for name, value in public.items() if value is not None]
         if self.jwt_secret is None and not chosen:

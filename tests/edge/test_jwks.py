@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from edge.jwks import JwksError, JwksKeys, parse_key_set, read_file
+from edge.jwks import JwksError, JwksKeys, parse_key_set
 from edge.settings import load_edge_settings
 from switchboard.contract.settings import SettingsError
 from switchboard.contract.tokens import TokenError, TokenVerifier
@@ -196,10 +196,10 @@ async def test_a_refresh_frame_with_an_unknown_kid_starts_a_fetch_for_the_retry(
     assert verifier.verify(fresh).sub == "alice"
 
 
-async def test_a_jwks_file_is_read_again_like_a_url(tmp_path: Path) -> None:
+async def test_a_file_url_is_read_again_like_an_idp(tmp_path: Path) -> None:
     path = tmp_path / "jwks.json"
     path.write_bytes(key_set(jwk(RSA_KEY, "one")))
-    keys = JwksKeys(str(path), fetch=read_file, min_interval_s=0)
+    keys = JwksKeys(path.as_uri(), min_interval_s=0)  # the real fetch: urllib reads file://
     assert await keys.load()
     path.write_bytes(key_set(jwk(RSA_KEY, "one"), jwk(EC_KEY, "two")))  # rotated
     await keys.prepare(token(EC_KEY, "two", "ES256"))
@@ -212,7 +212,7 @@ IDP = "https://idp.example/k"
 @pytest.mark.parametrize(
     ("env", "error"),
     [
-        ({}, "set SB_EDGE_JWT_SECRET or one of SB_EDGE_JWT_PUBLIC_KEY_FILE, SB_EDGE_JWT_JWKS_URL"),
+        ({}, "set SB_EDGE_JWT_SECRET or one of SB_EDGE_JWT_PUBLIC_KEY_FILE, SB_EDGE_JWT_JWKS_URL "),
         (
             {"SB_EDGE_JWT_JWKS_URL": IDP, "SB_EDGE_JWT_PUBLIC_KEY_FILE": "k"},
             "set one of SB_EDGE_JWT_PUBLIC_KEY_FILE, SB_EDGE_JWT_JWKS_URL, not several",

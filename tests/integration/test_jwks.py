@@ -21,6 +21,7 @@ import websockets
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from switchboard.cli.natsserver import wait_for_port
 from switchboard.client import Client
 from tests.conftest import Edge, EdgeFactory
 from tests.integration.helpers import wait_for
@@ -110,6 +111,8 @@ async def accepted(edge: Edge, tok: str) -> bool:
 
 
 def ready(edge: Edge) -> int:
+    """`/readyz` on the admin port (which opens just after the client port)."""
+    wait_for_port(edge.admin_port, 20)
     try:
         with urllib.request.urlopen(f"{edge.admin_url}/readyz", timeout=5) as answer:
             return int(answer.status)
@@ -224,10 +227,10 @@ async def test_an_edge_started_while_the_idp_is_down_is_not_ready_until_it_answe
 
 
 async def test_a_mounted_jwks_file_rotates_too(edge_factory: EdgeFactory, tmp_path: Path) -> None:
-    """The same from a JWKS on disk (a ConfigMap the IdP's tooling rewrites)."""
+    """The same from a JWKS on disk, a file:// URL (a ConfigMap your tooling rewrites)."""
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps({"keys": [jwk("rsa-1")]}))
-    edge = edge_factory.start("jwks-file", jwt_jwks_file=str(path), jwt_jwks_refresh_s="1")
+    edge = edge_factory.start("jwks-file", jwt_jwks_url=path.as_uri(), jwt_jwks_refresh_s="1")
     try:
         assert await welcomed(edge, token("rsa-1"))
         assert await refused(edge, token("ec-1")) == 401
