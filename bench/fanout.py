@@ -166,8 +166,15 @@ def make_payload(size: int, seq: int) -> bytes:
     return (head + "x" * pad + tail).encode()
 
 
+def stamp_headers() -> dict[str, str]:
+    """What an edge puts on a client's publish: its time in ms and in µs (the µs one
+    feeds the edge's publish→deliver latency histogram)."""
+    now_us = time.time_ns() // 1000
+    return {"Sb-Ts": str(now_us // 1000), "Sb-Ts-Us": str(now_us)}
+
+
 async def publish_paced(
-    nats_url: str, messages: int, size: int, rate: float
+    nats_url: str, messages: int, size: int, rate: float, stamp: bool = False
 ) -> tuple[float, float]:
     payloads = [make_payload(size, i) for i in range(messages)]
     nc = await c.connect_publisher(nats_url, "bench-publisher")
@@ -178,7 +185,7 @@ async def publish_paced(
             delay = t0 + i * interval - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await nc.publish(SUBJECT, payload)
+            await nc.publish(SUBJECT, payload, headers=stamp_headers() if stamp else None)
             if i % 16 == 0:
                 await nc.flush()  # keep the pacing on the wire, not in nats-py's buffer
         await nc.flush()
@@ -218,7 +225,7 @@ def measure(
     me0 = c.self_cpu_s()
 
     t_pub0, t_pub1 = asyncio.run(
-        publish_paced(target.nats_url, args.messages, args.size, args.rate)
+        publish_paced(target.nats_url, args.messages, args.size, args.rate, args.stamp)
     )
     pub_cpu = c.self_cpu_s() - me0
     deadline_s = args.messages / args.rate + 60
@@ -343,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="published messages per second")
     parser.add_argument("--procs", type=int, default=1, help="load-generator processes")
     parser.add_argument("--concurrency", type=int, default=100, help="concurrent handshakes")
+    parser.add_argument(
+        "--stamp",
+        action="store_true",
+        help="publish with the time headers an edge sets on client publishes (Sb-Ts, Sb-Ts-Us)",
+    )
     args = c.parse_args(parser, argv)
 
     started = c.now_utc()

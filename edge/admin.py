@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from edge.api import ApiError, ServerApi, parse_body
-from edge.metrics import render
+from edge.metrics import exposition
 from edge.node import Node
 from switchboard.contract.codes import ErrorCode
 
@@ -100,25 +100,14 @@ class Admin:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        ready = self.node.accepting and self.node.backbone.connected
+        ready = self.node.ready
         return web.Response(
             status=200 if ready else 503, text="ready\n" if ready else "not ready\n"
         )
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        node = self.node
-        text = render(
-            node.metrics,
-            connections=len(node.members),
-            subscriptions=node.hub.subscription_count,
-            deliveries=node.hub.delivered,
-            dropped=node.hub.dropped,
-            nats_connected=node.backbone.connected,
-            accepting=node.accepting,
-        )
-        return web.Response(
-            text=text, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
-        )
+        body, content_type = exposition(self.node.registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     # -- the server API ------------------------------------------------------------
 

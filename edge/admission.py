@@ -10,6 +10,7 @@ from typing import Any
 
 from websockets.http11 import Request
 
+from edge.jwks import JwksKeys
 from edge.node import Node
 from edge.ports import Unavailable
 from edge.ratelimit import TokenBucket
@@ -38,10 +39,20 @@ class Admission:
     def __init__(self, node: Node, verifier: TokenVerifier) -> None:
         self.node = node
         self.verifier = verifier
+        keys = verifier.key_set
+        self.keys = keys if isinstance(keys, JwksKeys) else None
+        node.jwks = self.keys  # readiness waits for the first read
         settings = node.settings
         self._upgrades = TokenBucket(
             settings.new_connections_per_s, settings.new_connections_burst, time.monotonic()
         )
+
+    async def verify(self, token: str) -> Claims:
+        """The token's claims, or TokenError; a JWKS is read first when the token names
+        a key not seen yet (edge/jwks.py: shared, rate-limited, never blocking)."""
+        if self.keys is not None:
+            await self.keys.prepare(token)
+        return self.verifier.verify(token)
 
     def in_band(self, refusal: Refusal, request: Request) -> bool:
         """Refuse with a close after 101 (browsers), not the HTTP status? Never for a
@@ -89,7 +100,7 @@ class Admission:
                 return redeemed
             token = redeemed
         try:
-            return Admitted(self.verifier.verify(token))
+            return Admitted(await self.verify(token))
         except TokenError as exc:
             return Refusal(401, str(exc))
 

@@ -9,6 +9,7 @@ import signal
 
 from edge import tracing
 from edge.backbone import NatsBackbone
+from edge.jwks import JwksKeys
 from edge.server import EdgeServer
 from edge.settings import EdgeSettings
 from switchboard.contract.natsauth import connect_options
@@ -42,9 +43,19 @@ async def connect_backbone(settings: EdgeSettings) -> NatsBackbone:
 
 
 def make_verifier(settings: EdgeSettings) -> TokenVerifier:
+    keys = None
+    if settings.jwt_jwks_url is not None:
+        keys = JwksKeys(
+            str(settings.jwt_jwks_url),
+            algorithms=tuple(settings.jwt_algorithms),
+            refresh_s=settings.jwt_jwks_refresh_s,
+            min_interval_s=settings.jwt_jwks_min_interval_s,
+            timeout_s=settings.jwt_jwks_timeout_s,
+        )
     return TokenVerifier(
         secret=settings.jwt_secret,
         public_key_file=settings.jwt_public_key_file,
+        key_set=keys,
         algorithms=list(settings.jwt_algorithms),
         leeway_s=settings.jwt_leeway_s,
         audience=settings.jwt_audience,

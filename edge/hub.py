@@ -29,6 +29,9 @@ log = logging.getLogger("switchboard.edge.hub")
 
 HEADER_FROM = "Sb-From"
 HEADER_TS = "Sb-Ts"
+# The publish time in microseconds since the epoch: edges set it on client publishes,
+# backends may; it feeds the delivery latency histogram (Sb-Ts has only milliseconds).
+HEADER_TS_US = "Sb-Ts-Us"
 STREAM_RETRY_S = 0.2  # between attempts to rebuild a history consumer after a reconnect
 
 
@@ -80,6 +83,12 @@ def _timestamp(headers: Mapping[str, str]) -> int:
     return int(time.time() * 1000)
 
 
+def stamp_headers() -> dict[str, str]:
+    """`Sb-Ts` and `Sb-Ts-Us` for a message published now."""
+    now_us = time.time_ns() // 1000
+    return {HEADER_TS: str(now_us // 1000), HEADER_TS_US: str(now_us)}
+
+
 def _text(value: str) -> str:
     """A header string that encodes as UTF-8 (nats-py already replaces bad bytes)."""
     if value.isascii():
@@ -96,12 +105,14 @@ class Hub:
         expose_publisher: bool,
         pod: str = "",
         stream_for: Callable[[str], str | None] = lambda channel: None,
+        on_latency: Callable[[float], None] | None = None,
     ) -> None:
         self._backbone = backbone
         self._prefix = prefix
         self._expose_publisher = expose_publisher
         self._pod = pod
         self._stream_for = stream_for
+        self._on_latency = on_latency  # seconds from publish to delivery, once per message
         self.epochs: dict[str, str] = {}  # stream -> epoch, as last read
         self._topics: dict[str, _Topic] = {}
         self._lock = asyncio.Lock()
@@ -322,6 +333,8 @@ class Hub:
             for member in tuple(topic.members):
                 member.deliver_stored(channel, delivery.offset, frame)
         self.delivered += len(topic.members)
+        if self._on_latency is not None and delivery.headers:
+            self._latency(delivery.headers.get(HEADER_TS_US))
         if span is not None:
             span.set_attribute("sb.recipients", len(topic.members))
             span.end()
@@ -339,6 +352,12 @@ class Hub:
         for member in tuple(topic.members):
             member.disconnect(code, reason)
         log.info("disconnected a user", extra={"subject": delivery.subject, "code": code})
+
+    def _latency(self, stamp: str | None) -> None:
+        """Publish → handed to every member: from `Sb-Ts-Us` when it is plain digits."""
+        if stamp is not None and 0 < len(stamp) <= 19 and stamp.isascii() and stamp.isdigit():
+            assert self._on_latency is not None
+            self._on_latency(time.time() - int(stamp) / 1e6)
 
     def stored_event(self, channel: str, data: Any, delivery: Delivery, epoch: str | None) -> bytes:
         """An event of a channel with history: it carries its offset and epoch."""

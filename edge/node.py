@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 from edge import protocol, tracing
 from edge.directory import ChannelDirectory
-from edge.hub import HEADER_FROM, HEADER_TS, Hub, decode_data
-from edge.metrics import EdgeMetrics
+from edge.hub import HEADER_FROM, Hub, decode_data, stamp_headers
+from edge.jwks import JwksKeys
+from edge.metrics import ERROR_CODES, EdgeCollector, EdgeMetrics, Live, registry_for
 from edge.ports import Backbone, NoResponders, RequestTimeout, Unavailable
 from edge.presence import Presence
 from edge.replay import Recovery, Sink
@@ -61,27 +62,48 @@ class Node:
         self.settings = settings
         self.backbone = backbone
         self.directory = ChannelDirectory(settings.default_channel)
+        self.metrics = EdgeMetrics(ERROR_CODES | frozenset(settings.metrics_error_codes))
+        self.registry = registry_for(EdgeCollector(self.metrics, self._live))
         self.hub = Hub(
             backbone,
             settings.subject_prefix,
             expose_publisher=settings.expose_publisher,
             pod=settings.pod_name,
             stream_for=self.directory.stream_for,
+            on_latency=self.metrics.observe_latency,
         )
         self.presence = Presence(
             backbone, settings.subject_prefix, settings.pod_name, settings.presence_ttl_s
         )
-        self.metrics = EdgeMetrics()
         self.members: set[Member] = set()
         self.accepting = True
+        self.jwks: JwksKeys | None = None  # token keys from an IdP, when configured
         self._down_since_ms: int | None = None
         self._resuming: asyncio.Task[None] | None = None  # history consumers after a return
 
     def policy_for(self, channel: str) -> ChannelPolicy:
         return self.directory.policy_for(channel)
 
+    @property
+    def ready(self) -> bool:
+        """For `/readyz`: accepting, on NATS, and able to verify tokens (a JWKS, when
+        configured, was read once)."""
+        keys_ready = self.jwks is None or self.jwks.loaded
+        return self.accepting and self.backbone.connected and keys_ready
+
     def record_error(self, code: str) -> None:
-        self.metrics.errors[code] += 1
+        self.metrics.count_error(code)
+
+    def _live(self) -> Live:
+        """What the metrics read at scrape time from elsewhere."""
+        return Live(
+            connections=len(self.members),
+            subscriptions=self.hub.subscription_count,
+            deliveries=self.hub.delivered,
+            dropped=self.hub.dropped,
+            nats_connected=self.backbone.connected,
+            accepting=self.accepting,
+        )
 
     def on_backbone_state(self, connected: bool) -> None:
         """NATS went away or came back; on return, report the gap to clients."""
@@ -294,7 +316,7 @@ class Member:
 
     async def _publish(self, action: Publish) -> None:
         node = self.node
-        headers = {HEADER_FROM: self.session.user, HEADER_TS: str(int(time.time() * 1000))}
+        headers = {HEADER_FROM: self.session.user, **stamp_headers()}
         if action.msg_id is not None:
             headers["Nats-Msg-Id"] = action.msg_id
         subject = channel_subject(node.settings.subject_prefix, action.channel)

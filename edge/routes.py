@@ -16,7 +16,7 @@ from websockets.http11 import Request, Response
 
 from edge.admission import Admission
 from edge.control import Control
-from edge.metrics import render
+from edge.metrics import exposition
 from edge.node import Node
 from edge.ports import Unavailable
 from edge.upgrade import find_credential, new_ticket
@@ -75,19 +75,11 @@ class Routes:
         if path == "/healthz":
             return response(200, "ok\n")
         if path == "/readyz":
-            ready = node.accepting and node.backbone.connected
+            ready = node.ready
             return response(200 if ready else 503, "ready\n" if ready else "not ready\n")
         if path == "/metrics":
-            text = render(
-                node.metrics,
-                connections=len(node.members),
-                subscriptions=node.hub.subscription_count,
-                deliveries=node.hub.delivered,
-                dropped=node.hub.dropped,
-                nats_connected=node.backbone.connected,
-                accepting=node.accepting,
-            )
-            return response(200, text, "text/plain; version=0.0.4; charset=utf-8")
+            body, content_type = exposition(node.registry)
+            return response(200, body, content_type)
         if path == "/v1/tickets":
             return await self._tickets(request)
         if path == "/v1/drain":
@@ -129,7 +121,7 @@ class Routes:
         if credential is None:
             return response(401, "missing Authorization: Bearer <JWT>\n", headers=cors)
         try:
-            self.verifier.verify(credential.value)
+            await self.admission.verify(credential.value)
         except TokenError as exc:
             return response(401, f"{exc}\n", headers=cors)
         ticket = new_ticket()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,6 +77,9 @@ class EdgeServer:
 
     async def start(self) -> None:
         self.flusher = Flusher(asyncio.get_running_loop())
+        keys = self.admission.keys
+        if keys is not None and not await keys.load():  # bounded by its timeout
+            log.warning("no JWKS yet: not ready, tokens refused until it is read")
         self._server = await serve(
             self._handle,
             self.settings.host,
@@ -103,6 +107,8 @@ class EdgeServer:
             asyncio.create_task(self.backbone.watch_channels(node.directory.apply)),
             asyncio.create_task(node.presence.refresh_forever()),
         ]
+        if keys is not None:
+            self._background.append(asyncio.create_task(keys.refresh_forever()))
 
     @property
     def _drain_secret_path(self) -> Path:
@@ -163,6 +169,7 @@ class EdgeServer:
         path = route(request.path)
         if path != WS_PATH:
             return await self.routes.answer(ws, request, path)
+        started = time.perf_counter()
         with tracing.tracer().start_as_current_span(
             "sb.upgrade", kind=SpanKind.SERVER, attributes={"sb.pod": self.settings.pod_name}
         ) as span:
@@ -173,11 +180,14 @@ class EdgeServer:
             span.set_attribute("http.response.status_code", status)
             if refusal is not None and in_band:
                 span.set_attribute("sb.refusal.close_code", refusal.close_code)
+        self.node.metrics.handshakes["accepted" if refusal is None else "refused"].observe(
+            time.perf_counter() - started
+        )
         if refusal is None:
             assert isinstance(ws, EdgeConnection) and not isinstance(decision, Refusal)
             ws.claims, ws.resume = decision.claims, decision.resume
             return None
-        self.node.metrics.refusals[refusal.status, "close" if in_band else "http"] += 1
+        self.node.metrics.count_refusal(refusal.status, in_band)
         if in_band:  # 101, then `_handle` closes with the refusal's code at once
             self._refused[ws] = refusal
             return None
@@ -221,6 +231,6 @@ class EdgeServer:
             node.members.discard(conn.member)
             sent = ws.protocol.close_sent  # what we told the peer, else what it told us
             code = conn.closed_with or (sent.code if sent else None) or ws.close_code or 1006
-            node.metrics.closes[code] += 1
+            node.metrics.count_close(code)
             if log.isEnabledFor(logging.INFO):
                 log.info("disconnected", extra=conn.log_fields() | {"code": code})

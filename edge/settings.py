@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AnyUrl, Field, UrlConstraints, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from switchboard.contract.settings import (
@@ -27,6 +27,13 @@ from switchboard.contract.settings import (
 
 ENV_PREFIX = "SB_EDGE_"
 MIN_API_KEY_LENGTH = 16
+
+# A backend error code worth its own series: a short identifier (label values are
+# escaped by the exposition, but a dashboard would rather show plain names).
+MetricCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+MAX_METRIC_CODES = 64
+# Where token keys come from: an IdP's URL, or a JWKS on disk (a mounted ConfigMap).
+JwksUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["https", "http", "file"])]
 
 
 class EdgeSettings(ComponentSettings):
@@ -63,6 +70,23 @@ class EdgeSettings(ComponentSettings):
 
     jwt_secret: str | None = Field(None, description="HS256 shared secret.")
     jwt_public_key_file: Path | None = Field(None, description="PEM public key (RS256/ES256).")
+    jwt_jwks_url: JwksUrl | None = Field(
+        None,
+        description=(
+            "An identity provider's JWKS (RS256/ES256 keys by `kid`), instead of a PEM key: "
+            "https://, or file:// for one on disk (a mounted ConfigMap); read at start, every "
+            "`jwt_jwks_refresh_s`, and on an unknown `kid`."
+        ),
+    )
+    jwt_jwks_refresh_s: float = Field(
+        300.0, gt=0, description="How often the JWKS is read again (removed keys stop)."
+    )
+    jwt_jwks_min_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="At most one JWKS read per this interval for unknown `kid`s.",
+    )
+    jwt_jwks_timeout_s: float = Field(5.0, gt=0, description="Timeout of one JWKS read.")
     jwt_algorithms: list[Algorithm] = Field(
         default_factory=lambda: list(ALGORITHMS),
         description="Accepted JWT algorithms.",
@@ -143,6 +167,14 @@ class EdgeSettings(ComponentSettings):
     dev_tokens: bool = Field(
         False, description="Serve GET /dev/token (mints tokens; `switchboard dev` only)."
     )
+    metrics_error_codes: list[MetricCode] = Field(
+        default_factory=list,
+        max_length=MAX_METRIC_CODES,
+        description=(
+            "Backend `Sb-Error` codes counted by name in `sb_edge_errors_total` "
+            "(any other backend code counts as `other`)."
+        ),
+    )
     log_level: LogLevel = "INFO"
 
     def api_keys(self) -> list[str]:
@@ -167,11 +199,20 @@ class EdgeSettings(ComponentSettings):
 
     @model_validator(mode="after")
     def _needs_a_key(self) -> EdgeSettings:
-        if self.jwt_secret is None and self.jwt_public_key_file is None:
+        public = {
+            f"{ENV_PREFIX}{name.upper()}": getattr(self, name)
+            for name in ("jwt_public_key_file", "jwt_jwks_url")
+        }
+        chosen = [name for name, value in public.items() if value is not None]
+        if self.jwt_secret is None and not chosen:
             raise ValueError(
-                f"set {ENV_PREFIX}JWT_SECRET or {ENV_PREFIX}JWT_PUBLIC_KEY_FILE "
+                f"set {ENV_PREFIX}JWT_SECRET or one of {', '.join(public)} "
                 "(no way to verify tokens)"
             )
+        if len(chosen) > 1:
+            raise ValueError(f"set one of {', '.join(chosen)}, not several")
+        if chosen and set(self.jwt_algorithms) <= {"HS256"}:
+            raise ValueError(f"{chosen[0]} needs RS256 or ES256 in {ENV_PREFIX}JWT_ALGORITHMS")
         if self.rpc_timeout_ms > self.rpc_max_timeout_ms:
             raise ValueError(f"{ENV_PREFIX}RPC_TIMEOUT_MS exceeds {ENV_PREFIX}RPC_MAX_TIMEOUT_MS")
         return self

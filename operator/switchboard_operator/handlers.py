@@ -182,6 +182,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     @kopf.on.delete(*pools, registry=registry, optional=True)
     async def forget_pool(namespace: str | None, name: str, **_: Any) -> None:
         ctx.ledger.forget(f"{namespace}/{name}")
+        ctx.metrics.forget_pool(f"{namespace}/{name}")
 
     @kopf.timer(*pools, registry=registry, interval=ctx.settings.scale_interval_s)
     async def reconcile_pool(
@@ -245,8 +246,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
 
         await _update_costs(ctx, namespace, pods, terminating, live, memo, now)
 
-        ctx.metrics.pool_connections[key] = connections
-        ctx.metrics.pool_desired[key] = decision.replicas
+        ctx.metrics.observe_pool(key, names, connections, decision.replicas)
         new = EdgePoolStatus(
             connections=connections,
             replicas=replicas if not decision.changes(replicas) else decision.replicas,

@@ -17,6 +17,7 @@ from switchboard_operator.backbone import OperatorBackbone
 from switchboard_operator.drains import DrainLedger
 from switchboard_operator.handlers import Context, register
 from switchboard_operator.kube import KubeApi
+from switchboard_operator.metrics import exposition, registry_for
 from switchboard_operator.settings import PEERING_PRIORITY_MAX, OperatorSettings
 
 log = logging.getLogger("switchboard.operator")
@@ -56,8 +57,11 @@ async def metrics_server(ctx: Context) -> AsyncIterator[None]:
         yield
         return
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text=ctx.metrics.render(), content_type="text/plain")
+    registry = registry_for(ctx.metrics)
+
+    async def metrics(request: web.Request) -> web.Response:
+        body, content_type = exposition(registry, request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

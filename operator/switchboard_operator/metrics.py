@@ -1,8 +1,22 @@
-"""The operator's Prometheus metrics, rendered as text exposition format."""
+"""The operator's Prometheus metrics, exposed through `prometheus_client`.
+
+The handlers bump plain numbers; `OperatorCollector` turns them into metric
+families at scrape time and the library writes (and escapes) the exposition. The
+per-pool and per-pod series follow the EdgePools and pods that exist: a deleted
+pool or a pod gone from its pool drops out, so rollouts do not pile up series.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+PREFIX = "switchboard_operator_"
 
 
 @dataclass
@@ -14,33 +28,70 @@ class OperatorMetrics:
     drain_grants: int = 0
     pool_connections: dict[str, int] = field(default_factory=dict)
     pool_desired: dict[str, int] = field(default_factory=dict)
+    pool_pods: dict[str, frozenset[str]] = field(default_factory=dict)
     last_grant: dict[str, float] = field(default_factory=dict)  # pod → reconnects/s
 
-    def render(self) -> str:
-        lines = []
-        for name, value, doc in (
-            ("channel_applies_total", self.channel_applies, "Channel configs written to NATS."),
-            ("channel_deletes_total", self.channel_deletes, "Channels cleaned up."),
-            ("scalings_total", self.scalings, "Deployment scale changes."),
-            ("deletion_cost_patches_total", self.cost_patches, "pod-deletion-cost patches."),
-            ("drain_grants_total", self.drain_grants, "Drain pace grants answered."),
+    def observe_pool(
+        self, pool: str, pods: Collection[str], connections: int, desired: int
+    ) -> None:
+        """A pool's refresh: its numbers, and the pods whose grants are still shown."""
+        self.pool_connections[pool] = connections
+        self.pool_desired[pool] = desired
+        self.pool_pods[pool] = frozenset(pods)
+        self._forget_gone_pods()
+
+    def forget_pool(self, pool: str) -> None:
+        """The EdgePool was deleted: its series go."""
+        for table in (self.pool_connections, self.pool_desired, self.pool_pods):
+            table.pop(pool, None)
+        self._forget_gone_pods()
+
+    def _forget_gone_pods(self) -> None:
+        known = frozenset().union(*self.pool_pods.values())
+        for pod in [pod for pod in self.last_grant if pod not in known]:
+            del self.last_grant[pod]
+
+
+class OperatorCollector(Collector):
+    """The `switchboard_operator_*` series: the same names, types and labels as always."""
+
+    def __init__(self, metrics: OperatorMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        for name, count, doc in (
+            ("channel_applies", m.channel_applies, "Channel configs written to NATS."),
+            ("channel_deletes", m.channel_deletes, "Channels cleaned up."),
+            ("scalings", m.scalings, "Deployment scale changes."),
+            ("deletion_cost_patches", m.cost_patches, "pod-deletion-cost patches."),
+            ("drain_grants", m.drain_grants, "Drain pace grants answered."),
         ):
-            lines += [
-                f"# HELP switchboard_operator_{name} {doc}",
-                f"# TYPE switchboard_operator_{name} counter",
-                f"switchboard_operator_{name} {value}",
-            ]
-        for name, label, values, doc in (
-            ("pool_connections", "pool", self.pool_connections, "Live connections per EdgePool."),
-            ("pool_desired_replicas", "pool", self.pool_desired, "Desired replicas per EdgePool."),
-            ("drain_grant", "pod", self.last_grant, "Last pace granted to a draining pod."),
-        ):
-            lines += [
-                f"# HELP switchboard_operator_{name} {doc}",
-                f"# TYPE switchboard_operator_{name} gauge",
-            ]
-            lines += [
-                f'switchboard_operator_{name}{{{label}="{key}"}} {value}'
-                for key, value in sorted(values.items())
-            ]
-        return "\n".join(lines) + "\n"
+            yield CounterMetricFamily(PREFIX + name, doc, value=count)
+        gauges: tuple[tuple[str, str, Mapping[str, float], str], ...] = (
+            ("pool_connections", "pool", m.pool_connections, "Live connections per EdgePool."),
+            ("pool_desired_replicas", "pool", m.pool_desired, "Desired replicas per EdgePool."),
+            ("drain_grant", "pod", m.last_grant, "Last pace granted to a draining pod."),
+        )
+        for name, label, values, doc in gauges:
+            family = GaugeMetricFamily(PREFIX + name, doc, labels=[label])
+            for key, value in sorted(values.items()):
+                family.add_metric([key], value)
+            yield family
+
+
+def registry_for(metrics: OperatorMetrics) -> CollectorRegistry:
+    """A registry of its own: the operator's series, and this process's CPU, memory,
+    open fds (`process_*`), GC and Python version."""
+    registry = CollectorRegistry()
+    registry.register(OperatorCollector(metrics))
+    ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The body and Content-Type a scraper asked for (OpenMetrics or text 0.0.4)."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type

@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
@@ -67,14 +67,28 @@ def _str_list(payload: dict[str, Any], name: str) -> tuple[str, ...] | None:
     return tuple(value)
 
 
+class KeySet(Protocol):
+    """Public keys by `kid`, e.g. an identity provider's JWKS (edge/jwks.py fetches it)."""
+
+    def key(self, kid: str, algorithm: str) -> Any | None:
+        """The key that verifies `algorithm` signatures under `kid`, else None."""
+        ...
+
+    def has(self, kid: str) -> bool:
+        """Whether `kid` is (still) in the set."""
+        ...
+
+
 class TokenVerifier:
-    """Verifies tokens with one HS256 secret or one PEM public key."""
+    """Verifies tokens with a key set (JWKS, by `kid`), one PEM public key, or one
+    HS256 secret: the first of these configured."""
 
     def __init__(
         self,
         *,
         secret: str | None = None,
         public_key_file: Path | None = None,
+        key_set: KeySet | None = None,
         algorithms: list[str] | None = None,
         leeway_s: float = 5.0,
         audience: str | None = None,
@@ -82,8 +96,12 @@ class TokenVerifier:
         cache_size: int = 10_000,
     ) -> None:
         algorithms = algorithms or ["HS256", "RS256", "ES256"]
-        if public_key_file is not None:
-            self._key: str | bytes = public_key_file.read_bytes()
+        self.key_set = key_set
+        self._key: str | bytes = b""
+        if key_set is not None:
+            self._algorithms = [a for a in algorithms if a != "HS256"]
+        elif public_key_file is not None:
+            self._key = public_key_file.read_bytes()
             self._algorithms = [a for a in algorithms if a != "HS256"]
         elif secret is not None:
             self._key = secret
@@ -97,7 +115,8 @@ class TokenVerifier:
         self._issuer = issuer
         # Verified tokens, so a reconnect storm (a drain moves thousands of clients
         # holding the same tokens) costs one signature check per token, not per try.
-        self._verified: OrderedDict[str, Claims] = OrderedDict()
+        # (with the kid that verified it, when a key set did: withdrawn, it stops counting)
+        self._verified: OrderedDict[str, tuple[Claims, str | None]] = OrderedDict()
         self._cache_size = cache_size
 
     def verify(self, token: str, now: float | None = None) -> Claims:
@@ -105,24 +124,47 @@ class TokenVerifier:
         now = time.time() if now is None else now
         cached = self._verified.get(token)
         if cached is not None:
-            if cached.exp + self._leeway < now:
+            claims, kid = cached
+            if kid is not None and self.key_set is not None and not self.key_set.has(kid):
+                del self._verified[token]  # its key was withdrawn: check it again (and fail)
+            elif claims.exp + self._leeway < now:
                 del self._verified[token]
                 raise TokenError("token expired")
-            self._verified.move_to_end(token)
-            return cached
-        claims = self._verify_signature(token)
+            else:
+                self._verified.move_to_end(token)
+                return claims
+        claims, kid = self._verify_signature(token)
         if self._cache_size > 0:
-            self._verified[token] = claims
+            self._verified[token] = claims, kid
             if len(self._verified) > self._cache_size:
                 self._verified.popitem(last=False)
         return claims
 
-    def _verify_signature(self, token: str) -> Claims:
+    def _signing_key(self, token: str) -> tuple[Any, list[str], str | None]:
+        """The key, the algorithms it may verify, and the kid it came by."""
+        if self.key_set is None:
+            return self._key, self._algorithms, None
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise TokenError("invalid token") from None
+        algorithm, kid = header.get("alg"), header.get("kid")
+        if algorithm not in self._algorithms:
+            raise TokenError("invalid token")
+        if not isinstance(kid, str):
+            raise TokenError("token header lacks 'kid'")
+        key = self.key_set.key(kid, algorithm)
+        if key is None:
+            raise TokenError("unknown signing key")
+        return key, [algorithm], kid
+
+    def _verify_signature(self, token: str) -> tuple[Claims, str | None]:
+        key, algorithms, kid = self._signing_key(token)
         try:
             payload = jwt.decode(
                 token,
-                self._key,
-                algorithms=self._algorithms,
+                key,
+                algorithms=algorithms,
                 leeway=self._leeway,
                 audience=self._audience,
                 issuer=self._issuer,
@@ -144,13 +186,14 @@ class TokenVerifier:
         sub = payload["sub"]
         if not isinstance(sub, str) or not is_valid_user_id(sub):
             raise TokenError("claim 'sub' must be 1-128 of [A-Za-z0-9_@=+-]")
-        return Claims(
+        claims = Claims(
             sub=sub,
             exp=float(payload["exp"]),
             roles=_str_list(payload, "roles") or (),
             channels=_str_list(payload, "channels"),
             publish=_str_list(payload, "publish"),
         )
+        return claims, kid
 
 
 def mint_token(

@@ -5,6 +5,7 @@ Service or Ingress."""
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import pytest
@@ -188,7 +189,10 @@ def _example_value(schema: dict[str, Any]) -> Any:
         return {k: _example_value(s) for k, s in schema["properties"].items()}
     if kind == "array":
         items = schema["items"]
-        return [items["enum"][-1]] if "enum" in items else ["https://a.example", "x*"]
+        if "enum" in items:
+            return [items["enum"][-1]]
+        pattern = re.compile(items.get("pattern", ".*"))
+        return [v for v in ("https://a.example", "x*", "example") if pattern.search(v)]
     if kind == "boolean":
         return not default
     if kind == "integer":
@@ -196,7 +200,7 @@ def _example_value(schema: dict[str, Any]) -> Any:
     if kind == "number":
         return (default if default is not None else 1.0) + 2.5
     assert kind == "string" and "pattern" not in schema, schema
-    return "example"
+    return "https://idp.example/jwks.json" if schema.get("format") == "uri" else "example"
 
 
 def _settings_from_pod(

@@ -70,7 +70,12 @@ def refusals(edge: Edge) -> dict[str, float]:
 
 
 def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    """The edge's counters that changed (not its histograms or process metrics)."""
+    return {
+        k: v - before.get(k, 0)
+        for k, v in after.items()
+        if v != before.get(k, 0) and k.startswith("sb_edge_") and "_seconds" not in k
+    }
 
 
 def counted(status: int, via: str) -> str:
@@ -148,6 +153,8 @@ async def test_full_edge_closes_1013_and_refused_sockets_take_no_slot(
         )
         after = scrape_metrics(edge)
         assert delta(before, after) == {counted(503, "close"): 5, counted(503, "http"): 1}
+        handshakes = 'sb_edge_handshake_duration_seconds_count{result="refused"}'
+        assert after[handshakes] - before[handshakes] == 6
         # Refused in band: no session, no user subject, not counted as a connection.
         assert after["sb_edge_connections"] == 1
         assert not any("user.bob" in s for s in edge_subjects(nats_server, "inband-full"))
