@@ -549,3 +549,7 @@ def test_notes_tell_how_to_connect() -> None:
     assert "helm test sb" in notes
     ingress = rendered_set("ingress")["switchboard/templates/NOTES.txt"]
     assert "wscat -c wss://ws.example.com/v1/ws" in ingress
+    assert "Service sb-switchboard-edge-admin, port 9090, inside the cluster only" in notes
+    assert "The server API answers 503 until edge.serverApi.existingSecret" in notes
+    keyed = rendered_set("server-api")["switchboard/templates/NOTES.txt"]
+    assert "Server API keys: Secret switchboard-api-keys, key keys.txt." in keyed
