@@ -237,10 +237,12 @@ class EdgeProcess(LocalProcess):
         return f"http://127.0.0.1:{self.admin_port}"
 
     def wait_ready(self, timeout_s: float = 20, *, readyz: bool = False) -> None:
-        """Until it listens; with `readyz`, until the admin port's `/readyz` says ready
-        (NATS joined)."""
-        wait_for_port(self.port, timeout_s, self.host)
+        """Until both its ports listen (the admin port opens just after the client
+        port); with `readyz`, until the admin port's `/readyz` says ready (NATS joined)."""
         deadline = time.monotonic() + timeout_s
+        wait_for_port(self.port, timeout_s, self.host)
+        if self.admin_port:  # 0: the edge picked one we cannot know
+            wait_for_port(self.admin_port, max(0.1, deadline - time.monotonic()), self.host)
         while readyz:
             self.check_alive(f"edge {self.name}")
             with contextlib.suppress(OSError):
