@@ -67,8 +67,9 @@ def start_edge(
     return edge
 
 
-def edge_metrics(port: int) -> str:
-    return http_get(f"http://127.0.0.1:{port}/metrics")
+def edge_metrics(admin_port: int) -> str:
+    """The edge's /metrics, on its admin port (the client port serves only /v1/*)."""
+    return http_get(f"http://127.0.0.1:{admin_port}/metrics")
 
 
 class Switchboard:
@@ -102,7 +103,7 @@ class Switchboard:
         return {"backbone_nats_server": self.backbone.process.pid}
 
     def metrics(self) -> str:
-        return edge_metrics(self.port)
+        return edge_metrics(self.edge.admin_port)
 
     def slow_consumers(self) -> dict[str, float]:
         """Clients dropped for not keeping up, so far (JSON field: its value)."""

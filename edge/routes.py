@@ -1,5 +1,6 @@
-"""The edge's plain HTTP routes next to the WebSocket upgrade: health, readiness,
-metrics, tickets, the pod-local drain, and in dev mode a token and the demo page."""
+"""The edge's plain HTTP routes next to the WebSocket upgrade: tickets, the pod-local
+drain, and in dev mode a token and the demo page. Health, readiness and metrics are
+on the admin port (edge/admin.py), never the client port (DESIGN §2)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from websockets.http11 import Request, Response
 
 from edge.admission import Admission
 from edge.control import Control
-from edge.metrics import exposition
 from edge.node import Node
 from edge.ports import Unavailable
 from edge.upgrade import find_credential, new_ticket
@@ -71,15 +71,6 @@ class Routes:
         self.drain_secret: str | None = None  # written at start, for `POST /v1/drain`
 
     async def answer(self, ws: ServerConnection, request: Request, path: str) -> Response:
-        node = self.node
-        if path == "/healthz":
-            return response(200, "ok\n")
-        if path == "/readyz":
-            ready = node.ready
-            return response(200 if ready else 503, "ready\n" if ready else "not ready\n")
-        if path == "/metrics":
-            body, content_type = exposition(node.registry)
-            return response(200, body, content_type)
         if path == "/v1/tickets":
             return await self._tickets(request)
         if path == "/v1/drain":

@@ -181,10 +181,33 @@ def _service() -> JSON:
     )
 
 
+def _network_peer() -> JSON:
+    """A NetworkPolicy peer (`networking.k8s.io/v1` NetworkPolicyPeer)."""
+    return {
+        "type": "object",
+        "description": "A NetworkPolicy peer: pods, namespaces or an IP block.",
+        "properties": {
+            "podSelector": _free("Pods (alone: in the release's namespace)."),
+            "namespaceSelector": _free("Namespaces ({}: all)."),
+            "ipBlock": {
+                "type": "object",
+                "properties": {
+                    "cidr": _str("A CIDR, e.g. 10.0.0.0/8.", minLength=1),
+                    "except": {"type": "array", "items": {"type": "string"}},
+                },
+                "required": ["cidr"],
+                "additionalProperties": False,
+            },
+        },
+        "minProperties": 1,
+        "additionalProperties": False,
+    }
+
+
 def _network_policy() -> JSON:
     """The `networkPolicy` values."""
     return _obj(
-        "NetworkPolicies for NATS and the operator (docs/security.md).",
+        "NetworkPolicies for NATS, the operator and the edges (docs/security.md).",
         {
             "enabled": _bool("Create them (needs a CNI that enforces them)."),
             "backends": _obj(
@@ -197,7 +220,20 @@ def _network_policy() -> JSON:
             "monitoringNamespaces": {
                 "type": "array",
                 "items": {"type": "string", "minLength": 1},
-                "description": "Namespaces whose pods may scrape NATS and the operator.",
+                "description": "Namespaces whose pods may scrape NATS, the operator and "
+                "the edges' admin port.",
             },
+            "admin": _obj(
+                "The edges' admin port (server API, /metrics).",
+                {
+                    "from": {
+                        "type": "array",
+                        "description": "Peers that may reach it, besides "
+                        "monitoringNamespaces (default: the release's namespace; "
+                        "[]: none).",
+                        "items": _network_peer(),
+                    },
+                },
+            ),
         },
     )

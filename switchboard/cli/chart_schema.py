@@ -53,7 +53,9 @@ from switchboard_operator.models import ChannelSpec, EdgePoolSpec
 from switchboard_operator.settings import OperatorSettings
 
 # EdgeSettings the chart sets itself, from other values or the pod (so a user
-# cannot contradict it): listen address and port (`edge.port`), the pod name
+# cannot contradict it): listen addresses and ports (`edge.port`, `edge.adminPort`:
+# probes, monitors and Services name them), the server API's keys file
+# (`edge.serverApi`, a mounted Secret), the pod name
 # (downward API), NATS (`nats`), the NATS prefix (`subjectPrefix`, shared with
 # the operator), key material (`auth`, from a Secret), the drain deadline
 # (`edgePool.drain.timeoutSeconds`, which also sets the grace period), and the
@@ -105,6 +107,8 @@ _NOISE = {"title", "doc_default"}
 _DURATION = r"^(([0-9]{1,5}(h|m|s|ms)){1,4})?$"
 # The Channel CRD's own rule on metadata.name.
 _CHANNEL_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A key of a Secret's data (Kubernetes: alphanumerics, `-`, `_` and `.`).
+_SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 
 
 def model_schema(
@@ -223,11 +227,26 @@ def values_schema() -> JSON:
                 "The edge Deployment.",
                 {
                     "replicas": _int("Fixed replicas, used only without the EdgePool.", 1),
-                    "port": _int("WebSocket and HTTP port of the container.", 1, maximum=65535),
-                    "metricsPort": _int(
-                        "Port of the edge's /metrics (0: edge.port, where it serves them today).",
-                        0,
+                    "port": _int(
+                        "Client port of the container: /v1/* (WebSockets, tickets).",
+                        1,
                         maximum=65535,
+                    ),
+                    "adminPort": _int(
+                        "Admin port: /healthz, /readyz, /metrics and the server API "
+                        "(probes and Prometheus use it; never exposed to clients).",
+                        1,
+                        maximum=65535,
+                    ),
+                    "serverApi": _obj(
+                        "Keys of the server API (docs/server-api.md), mounted from a Secret.",
+                        {
+                            "existingSecret": _str(
+                                "A Secret with the keys, one per line (empty: the server "
+                                "API answers 503 not_enabled)."
+                            ),
+                            "key": _str("Its key holding them.", pattern=_SECRET_KEY),
+                        },
                     ),
                     "config": model_schema(
                         EdgeSettings,
@@ -252,9 +271,11 @@ def values_schema() -> JSON:
                     "strategy": _deployment_strategy(
                         "The Deployment's strategy (default: surge first, none unavailable)."
                     ),
-                    "startupProbe": _probe("Startup probe (/healthz)."),
-                    "readinessProbe": _probe("Readiness probe (/readyz: 503 while draining)."),
-                    "livenessProbe": _probe("Liveness probe (/healthz)."),
+                    "startupProbe": _probe("Startup probe (/healthz on the admin port)."),
+                    "readinessProbe": _probe(
+                        "Readiness probe (/readyz on the admin port: 503 while draining)."
+                    ),
+                    "livenessProbe": _probe("Liveness probe (/healthz on the admin port)."),
                     **_escape_hatches("edge"),
                     "pdb": _obj(
                         "The edges' PodDisruptionBudget.",

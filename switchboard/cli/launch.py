@@ -228,21 +228,25 @@ class EdgeProcess(LocalProcess):
 
     @property
     def http_url(self) -> str:
+        """The client port over HTTP: `/v1/*` only (tickets, the drain, dev pages)."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
     def admin_url(self) -> str:
-        """The admin port: health, metrics and the server API."""
+        """The admin port: `/healthz`, `/readyz`, `/metrics` and the server API."""
         return f"http://127.0.0.1:{self.admin_port}"
 
     def wait_ready(self, timeout_s: float = 20, *, readyz: bool = False) -> None:
-        """Until it listens; with `readyz`, until `/readyz` says ready (NATS joined)."""
-        wait_for_port(self.port, timeout_s, self.host)
+        """Until both its ports listen (the admin port opens just after the client
+        port); with `readyz`, until the admin port's `/readyz` says ready (NATS joined)."""
         deadline = time.monotonic() + timeout_s
+        wait_for_port(self.port, timeout_s, self.host)
+        if self.admin_port:  # 0: the edge picked one we cannot know
+            wait_for_port(self.admin_port, max(0.1, deadline - time.monotonic()), self.host)
         while readyz:
             self.check_alive(f"edge {self.name}")
             with contextlib.suppress(OSError):
-                url = f"{self.http_url}/readyz"
+                url = f"{self.admin_url}/readyz"
                 with urllib.request.urlopen(url, timeout=5) as response:
                     if response.read().decode().startswith("ready"):
                         return

@@ -138,8 +138,25 @@ VALUE_SETS: dict[str, Values] = {
                 "annotations": {"grafana_folder": "Switchboard"},
             },
         },
-        # A /metrics port of its own (the admin port, once the edge has one).
-        "edge": {"metricsPort": 9090},
+        # Another admin port than the default: every monitor and Service follows it.
+        "edge": {"adminPort": 9100},
+    },
+    "server-api": {
+        "edge": {"serverApi": {"existingSecret": "switchboard-api-keys", "key": "keys.txt"}},
+        "networkPolicy": {
+            "monitoringNamespaces": ["monitoring"],
+            "admin": {
+                "from": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": "orders"}
+                        },
+                        "podSelector": {"matchLabels": {"app": "orders"}},
+                    },
+                    {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.1.0/24"]}},
+                ]
+            },
+        },
     },
     "gateway": {
         "httpRoute": {
@@ -246,6 +263,33 @@ def container_env(
             key = (ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"])
             env[item["name"]] = (secrets or {}).get(key, "s" * 40)
     return env
+
+
+def mount_files(
+    spec: Doc,
+    container: Doc,
+    env: dict[str, str],
+    root: Path,
+    files: dict[tuple[str, str], str] | None = None,
+) -> dict[str, str]:
+    """What a kubelet does with the container's Secret volumes: each item written
+    under `root` at its mount path (contents from `files` by (Secret, key), else a
+    40-character line), and the environment's paths into those mounts moved along."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    moved = dict(env)
+    for mount in container.get("volumeMounts", []):
+        secret = volumes[mount["name"]].get("secret")
+        if secret is None:
+            continue
+        target = root / mount["mountPath"].lstrip("/")
+        for item in secret.get("items", []):
+            path = target / item["path"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text((files or {}).get((secret["secretName"], item["key"]), "s" * 40 + "\n"))
+        for key, value in env.items():
+            if value.startswith(mount["mountPath"] + "/"):
+                moved[key] = str(root / value.lstrip("/"))
+    return moved
 
 
 def container(spec: Doc, name: str) -> Doc:

@@ -58,6 +58,7 @@ def test_walkthrough_uses_the_charts_names() -> None:
     for expected in (
         "helm install sb charts/switchboard",
         "svc/sb-switchboard-edge",
+        "svc/sb-switchboard-edge-admin 9090:9090",
         "deploy/sb-switchboard-edge",
         "get channels,edgepools",
         "wscat -c ws://localhost:8080/v1/ws -s switchboard.v1",

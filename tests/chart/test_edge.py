@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 
 from edge.settings import ENV_PREFIX as EDGE_PREFIX
@@ -25,6 +27,7 @@ from tests.chart.render import (
     docs_of,
     find,
     find_all,
+    mount_files,
     parse,
     pod_specs,
     render,
@@ -74,14 +77,35 @@ def test_prestop_starts_the_drain_on_the_edge_port() -> None:
         "9000",
     ]
     assert container_env(docs, edge)["SB_EDGE_PORT"] == "9000"
-    assert edge["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    assert edge["ports"] == [
+        {"name": "http", "containerPort": 9000, "protocol": "TCP"},
+        {"name": "admin", "containerPort": 9090, "protocol": "TCP"},
+    ]
 
 
-def test_probes() -> None:
-    _, edge = _edge(docs_of("default"))
-    assert edge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert edge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert edge["startupProbe"]["httpGet"]["path"] == "/healthz"
+@pytest.mark.parametrize("admin_port", [9090, 8081])
+def test_probes_ask_the_admin_port(admin_port: int) -> None:
+    """The client port serves only /v1/*: health and readiness are on the admin port,
+    the one the edge is told to listen on."""
+    docs = parse(render({"edge": {"adminPort": admin_port}}))
+    _, edge = _edge(docs)
+    env = container_env(docs, edge)
+    assert env["SB_EDGE_ADMIN_PORT"] == str(admin_port)
+    ports = {p["name"]: p["containerPort"] for p in edge["ports"]}
+    assert ports == {"http": int(env["SB_EDGE_PORT"]), "admin": admin_port}
+    assert edge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert edge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert edge["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+
+
+def test_the_admin_port_must_differ_from_the_client_port() -> None:
+    with pytest.raises(helm.HelmError) as refused:
+        render({"edge": {"port": 9000, "adminPort": 9000}})
+    assert "edge.adminPort (9000) equals edge.port" in str(refused.value)
+    for value, key in ((0, "/edge/adminPort"), (65536, "/edge/adminPort"), ("x", "adminPort")):
+        with pytest.raises(helm.HelmError) as refused:
+            render({"edge": {"adminPort": value}})
+        assert key in str(refused.value), str(refused.value)
 
 
 def test_rollouts_surge_and_never_drop_below_the_current_edges() -> None:
@@ -204,10 +228,21 @@ def _example_value(schema: dict[str, Any]) -> Any:
 
 
 def _settings_from_pod(
-    docs: list[Doc], kind: str, suffix: str, name: str, model: Any, prefix: str, monkeypatch: Any
+    docs: list[Doc],
+    kind: str,
+    suffix: str,
+    name: str,
+    model: Any,
+    prefix: str,
+    monkeypatch: Any,
+    files_root: Path | None = None,
 ) -> Any:
-    deployment = find(docs, kind, suffix)
-    env = container_env(docs, container(deployment["spec"]["template"]["spec"], name))
+    """The settings the process would load in the pod (with `files_root`: its Secret
+    volumes mounted there, so files the settings read must exist)."""
+    spec = find(docs, kind, suffix)["spec"]["template"]["spec"]
+    env = container_env(docs, container(spec, name))
+    if files_root is not None:
+        env = mount_files(spec, container(spec, name), env, files_root)
     with monkeypatch.context() as patch:
         for key in [k for k in os.environ if k.startswith(prefix)]:
             patch.delenv(key)
@@ -229,6 +264,8 @@ def test_every_edge_setting_reaches_the_edge_intact(monkeypatch: pytest.MonkeyPa
     assert settings.pod_name == "pod-0"
     assert settings.nats_url == f"nats://sb-switchboard-nats.{NAMESPACE}.svc:4222"
     assert settings.jwt_secret and settings.resume_secret
+    assert (settings.port, settings.admin_port) == (8080, 9090)
+    assert settings.api_keys_file is None  # no keys: the server API answers 503
 
 
 def test_every_operator_setting_reaches_the_operator_intact(
@@ -250,10 +287,12 @@ def test_every_operator_setting_reaches_the_operator_intact(
 
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_edges_and_operator_start_with_the_rendered_settings(
-    name: str, monkeypatch: pytest.MonkeyPatch
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     docs = docs_of(name)
-    _settings_from_pod(docs, "Deployment", "-edge", "edge", EdgeSettings, EDGE_PREFIX, monkeypatch)
+    _settings_from_pod(
+        docs, "Deployment", "-edge", "edge", EdgeSettings, EDGE_PREFIX, monkeypatch, tmp_path
+    )
     if VALUE_SETS[name].get("operator", {}).get("enabled", True):
         _settings_from_pod(
             docs,
@@ -278,6 +317,52 @@ def test_public_key_verification_mounts_the_key_file() -> None:
     assert path == f"{mount['mountPath']}/{item['path']}"
     secret = find(docs, "Secret", volume["secret"]["secretName"])
     assert item["key"] in secret["data"]
+
+
+def test_server_api_keys_are_mounted_from_the_named_secret(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    docs = docs_of("server-api")
+    deployment, edge = _edge(docs)
+    spec = deployment["spec"]["template"]["spec"]
+    path = container_env(docs, edge)["SB_EDGE_API_KEYS_FILE"]
+    (mount,) = [m for m in edge["volumeMounts"] if m["name"] == "api-keys"]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "api-keys"]
+    assert volume["secret"]["secretName"] == "switchboard-api-keys"
+    assert volume["secret"]["items"] == [{"key": "keys.txt", "path": "keys.txt"}]
+    assert path == f"{mount['mountPath']}/keys.txt"
+    # The edge reads the keys the kubelet would mount there.
+    env = mount_files(
+        spec,
+        edge,
+        container_env(docs, edge),
+        tmp_path,
+        {("switchboard-api-keys", "keys.txt"): "# backends\nkey-of-the-orders-app\n"},
+    )
+    with monkeypatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith(EDGE_PREFIX)]:
+            patch.delenv(key)
+        for key, value in env.items():
+            patch.setenv(key, value)
+        settings = load_settings(EdgeSettings, EDGE_PREFIX, {})
+    assert settings.api_keys() == ["key-of-the-orders-app"]
+    # Without a Secret named: no variable, no volume (the API answers 503).
+    default, default_edge = _edge(docs_of("default"))
+    assert "SB_EDGE_API_KEYS_FILE" not in container_env(docs_of("default"), default_edge)
+    assert "api-keys" not in [v["name"] for v in default["spec"]["template"]["spec"]["volumes"]]
+
+
+def test_bad_server_api_values_are_refused_naming_the_key() -> None:
+    for values, key in (
+        ({"serverApi": {"key": "a/b"}}, "/edge/serverApi/key"),
+        ({"serverApi": {"secret": "x"}}, "'secret'"),
+        ({"config": {"api_keys_file": "/x"}}, "'api_keys_file'"),
+        ({"config": {"admin_port": 1}}, "'admin_port'"),
+    ):
+        with pytest.raises(helm.HelmError) as refused:
+            render({"edge": values})
+        assert key in str(refused.value), str(refused.value)
 
 
 def test_existing_secret_is_used_and_none_is_created() -> None:
@@ -333,6 +418,84 @@ def test_service_routes_to_the_edge_port() -> None:
     assert (port["port"], port["targetPort"]) == (80, "http")
 
 
+def _admin_exposure(docs: list[Doc]) -> dict[str, list[object]]:
+    """Every Service, Ingress and HTTPRoute port that leads to the edges' admin port
+    (by the container port's name or number), by object."""
+    _, edge = _edge(docs)
+    admin = next(p for p in edge["ports"] if p["name"] == "admin")
+    services = {s["metadata"]["name"]: s for s in find_all(docs, "Service")}
+    edge_labels = find(docs, "Deployment", "-edge")["spec"]["selector"]["matchLabels"]
+
+    def to_admin(service: Doc, port: object) -> bool:
+        if service["spec"].get("selector") != edge_labels:
+            return False
+        for p in service["spec"]["ports"]:
+            if port in (p.get("name"), p["port"]) and p["targetPort"] in (
+                "admin",
+                admin["containerPort"],
+            ):
+                return True
+        return False
+
+    exposed: dict[str, list[object]] = {}
+    for service in services.values():
+        for p in service["spec"]["ports"]:
+            if to_admin(service, p["port"]):
+                exposed.setdefault(f"Service/{service['metadata']['name']}", []).append(p["port"])
+    for ingress in find_all(docs, "Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                port = backend["port"].get("name", backend["port"].get("number"))
+                if to_admin(services[backend["name"]], port):
+                    exposed.setdefault(f"Ingress/{ingress['metadata']['name']}", []).append(port)
+    for route in find_all(docs, "HTTPRoute"):
+        for rule in route["spec"]["rules"]:
+            for ref in rule["backendRefs"]:
+                if to_admin(services[ref["name"]], ref["port"]):
+                    exposed.setdefault(f"HTTPRoute/{route['metadata']['name']}", []).append(
+                        ref["port"]
+                    )
+    return exposed
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_only_the_admin_and_metrics_services_carry_the_admin_port(name: str) -> None:
+    """The client Service, the Ingress and the HTTPRoute never lead to the admin port;
+    the admin Service (for backends in the cluster) and the headless metrics Service
+    (for ServiceMonitors) do."""
+    docs = docs_of(name)
+    exposed = _admin_exposure(docs)
+    admin_port = int(container_env(docs, _edge(docs)[1])["SB_EDGE_ADMIN_PORT"])
+    assert exposed.pop("Service/sb-switchboard-edge-admin") == [admin_port]
+    if find_all(docs, "ServiceMonitor"):
+        assert exposed.pop("Service/sb-switchboard-edge-metrics") == [admin_port]
+    assert exposed == {}
+    admin = find(docs, "Service", "-edge-admin")
+    assert admin["spec"]["type"] == "ClusterIP"
+    assert [p["name"] for p in admin["spec"]["ports"]] == ["admin"]
+
+
+def test_the_exposure_check_sees_a_route_to_the_admin_port() -> None:
+    """_admin_exposure can fail: an Ingress and a route to the admin Service count."""
+    docs = docs_of("ingress")
+    find(docs, "Ingress")["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"] = {
+        "name": "sb-switchboard-edge-admin",
+        "port": {"name": "admin"},
+    }
+    assert list(_admin_exposure(docs)) == [
+        "Service/sb-switchboard-edge-admin",
+        "Ingress/sb-switchboard-edge",
+    ]
+    docs = docs_of("gateway")
+    route = find(docs, "HTTPRoute")
+    route["spec"]["rules"][0]["backendRefs"] = [{"name": "sb-switchboard-edge-admin", "port": 9090}]
+    assert "HTTPRoute/sb-switchboard-edge" in _admin_exposure(docs)
+    client = find(docs, "Service", "sb-switchboard-edge")
+    client["spec"]["ports"].append({"name": "x", "port": 9090, "targetPort": "admin"})
+    assert _admin_exposure(docs)["Service/sb-switchboard-edge"] == [9090]
+
+
 def test_ingress_keeps_websockets_open_and_hides_metrics() -> None:
     docs = docs_of("ingress")
     ingress = find(docs, "Ingress")
@@ -386,3 +549,7 @@ def test_notes_tell_how_to_connect() -> None:
     assert "helm test sb" in notes
     ingress = rendered_set("ingress")["switchboard/templates/NOTES.txt"]
     assert "wscat -c wss://ws.example.com/v1/ws" in ingress
+    assert "Service sb-switchboard-edge-admin, port 9090, inside the cluster only" in notes
+    assert "The server API answers 503 until edge.serverApi.existingSecret" in notes
+    keyed = rendered_set("server-api")["switchboard/templates/NOTES.txt"]
+    assert "Server API keys: Secret switchboard-api-keys, key keys.txt." in keyed

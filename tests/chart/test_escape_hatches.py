@@ -96,7 +96,7 @@ def test_probes_take_new_timings_handlers_or_none() -> None:
     _, _, edge = _workload(docs, "edge")
     # Timings change, the chart's handler stays.
     assert edge["readinessProbe"] == {
-        "httpGet": {"path": "/readyz", "port": "http"},
+        "httpGet": {"path": "/readyz", "port": "admin"},
         "periodSeconds": 3,
         "timeoutSeconds": 1,
         "failureThreshold": 2,
@@ -148,7 +148,8 @@ INVALID: list[tuple[str, Values, str]] = [
     ("sidecars", {"edge": {"extraContainers": ["busybox"]}}, "/edge/extraContainers/0"),
     ("security context", {"nats": {"podSecurityContext": "restricted"}}, "podSecurityContext"),
     ("envFrom on nats", {"nats": {"envFrom": []}}, "'envFrom'"),
-    ("metrics port", {"edge": {"metricsPort": 70000}}, "/edge/metricsPort"),
+    ("admin port", {"edge": {"adminPort": 70000}}, "/edge/adminPort"),
+    ("the old metrics port", {"edge": {"metricsPort": 9090}}, "'metricsPort'"),
 ]
 
 

@@ -1,5 +1,5 @@
 """The Gateway API HTTPRoute next to the Ingress: off by default, routes the same
-paths to the client Service (never the metrics port), and does not time a
+paths to the client Service (never the admin port), and does not time a
 WebSocket out. The API server's own checks (CEL rules included) run in
 tests/chart/test_thirdparty_apis.py."""
 

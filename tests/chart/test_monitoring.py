@@ -52,10 +52,11 @@ def test_without_the_api_nothing_optional_is_rendered() -> None:
     assert not [d for d in find_all(docs, "Service") if d["metadata"]["name"].endswith("-metrics")]
 
 
-@pytest.mark.parametrize("metrics_port", [0, 9090])
-def test_service_monitors_reach_each_metrics_port(metrics_port: int) -> None:
-    docs = parse(render({**MONITORS, "edge": {"metricsPort": metrics_port}}))
-    for component, port in (("edge", metrics_port or 8080), ("operator", 9090)):
+@pytest.mark.parametrize("admin_port", [9090, 9100])
+def test_service_monitors_reach_each_metrics_port(admin_port: int) -> None:
+    """Edges are scraped on their admin port, the operator on 9090."""
+    docs = parse(render({**MONITORS, "edge": {"adminPort": admin_port}}))
+    for component, port in (("edge", admin_port), ("operator", 9090)):
         monitor = find(docs, "ServiceMonitor", f"-{component}")
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
         (endpoint,) = monitor["spec"]["endpoints"]
@@ -75,6 +76,7 @@ def test_service_monitors_reach_each_metrics_port(metrics_port: int) -> None:
         assert _matches(service["spec"]["selector"], template["metadata"]["labels"])
         ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
         assert ports[service_port["targetPort"]] == port
+        assert service_port["port"] == port
         annotations = template["metadata"]["annotations"]
         assert annotations["prometheus.io/port"] == str(port)
     client = find(docs, "Service", "-edge")
@@ -82,15 +84,15 @@ def test_service_monitors_reach_each_metrics_port(metrics_port: int) -> None:
 
 
 def test_pod_monitors_select_the_pods_and_name_their_ports() -> None:
-    docs = parse(render({**MONITORS, "edge": {"metricsPort": 9090}}))
-    for component in ("edge", "operator"):
+    docs = parse(render({**MONITORS, "edge": {"adminPort": 9100}}))
+    for component, port in (("edge", 9100), ("operator", 9090)):
         monitor = find(docs, "PodMonitor", f"-{component}")
         template = _pod_template(docs, component)
         assert _matches(monitor["spec"]["selector"]["matchLabels"], template["metadata"]["labels"])
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
         ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
         assert endpoint["port"] in ports
-        assert ports[endpoint["port"]] == 9090
+        assert ports[endpoint["port"]] == port
 
 
 def test_monitor_settings_and_labels_pass_through() -> None:
@@ -190,7 +192,7 @@ def _exported(exposition: str) -> set[str]:
 
 
 def test_every_panel_reads_series_the_edge_and_operator_export(edge1: Edge) -> None:
-    with urllib.request.urlopen(f"{edge1.http_url}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"{edge1.admin_url}/metrics", timeout=10) as response:
         edge = _exported(response.read().decode())
     operator = OperatorMetrics()
     operator.pool_connections["pool"] = 1

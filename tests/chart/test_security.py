@@ -1,9 +1,12 @@
-"""What the chart does for a security review (docs/security.md): who reaches NATS,
-who gets which NATS credential, and what stays closed."""
+"""What the chart does for a security review (docs/security.md): who reaches NATS
+and the edges' admin port, who gets which NATS credential, and what stays closed."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import helm_python as helm
+import pytest
 
 from tests.chart.render import Doc, docs_of, find, find_all, parse, pod_specs, render
 
@@ -102,3 +105,83 @@ def test_each_process_gets_only_its_own_nats_password() -> None:
         "sb-switchboard-test-roundtrip": {"backend-password"},
         "sb-switchboard-nats": {"edge-password", "operator-password", "backend-password"},
     }
+
+
+def _sources(policy: Doc, port: int) -> list[dict[str, Any]] | None:
+    """The peers a policy admits on `port`; None when a rule without `from` admits
+    everyone."""
+    peers: list[dict[str, Any]] = []
+    for rule in policy["spec"]["ingress"]:
+        if not any(p["port"] == port for p in rule.get("ports", [])):
+            continue
+        if not rule.get("from"):
+            return None
+        peers += rule["from"]
+    return peers
+
+
+def test_edges_take_clients_from_anywhere_and_admin_calls_from_the_namespace() -> None:
+    docs = parse(render({}))
+    policy = find(docs, "NetworkPolicy", "-edge")
+    edge = find(docs, "Deployment", "-edge")
+    labels = edge["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+    ports = {
+        p["name"]: p["containerPort"]
+        for p in edge["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert _sources(policy, ports["http"]) is None  # the client port is public by design
+    # The admin port: pods of the release's namespace (a podSelector without a
+    # namespaceSelector), nobody from another namespace.
+    assert _sources(policy, ports["admin"]) == [{"podSelector": {}}]
+    admitted = _sources(policy, ports["admin"]) or []
+    assert any(_selects(p, {"app": "orders"}, same_namespace=True) for p in admitted)
+    assert not any(_selects(p, {"app": "orders"}, same_namespace=False) for p in admitted)
+    # No other port is open.
+    assert {p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]} == set(ports.values())
+
+
+def test_the_admin_port_admits_the_listed_peers_and_monitoring() -> None:
+    docs = docs_of("server-api")
+    policy = find(docs, "NetworkPolicy", "-edge")
+    peers = _sources(policy, 9090)
+    assert peers is not None
+    listed = [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "orders"}},
+            "podSelector": {"matchLabels": {"app": "orders"}},
+        },
+        {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.1.0/24"]}},
+    ]
+    assert peers[:2] == listed
+    (expr,) = peers[2]["namespaceSelector"]["matchExpressions"]
+    assert expr["values"] == ["monitoring"]
+    assert len(peers) == 3
+
+
+def test_an_empty_admin_list_opens_the_admin_port_to_nobody() -> None:
+    """A rule without peers would admit everyone: with none listed there is no rule."""
+    docs = parse(render({"networkPolicy": {"admin": {"from": []}}, "edge": {"adminPort": 9100}}))
+    policy = find(docs, "NetworkPolicy", "-edge")
+    assert _sources(policy, 9100) == []
+    assert _sources(policy, 8080) is None
+    monitored = parse(
+        render({"networkPolicy": {"admin": {"from": []}, "monitoringNamespaces": ["mon"]}})
+    )
+    (peer,) = _sources(find(monitored, "NetworkPolicy", "-edge"), 9090) or []
+    assert peer["namespaceSelector"]["matchExpressions"][0]["values"] == ["mon"]
+
+
+@pytest.mark.parametrize(
+    ("peers", "key"),
+    [
+        ([{"podSelectr": {}}], "podSelectr"),
+        ([{}], "/networkPolicy/admin/from/0"),
+        ([{"ipBlock": {"except": ["10.0.0.0/8"]}}], "cidr"),
+        ({"podSelector": {}}, "/networkPolicy/admin/from"),
+    ],
+)
+def test_bad_admin_peers_are_refused_naming_the_key(peers: object, key: str) -> None:
+    with pytest.raises(helm.HelmError) as refused:
+        render({"networkPolicy": {"admin": {"from": peers}}})
+    assert key in str(refused.value), str(refused.value)

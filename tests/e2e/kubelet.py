@@ -12,8 +12,9 @@ mounts its ServiceAccount token a kubeconfig with that token (what an in-cluster
 client finds), and runs the image's entrypoint as a real process:
 `python -m switchboard <container args>`.
 
-- A long-running pod (an edge) is marked Running and Ready once `/readyz`
-  answers (its readiness probe). When it is deleted the edge gets SIGTERM, and a
+- A long-running pod (an edge) is marked Running and Ready once its readiness
+  probe passes: the probe's `httpGet` path on the container port it names (the
+  admin port's `/readyz` in the chart). When it is deleted the edge gets SIGTERM, and a
   finalizer of this kubelet's keeps the pod Terminating until the edge has
   drained and exited, as a kubelet keeps a pod through its grace period.
 - A run-to-completion pod (`restartPolicy: Never`, the hook Job's) is marked
@@ -21,9 +22,11 @@ client finds), and runs the image's entrypoint as a real process:
 
 It differs from a kubelet in these ways: the pods are never scheduled to a node
 (the API server therefore deletes them with grace period 0, which the finalizer
-makes up for), an edge listens on a free loopback port instead of its container
-port (all pods share one host), and no image, probe loop or preStop hook runs
-(SIGTERM starts the same drain the preStop hook would).
+makes up for), an edge listens on free loopback ports instead of its container
+ports (all pods share one host: each container port the pod declares, the client
+port `SB_EDGE_PORT` and the admin port `SB_EDGE_ADMIN_PORT`, gets its own), the
+readiness probe is asked until it first passes rather than in a loop, and no image
+or preStop hook runs (SIGTERM starts the same drain the preStop hook would).
 
 `ServiceProxy` does what a Service's kube-proxy rules would: one stable address
 that spreads new TCP connections over the Ready, not-terminating edge pods. It
@@ -93,19 +96,57 @@ async def container_env(api: ApiClient, namespace: str, pod: dict[str, Any]) -> 
     return env
 
 
-def _ready(port: int) -> bool:
+# The container ports an edge declares, by the variable that tells it where to listen.
+EDGE_PORT_VARIABLES = ("SB_EDGE_PORT", "SB_EDGE_ADMIN_PORT")
+
+
+def edge_ports(container: dict[str, Any], env: Mapping[str, str]) -> dict[str, int]:
+    """A free loopback port for each port the edge container declares, by variable
+    (the container port is matched to the variable that names the same number)."""
+    by_number = {env.get(variable, ""): variable for variable in EDGE_PORT_VARIABLES}
+    ports: dict[str, int] = {}
+    for declared in container.get("ports") or []:
+        variable = by_number.get(str(declared["containerPort"]))
+        if variable is None:
+            raise UnsupportedPodSpec(f"container port {declared} is no edge port")
+        ports[variable] = free_port()
+    missing = set(EDGE_PORT_VARIABLES) - set(ports)
+    if missing:
+        raise UnsupportedPodSpec(f"the edge container declares no port for {sorted(missing)}")
+    return ports
+
+
+def readiness_url(
+    container: dict[str, Any], env: Mapping[str, str], ports: Mapping[str, int]
+) -> str:
+    """The readiness probe's URL on this host: its path, on the loopback port that
+    stands for the container port it names (by name or number)."""
+    probe = container.get("readinessProbe") or {}
+    get = probe.get("httpGet")
+    if get is None:
+        raise UnsupportedPodSpec(f"readiness probe {probe} (only httpGet is run)")
+    declared = {str(p["containerPort"]): p for p in container.get("ports") or []}
+    named = {p.get("name"): number for number, p in declared.items()}
+    number = named.get(get["port"], str(get["port"]))
+    variable = next((v for v in EDGE_PORT_VARIABLES if env.get(v) == number), None)
+    if number not in declared or variable is None:
+        raise UnsupportedPodSpec(f"readiness probe port {get['port']!r} is not an edge port")
+    return f"http://127.0.0.1:{ports[variable]}{get.get('path', '/')}"
+
+
+def _ready(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
-            return bool(response.status == 200)
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(200 <= response.status < 400)  # a kubelet's success
     except OSError:
         return False
 
 
-async def _wait_ready(port: int, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+async def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while not await asyncio.to_thread(_ready, port):
+    while not await asyncio.to_thread(_ready, url):
         if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"edge on port {port} never became ready")
+            raise AssertionError(f"edge never became ready: {url}")
         await asyncio.sleep(0.1)
 
 
@@ -113,7 +154,8 @@ async def _wait_ready(port: int, process: subprocess.Popen[bytes], timeout_s: fl
 class RunningPod:
     pod: str
     process: subprocess.Popen[bytes]
-    port: int | None = None  # an edge's loopback port
+    port: int | None = None  # an edge's loopback client port
+    admin_port: int | None = None  # and its admin port
     stopping: bool = True  # not (yet, or no longer) serving
 
 
@@ -141,6 +183,11 @@ class StandInKubelet:
 
     def port_of(self, pod: str) -> int:
         port = self.running[pod].port
+        assert port is not None, f"{pod} is not an edge"
+        return port
+
+    def admin_port_of(self, pod: str) -> int:
+        port = self.running[pod].admin_port
         assert port is not None, f"{pod} is not an edge"
         return port
 
@@ -209,21 +256,27 @@ class StandInKubelet:
                 pod_path(self.namespace, name),
                 {"metadata": {"finalizers": [*finalizers, FINALIZER]}},
             )
-        port = free_port() if args[:1] == ["edge"] else None
-        if port is not None:
-            env |= {"SB_EDGE_HOST": "127.0.0.1", "SB_EDGE_PORT": str(port)}
-            env |= {"SB_EDGE_ADMIN_HOST": "127.0.0.1", "SB_EDGE_ADMIN_PORT": "0"}
+        ready_url = None
+        ports: dict[str, int] = {}
+        if args[:1] == ["edge"]:
+            ports = edge_ports(container, env)
+            ready_url = readiness_url(container, env, ports)
+            env |= {"SB_EDGE_HOST": "127.0.0.1", "SB_EDGE_ADMIN_HOST": "127.0.0.1"}
+            env |= {variable: str(port) for variable, port in ports.items()}
         with (self.log_dir / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
                 [sys.executable, "-m", "switchboard", *args], env=env, stdout=log, stderr=log
             )
-        self.running[name] = running = RunningPod(name, process, port)
+        running = RunningPod(
+            name, process, ports.get("SB_EDGE_PORT"), ports.get("SB_EDGE_ADMIN_PORT")
+        )
+        self.running[name] = running
         if completes:
             await self._status(name, "Running")
             self._spawn(self._complete(running))
             return
-        if port is not None:
-            await _wait_ready(port, process, 30)
+        if ready_url is not None:
+            await _wait_ready(ready_url, process, 30)
         running.stopping = False
         await self._status(name, "Running", ready=True)
 

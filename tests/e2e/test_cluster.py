@@ -22,6 +22,8 @@ import asyncio
 import base64
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
@@ -274,6 +276,28 @@ async def test_operator_runs_as_the_charts_service_account(stack: Stack) -> None
     assert await eventually(lambda: stack.running(2), timeout=60)
     pool = await eventually(lambda: _pool_ready(stack), timeout=30)
     assert pool["status"]["replicas"] == 2
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, ""
+
+
+async def test_edges_serve_health_and_metrics_on_the_admin_port_only(stack: Stack) -> None:
+    """The pods became Ready through the chart's probe on the admin port (the stand-in
+    kubelet asks the port the probe names); the client port has none of it."""
+    names = await eventually(lambda: stack.running(2), timeout=60)
+    for pod in names:
+        admin = f"http://127.0.0.1:{stack.kubelet.admin_port_of(pod)}"
+        client = f"http://127.0.0.1:{stack.kubelet.port_of(pod)}"
+        assert await asyncio.to_thread(_get, f"{admin}/readyz") == (200, "ready\n")
+        status, metrics = await asyncio.to_thread(_get, f"{admin}/metrics")
+        assert status == 200 and "sb_edge_connections" in metrics
+        for path in ("/readyz", "/healthz", "/metrics"):
+            assert (await asyncio.to_thread(_get, f"{client}{path}"))[0] == 404, path
 
 
 async def _pool_ready(stack: Stack) -> Any:

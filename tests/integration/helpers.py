@@ -69,6 +69,6 @@ def channel_cli(nats: NatsServer, *args: str, stdin: str | None = None) -> str:
 
 
 def scrape_metrics(edge: Edge) -> dict[str, float]:
-    """The edge's /metrics samples by `name{labels}`."""
-    with urllib.request.urlopen(f"{edge.http_url}/metrics") as response:
+    """The edge's /metrics samples by `name{labels}` (from its admin port)."""
+    with urllib.request.urlopen(f"{edge.admin_url}/metrics") as response:
         return parse_metrics(response.read().decode())

@@ -205,7 +205,7 @@ async def test_drain_from_loopback_needs_the_secret(edge1: Edge, tmp_path: Any) 
     assert result.returncode == 1
     assert "drain refused: 403" in result.stderr
     # Nothing started: the edge still takes connections.
-    assert await asyncio.to_thread(http, "GET", f"{edge1.http_url}/readyz") == (200, "ready\n")
+    assert await asyncio.to_thread(http, "GET", f"{edge1.admin_url}/readyz") == (200, "ready\n")
     await (await Client.connect(edge1.ws_url, token=token())).close()
 
 

@@ -20,8 +20,9 @@ from tests.integration.helpers import next_event, scrape_metrics
 
 
 def readyz(edge: Edge) -> int:
+    """The edge's readiness (on its admin port), as a status code."""
     try:
-        with urllib.request.urlopen(f"{edge.http_url}/readyz") as response:
+        with urllib.request.urlopen(f"{edge.admin_url}/readyz") as response:
             return int(response.status)
     except urllib.error.HTTPError as err:
         return err.code

@@ -27,10 +27,13 @@ def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
 
 
 def ready(url: str) -> bool:
+    """`/readyz` on an admin port: 200 ready, 503 not; anything else is a mistake."""
     try:
         with urllib.request.urlopen(f"{url}/readyz") as response:
             return bool(response.status == 200)
-    except urllib.error.HTTPError:
+    except urllib.error.HTTPError as err:
+        if err.code != 503:
+            raise AssertionError(f"{url}/readyz answered {err.code}") from err
         return False
 
 
@@ -47,7 +50,7 @@ async def test_nats_outage_and_recovery(
         assert (await next_event(sub))["payload"]["data"] == "before"
 
         own_nats.stop(keep_store=True)
-        await wait_for(lambda: not ready(edge.http_url), timeout=10)
+        await wait_for(lambda: not ready(edge.admin_url), timeout=10)
         with pytest.raises(SwitchboardError) as refused:
             await pub.publish("outage:room", "while down")
         assert refused.value.code == "unavailable"
@@ -58,7 +61,7 @@ async def test_nats_outage_and_recovery(
         await asyncio.sleep(3)
 
         own_nats.start()  # same port, same store
-        await wait_for(lambda: ready(edge.http_url), timeout=20)
+        await wait_for(lambda: ready(edge.admin_url), timeout=20)
         gaps = [await sub.next_message(), await sub.next_message()]
         assert {g["type"] for g in gaps} == {"gap"}
         assert {g["payload"]["channel"] for g in gaps} == {"outage:room", "#bob"}
@@ -210,7 +213,7 @@ async def test_nats_lost_mid_replay_closes_1013_and_the_client_resumes_from_its_
         assert 0 < len(got) < len(sent)
         assert got == sent[: len(got)]
         own_nats.start()
-        await wait_for(lambda: ready(edge.http_url), timeout=20)
+        await wait_for(lambda: ready(edge.admin_url), timeout=20)
         back = await Client.connect(edge.ws_url, token=token("slow"))
         ack = await back.subscribe("keep:big", since={"offset": got[-1], "epoch": epoch})
         assert ack["recovered"] is True

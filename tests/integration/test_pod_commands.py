@@ -46,7 +46,7 @@ async def test_prestop_drain_moves_clients_with_1001(edge_factory: EdgeFactory) 
         assert frame["type"] == "reconnect"
         assert await client.wait_closed(5) == 1001
         with pytest.raises(urllib.error.HTTPError) as refused:
-            await asyncio.to_thread(urllib.request.urlopen, f"{edge.http_url}/readyz", timeout=5)
+            await asyncio.to_thread(urllib.request.urlopen, f"{edge.admin_url}/readyz", timeout=5)
         assert refused.value.code == 503
     finally:
         edge.stop()

@@ -230,14 +230,30 @@ async def test_every_bad_request_gets_a_json_error_naming_the_problem(
     assert got == 400 and "nested" in answer["error"]["message"]
 
 
-async def test_the_admin_port_serves_health_readiness_and_metrics(
+async def test_health_readiness_and_metrics_are_on_the_admin_port_only(
     api_edges: tuple[Edge, Edge, Edge],
 ) -> None:
+    """DESIGN §2: the client port serves only /v1/* (and the demo page); what a probe
+    or Prometheus reads is on the admin port, which no client Service exposes."""
     api, _, _ = api_edges
-    async with aiohttp.ClientSession() as session:
+    # The client port closes the connection after each plain HTTP answer.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
         for path, says in (("/healthz", "ok"), ("/readyz", "ready"), ("/metrics", "sb_edge_")):
             async with session.get(f"{api.admin_url}{path}") as response:
-                assert response.status == 200 and says in await response.text()
+                assert response.status == 200 and says in await response.text(), path
+            async with session.get(f"{api.http_url}{path}") as response:
+                assert response.status == 404, path
+                assert "sb_edge_" not in await response.text()
+        # The server API is not on the client port either.
+        async with session.get(
+            f"{api.http_url}/api/v1/channels/lobby/presence",
+            headers={"Authorization": f"apikey {KEY}"},
+        ) as response:
+            assert response.status == 404
+        # ...while the client port still answers its own paths.
+        async with session.post(f"{api.http_url}/v1/tickets") as response:
+            assert response.status == 401
 
 
 async def test_a_closed_client_is_not_told_twice(

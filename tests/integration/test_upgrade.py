@@ -107,8 +107,9 @@ async def test_ticket_endpoint_refusals(edge1: Edge) -> None:
 
 
 async def test_health_endpoints_and_unknown_paths(edge1: Edge) -> None:
-    assert await asyncio.to_thread(http, "GET", f"{edge1.http_url}/healthz") == (200, "ok\n")
-    assert await asyncio.to_thread(http, "GET", f"{edge1.http_url}/readyz") == (200, "ready\n")
+    """Health on the admin port; the client port knows /v1/* and the demo page only."""
+    assert await asyncio.to_thread(http, "GET", f"{edge1.admin_url}/healthz") == (200, "ok\n")
+    assert await asyncio.to_thread(http, "GET", f"{edge1.admin_url}/readyz") == (200, "ready\n")
     assert (await asyncio.to_thread(http, "GET", f"{edge1.http_url}/nope"))[0] == 404
     status, page = await asyncio.to_thread(http, "GET", f"{edge1.http_url}/")
     assert status == 200

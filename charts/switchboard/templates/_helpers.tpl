@@ -181,15 +181,15 @@ OTEL_TRACES_SAMPLER_ARG: {{ toJson .samplerArg | quote }}
 {{- end }}
 {{- end }}
 
-{{/* Where the edge serves /metrics: edge.metricsPort, or (0) its client port. */}}
-{{- define "switchboard.edgeMetricsPort" -}}
-{{- .Values.edge.metricsPort | default .Values.edge.port | int }}
+{{/* The edge's admin port (SB_EDGE_ADMIN_PORT): /healthz, /readyz, /metrics and the
+server API. Its container port is named `admin`; only the admin and metrics Services
+name it, never the client Service, Ingress or HTTPRoute. */}}
+{{- define "switchboard.edgeAdminPort" -}}
+{{- .Values.edge.adminPort | int }}
 {{- end }}
 
-{{/* The edge container port's name for /metrics: the client port's, or its own. */}}
-{{- define "switchboard.edgeMetricsPortName" -}}
-{{- if eq (include "switchboard.edgeMetricsPort" . | int) (.Values.edge.port | int) }}http{{ else }}metrics{{ end }}
-{{- end }}
+{{/* Where the server API's keys file is mounted (edge.serverApi.existingSecret). */}}
+{{- define "switchboard.apiKeysDir" -}}/etc/switchboard/api-keys{{- end }}
 
 {{/* The operator's /metrics port (SB_OPERATOR_METRICS_PORT). */}}
 {{- define "switchboard.operatorMetricsPort" -}}9090{{- end }}
@@ -258,6 +258,9 @@ the processes ask the server whether it is clustered. */}}
 {{- end }}
 {{- if and $v.auth.existingSecret (or $v.auth.jwtSecret $v.auth.jwtPublicKey $v.auth.resumeSecret) }}
 {{- fail "auth.existingSecret: the keys come from that Secret; leave auth.jwtSecret, auth.jwtPublicKey and auth.resumeSecret empty" }}
+{{- end }}
+{{- if eq (int $v.edge.adminPort) (int $v.edge.port) }}
+{{- fail (printf "edge.adminPort (%d) equals edge.port: the admin port (health, metrics, server API) needs a port of its own, never exposed to clients" (int $v.edge.adminPort)) }}
 {{- end }}
 {{- if and $v.httpRoute.enabled (not $v.httpRoute.parentRefs) }}
 {{- fail "httpRoute.parentRefs: name the Gateway the HTTPRoute attaches to (e.g. [{name: public, namespace: gateway-system}])" }}
