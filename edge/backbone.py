@@ -65,6 +65,7 @@ STREAM_HEARTBEAT_S = 1.0
 FOLLOW_IDLE_S = 2 * STREAM_HEARTBEAT_S
 FOLLOW_CHECK_S = 0.25  # how often followers are checked for silence
 FOLLOW_ORPHAN_S = 5.0  # the server drops a consumer nobody listens to after this long
+REBUILD_BUDGET_S = 20.0  # a rebuild asks on this long (Raft elections: 4-9 s, or twice)
 UNANSWERED = (NatsTimeout, TimeoutError, NoRespondersError, ServiceUnavailableError)
 
 
@@ -265,14 +266,15 @@ class NatsBackbone:
             )
         return int(ack.seq)
 
-    async def _stream_info(self, stream: str) -> StreamInfo:
+    async def _stream_info(
+        self, stream: str, what: str = "history store", budget_s: float = API_BUDGET_S
+    ) -> StreamInfo:
         js = self.client.jetstream(timeout=API_WAIT_S)
-        with self._store("history store"):
-            return await self._first_answer(lambda: js.stream_info(stream), "history store")
+        with self._store(what):
+            return await self._first_answer(lambda: js.stream_info(stream), what, budget_s)
 
     async def stream_epoch(self, stream: str) -> str:
-        info = await self._stream_info(stream)  # the creation time: new when recreated
-        return str(info.created.isoformat() if info.created else info.config.name)
+        return _epoch(await self._stream_info(stream))
 
     async def stream_last_offset(self, stream: str, subject: str) -> int:
         js = self.client.jetstream(timeout=API_WAIT_S)
@@ -318,16 +320,18 @@ class NatsBackbone:
         await follower.start()
         return follower
 
-    async def _first_answer(self, ask: Callable[[], Awaitable[T]], what: str) -> T:
+    async def _first_answer(
+        self, ask: Callable[[], Awaitable[T]], what: str, budget_s: float = API_BUDGET_S
+    ) -> T:
         """The answer to an idempotent JetStream API request, asked again every
-        API_RETRY_S while unanswered, for up to API_BUDGET_S.
+        API_RETRY_S while unanswered, for up to `budget_s`.
 
         A stream (or JetStream's meta group) that is electing a leader drops requests
         without an answer; the new leader answers the next ask at once. Earlier asks
         keep waiting (API_WAIT_S), so a slow answer on a busy server still counts.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + API_BUDGET_S
+        deadline = loop.time() + budget_s
         asked: set[asyncio.Future[T]] = set()
         try:
             while True:
@@ -346,13 +350,15 @@ class NatsBackbone:
                         if not isinstance(exc, UNANSWERED):
                             raise exc
                 if loop.time() >= deadline:
-                    raise Unavailable(f"{what}: no answer within {API_BUDGET_S:g} s")
+                    raise Unavailable(f"{what}: no answer within {budget_s:g} s")
                 await asyncio.sleep(max(0.0, slot_end - loop.time()))
         finally:
             for future in asked:
                 future.cancel()
 
-    async def _create_push_consumer(self, stream: str, config: ConsumerConfig) -> None:
+    async def _create_push_consumer(
+        self, stream: str, config: ConsumerConfig, budget_s: float = API_BUDGET_S
+    ) -> None:
         """Create a *direct* push consumer: made by the stream leader alone, without
         JetStream's meta leader, so it can be rebuilt while a lost meta leader is being
         replaced (4-9 s). Unlisted, unreplicated, in memory; it stops with its server.
@@ -368,7 +374,7 @@ class NatsBackbone:
                 APIError.from_error(answer["error"])  # raises
 
         with self._store(f"consumer on {stream}"):
-            await self._first_answer(ask, f"consumer on {stream}")
+            await self._first_answer(ask, f"consumer on {stream}", budget_s)
 
     def _follow(self, follower: _Follower) -> None:
         self._followers.add(follower)
@@ -471,6 +477,11 @@ class NatsBackbone:
         return entry.value
 
 
+def _epoch(info: StreamInfo) -> str:
+    """The stream's creation time: new whenever it was recreated (history lost)."""
+    return str(info.created.isoformat() if info.created else info.config.name)
+
+
 class _Follower:
     """A stream's messages on `subject` as they are stored, through a push consumer
     this edge rebuilds itself: when its server dies (heartbeats stop), when a message
@@ -534,10 +545,12 @@ class _Follower:
         failures = 0
         while not self._stopped:
             try:
-                if self._restart and self._created != (created := await self._stream_created()):
+                # asked on for as long as an election may take, without a pause
+                created = await self._stream_created(REBUILD_BUDGET_S) if self._restart else None
+                if created != self._created:
                     log.warning("%s was recreated: reading its current entries", self._stream)
                     self._created, self._last = created, None
-                await self._open()
+                await self._open(REBUILD_BUDGET_S)
                 log.info(
                     "consumer on %s rebuilt after %.2f s (%s)",
                     self._subject,
@@ -547,15 +560,15 @@ class _Follower:
                 )
                 return
             except Unavailable as exc:
-                if failures % 20 == 0:  # every ~5 s
-                    log.warning("consumer on %s not rebuilt yet: %s", self._subject, exc)
-                failures += 1
-                await asyncio.sleep(API_RETRY_S)
+                log.warning("consumer on %s not rebuilt yet: %s", self._subject, exc)
+                failures += 1  # e.g. the stream is gone: ask less often
+                await asyncio.sleep(API_RETRY_S if failures < 4 else 1.0)
 
-    async def _stream_created(self) -> str:
-        return await self._backbone.stream_epoch(self._stream)
+    async def _stream_created(self, budget_s: float = API_BUDGET_S) -> str:
+        info = await self._backbone._stream_info(self._stream, f"stream {self._stream}", budget_s)
+        return _epoch(info)
 
-    async def _open(self) -> None:
+    async def _open(self, budget_s: float = API_BUDGET_S) -> None:
         """A new inbox and a consumer delivering to it from after the last offset;
         whatever the old consumer still sends goes nowhere."""
         await self._drop_subscription()
@@ -590,7 +603,7 @@ class _Follower:
             config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = self._last + 1
         try:
-            await self._backbone._create_push_consumer(self._stream, config)
+            await self._backbone._create_push_consumer(self._stream, config, budget_s)
         except Unavailable:
             if self._sub is sub:
                 await self._drop_subscription()
