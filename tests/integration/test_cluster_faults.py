@@ -497,6 +497,11 @@ async def test_one_node_lost_and_back_loses_nothing_acked(
             while any(target - {n for _, _, n in r.events} for r in received):
                 await asyncio.sleep(0.1)
         settled = time.monotonic()
+        # and ticket logins work again, if they stopped (measured, not awaited for ever)
+        while tickets.back_after(killed) == float("inf"):
+            if time.monotonic() > killed + ELECTION_BOUND_S + 1:
+                break
+            await asyncio.sleep(0.1)
 
         # measurements of the round
         acks = [ta for _, _, ta in acked.after(killed - 1)]
