@@ -70,6 +70,15 @@ async def copies(nc: NatsClient, stream: str) -> tuple[int, int]:
     return int(info.config.num_replicas or 1), leader + len(peers)
 
 
+async def copies_once_placed(nc: NatsClient, stream: str) -> tuple[int, int]:
+    """`copies` once the servers hold as many as configured, or after 10 s: right
+    after a raise, the stream's info may list the new peers a moment later."""
+    deadline = time.monotonic() + 10
+    while (found := await copies(nc, stream))[0] != found[1] and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return found
+
+
 async def ticket_login(edge_http: str, edge_ws: str, user: str) -> Client:
     """POST /v1/tickets with a JWT, then connect with `?ticket=` (as a browser does)."""
 
@@ -104,7 +113,7 @@ async def test_existing_r1_state_is_raised_to_r3(
     )
     assert old.returncode == 0, old.stderr
     assert await copies(nc, "SB_CH_hist") == (1, 1)  # the Channel asked for one copy
-    assert await copies(nc, "KV_sb_channels") == (3, 3)  # the CLI raised its bucket
+    assert await copies_once_placed(nc, "KV_sb_channels") == (3, 3)  # the CLI raised its bucket
     for bucket in ("sb_edges", "sb_tickets", "sb_presence"):
         assert await copies(nc, f"KV_{bucket}") == (1, 1)
 
@@ -120,7 +129,7 @@ async def test_existing_r1_state_is_raised_to_r3(
         + manifest("pres", "{presence: true}"),
     )
     assert applied.returncode == 0, applied.stderr
-    assert await copies(nc, "SB_CH_hist") == (3, 3)
+    assert await copies_once_placed(nc, "SB_CH_hist") == (3, 3)
 
     # An edge raises its own buckets when it first uses them: a ticket login, a
     # presence subscription, its stats.
@@ -129,7 +138,7 @@ async def test_existing_r1_state_is_raised_to_r3(
     await client.subscribe("pres:room")
     await asyncio.sleep(1.5)  # a stats report
     for bucket in ("sb_tickets", "sb_presence", "sb_edges"):
-        assert await copies(nc, f"KV_{bucket}") == (3, 3), bucket
+        assert await copies_once_placed(nc, f"KV_{bucket}") == (3, 3), bucket
     await client.close()
     edge.stop()
     cluster_edges.started.remove(edge)
