@@ -66,6 +66,7 @@ FOLLOW_IDLE_S = 2 * STREAM_HEARTBEAT_S
 FOLLOW_CHECK_S = 0.25  # how often followers are checked for silence
 FOLLOW_ORPHAN_S = 5.0  # the server drops a consumer nobody listens to after this long
 REBUILD_BUDGET_S = 20.0  # a rebuild asks on this long (Raft elections: 4-9 s, or twice)
+REBUILD_ASK_S = 0.1  # and this often: one follower per stream asks (see _in_turn)
 UNANSWERED = (NatsTimeout, TimeoutError, NoRespondersError, ServiceUnavailableError)
 
 
@@ -128,6 +129,7 @@ class NatsBackbone:
         self._buckets: dict[str, KeyValue] = {}
         self._followers: set[_Follower] = set()
         self._follow_checker: asyncio.Task[None] | None = None
+        self._probes: dict[str, asyncio.Future[bool]] = {}  # stream -> a rebuild asking it
         self.on_state_change: Callable[[bool], None] = lambda connected: None
 
     async def connect(self) -> None:
@@ -267,11 +269,15 @@ class NatsBackbone:
         return int(ack.seq)
 
     async def _stream_info(
-        self, stream: str, what: str = "history store", budget_s: float = API_BUDGET_S
+        self,
+        stream: str,
+        what: str = "history store",
+        budget_s: float = API_BUDGET_S,
+        every_s: float = API_RETRY_S,
     ) -> StreamInfo:
         js = self.client.jetstream(timeout=API_WAIT_S)
         with self._store(what):
-            return await self._first_answer(lambda: js.stream_info(stream), what, budget_s)
+            return await self._first_answer(lambda: js.stream_info(stream), what, budget_s, every_s)
 
     async def stream_epoch(self, stream: str) -> str:
         return _epoch(await self._stream_info(stream))
@@ -321,10 +327,14 @@ class NatsBackbone:
         return follower
 
     async def _first_answer(
-        self, ask: Callable[[], Awaitable[T]], what: str, budget_s: float = API_BUDGET_S
+        self,
+        ask: Callable[[], Awaitable[T]],
+        what: str,
+        budget_s: float = API_BUDGET_S,
+        every_s: float = API_RETRY_S,
     ) -> T:
         """The answer to an idempotent JetStream API request, asked again every
-        API_RETRY_S while unanswered, for up to `budget_s`.
+        `every_s` while unanswered, for up to `budget_s`.
 
         A stream (or JetStream's meta group) that is electing a leader drops requests
         without an answer; the new leader answers the next ask at once. Earlier asks
@@ -338,7 +348,7 @@ class NatsBackbone:
                 if not self.connected:
                     raise Unavailable("backbone disconnected")
                 asked.add(asyncio.ensure_future(ask()))
-                slot_end = loop.time() + API_RETRY_S
+                slot_end = loop.time() + every_s
                 while asked and loop.time() < slot_end:
                     done, asked = await asyncio.wait(
                         asked, timeout=slot_end - loop.time(), return_when=asyncio.FIRST_COMPLETED
@@ -357,7 +367,11 @@ class NatsBackbone:
                 future.cancel()
 
     async def _create_push_consumer(
-        self, stream: str, config: ConsumerConfig, budget_s: float = API_BUDGET_S
+        self,
+        stream: str,
+        config: ConsumerConfig,
+        budget_s: float = API_BUDGET_S,
+        every_s: float = API_RETRY_S,
     ) -> None:
         """Create a *direct* push consumer: made by the stream leader alone, without
         JetStream's meta leader, so it can be rebuilt while a lost meta leader is being
@@ -374,7 +388,26 @@ class NatsBackbone:
                 APIError.from_error(answer["error"])  # raises
 
         with self._store(f"consumer on {stream}"):
-            await self._first_answer(ask, f"consumer on {stream}", budget_s)
+            await self._first_answer(ask, f"consumer on {stream}", budget_s, every_s)
+
+    async def _in_turn(self, stream: str, rebuild: Callable[[], Awaitable[None]]) -> None:
+        """Run a follower's `rebuild` of `stream`, one follower per stream at a time
+        while the stream does not answer: during an election one asks, and the others
+        (every channel of a Channel shares its stream) go together once it had its
+        answer, instead of all asking every REBUILD_ASK_S."""
+        while (probe := self._probes.get(stream)) is not None:
+            if await asyncio.shield(probe):
+                await rebuild()  # the stream answers again
+                return
+        probe = asyncio.get_running_loop().create_future()
+        self._probes[stream] = probe
+        answered = False
+        try:
+            await rebuild()
+            answered = True
+        finally:
+            del self._probes[stream]
+            probe.set_result(answered)
 
     def _follow(self, follower: _Follower) -> None:
         self._followers.add(follower)
@@ -443,16 +476,16 @@ class NatsBackbone:
         follower = _Follower(
             self, kv_stream(CHANNELS_BUCKET), f"{prefix}>", entry, after=None, restart=True
         )
-        while True:
-            try:
-                await self._bucket(CHANNELS_BUCKET, 0)  # dev mode: the first user creates it
-                await follower.start()
-                break
-            except (nats.errors.Error, TimeoutError, Unavailable) as exc:
-                log.warning("channel config watch not started yet: %s", exc)
-                self._buckets.pop(CHANNELS_BUCKET, None)
-                await asyncio.sleep(1)
         try:
+            while True:
+                try:
+                    await self._bucket(CHANNELS_BUCKET, 0)  # dev mode: the first user makes it
+                    await follower.start()
+                    break
+                except (nats.errors.Error, TimeoutError, Unavailable) as exc:
+                    log.warning("channel config watch not started yet: %s", exc)
+                    self._buckets.pop(CHANNELS_BUCKET, None)
+                    await asyncio.sleep(1)
             await asyncio.Event().wait()  # until cancelled
         finally:
             await follower.stop()
@@ -545,12 +578,7 @@ class _Follower:
         failures = 0
         while not self._stopped:
             try:
-                # asked on for as long as an election may take, without a pause
-                created = await self._stream_created(REBUILD_BUDGET_S) if self._restart else None
-                if created != self._created:
-                    log.warning("%s was recreated: reading its current entries", self._stream)
-                    self._created, self._last = created, None
-                await self._open(REBUILD_BUDGET_S)
+                await self._backbone._in_turn(self._stream, self._reopen)
                 log.info(
                     "consumer on %s rebuilt after %.2f s (%s)",
                     self._subject,
@@ -564,11 +592,25 @@ class _Follower:
                 failures += 1  # e.g. the stream is gone: ask less often
                 await asyncio.sleep(API_RETRY_S if failures < 4 else 1.0)
 
-    async def _stream_created(self, budget_s: float = API_BUDGET_S) -> str:
-        info = await self._backbone._stream_info(self._stream, f"stream {self._stream}", budget_s)
+    async def _reopen(self) -> None:
+        """`_open`, asking on for as long as an election may take; with `restart`,
+        from the current entries if the stream was recreated."""
+        if self._restart:
+            created = await self._stream_created(REBUILD_BUDGET_S, REBUILD_ASK_S)
+            if created != self._created:
+                log.warning("%s was recreated: reading its current entries", self._stream)
+                self._created, self._last = created, None
+        await self._open(REBUILD_BUDGET_S, REBUILD_ASK_S)
+
+    async def _stream_created(
+        self, budget_s: float = API_BUDGET_S, every_s: float = API_RETRY_S
+    ) -> str:
+        info = await self._backbone._stream_info(
+            self._stream, f"stream {self._stream}", budget_s, every_s
+        )
         return _epoch(info)
 
-    async def _open(self, budget_s: float = API_BUDGET_S) -> None:
+    async def _open(self, budget_s: float = API_BUDGET_S, every_s: float = API_RETRY_S) -> None:
         """A new inbox and a consumer delivering to it from after the last offset;
         whatever the old consumer still sends goes nowhere."""
         await self._drop_subscription()
@@ -603,7 +645,7 @@ class _Follower:
             config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = self._last + 1
         try:
-            await self._backbone._create_push_consumer(self._stream, config, budget_s)
+            await self._backbone._create_push_consumer(self._stream, config, budget_s, every_s)
         except Unavailable:
             if self._sub is sub:
                 await self._drop_subscription()
