@@ -588,7 +588,8 @@ class _Follower:
                 )
                 return
             except Unavailable as exc:
-                log.warning("consumer on %s not rebuilt yet: %s", self._subject, exc)
+                if failures % 10 == 0:  # an election's worth of asking, or every 10 s
+                    log.warning("consumer on %s not rebuilt yet: %s", self._subject, exc)
                 failures += 1  # e.g. the stream is gone: ask less often
                 await asyncio.sleep(API_RETRY_S if failures < 4 else 1.0)
 
