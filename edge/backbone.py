@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -20,8 +21,15 @@ from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBuffer
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamInfo
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
+from nats.nuid import NUID
 
 from edge.ports import Delivery, NoResponders, Reply, RequestTimeout, Unavailable
 from switchboard import jetstream
@@ -30,16 +38,36 @@ from switchboard.contract.names import (
     EDGES_BUCKET,
     PRESENCE_BUCKET,
     TICKETS_BUCKET,
+    kv_stream,
 )
 from switchboard.contract.natsauth import redact
 from switchboard.contract.settings import ReplicasSetting
 
 log = logging.getLogger("switchboard.edge.backbone")
 
+T = TypeVar("T")
+
 # JetStream's "wrong last sequence" API errors: a conditional write lost a race.
 WRONG_LAST_SEQUENCE = (10071, 10164)
-STREAM_HEARTBEAT_S = 1.0  # a history consumer lost with its server is noticed in ~2 s
 CURSOR_IDLE_S = 30.0  # the server drops a replay consumer nobody read for this long
+
+# JetStream API reads and consumer creation. A request that reaches a stream while it
+# elects a leader is dropped, not answered (and nats-py waits 5 s for it): it is asked
+# again this often, each ask waiting API_WAIT_S, and the first answer wins.
+API_RETRY_S = 0.25
+API_WAIT_S = 2.0
+API_BUDGET_S = 5.0  # then the call fails: Unavailable
+
+# A followed stream (live history, channel config) is read through a push consumer
+# that lives on one server. Its heartbeats stop when that server dies: after
+# FOLLOW_IDLE_S of silence the edge rebuilds it from the last offset it handed on.
+STREAM_HEARTBEAT_S = 1.0
+FOLLOW_IDLE_S = 2 * STREAM_HEARTBEAT_S
+FOLLOW_CHECK_S = 0.25  # how often followers are checked for silence
+FOLLOW_ORPHAN_S = 5.0  # the server drops a consumer nobody listens to after this long
+REBUILD_BUDGET_S = 20.0  # a rebuild asks on this long (Raft elections: 4-9 s, or twice)
+REBUILD_ASK_S = 0.1  # and this often: one follower per stream asks (see _in_turn)
+UNANSWERED = (NatsTimeout, TimeoutError, NoRespondersError, ServiceUnavailableError)
 
 
 class _Handle:
@@ -99,6 +127,9 @@ class NatsBackbone:
         self._stats_ttl_s = stats_ttl_s
         self._presence_ttl_s = presence_ttl_s
         self._buckets: dict[str, KeyValue] = {}
+        self._followers: set[_Follower] = set()
+        self._follow_checker: asyncio.Task[None] | None = None
+        self._probes: dict[str, asyncio.Future[bool]] = {}  # stream -> a rebuild asking it
         self.on_state_change: Callable[[bool], None] = lambda connected: None
 
     async def connect(self) -> None:
@@ -117,6 +148,8 @@ class NatsBackbone:
         log.info("nats connected", extra={"servers": [redact(s) for s in self._servers]})
 
     async def close(self) -> None:
+        for follower in tuple(self._followers):
+            await follower.stop()
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.drain()
 
@@ -147,6 +180,9 @@ class NatsBackbone:
 
     async def _reconnected(self) -> None:
         log.info("nats reconnected")
+        # what consumers pushed meanwhile is lost, and their servers may be gone
+        for follower in tuple(self._followers):
+            follower.lost("reconnected")
         self.on_state_change(True)
 
     async def _error(self, exc: Exception) -> None:
@@ -232,18 +268,27 @@ class NatsBackbone:
             )
         return int(ack.seq)
 
-    async def _stream_info(self, stream: str) -> StreamInfo:
-        with self._store("history store"):
-            return await self.client.jetstream().stream_info(stream)
+    async def _stream_info(
+        self,
+        stream: str,
+        what: str = "history store",
+        budget_s: float = API_BUDGET_S,
+        every_s: float = API_RETRY_S,
+    ) -> StreamInfo:
+        js = self.client.jetstream(timeout=API_WAIT_S)
+        with self._store(what):
+            return await self._first_answer(lambda: js.stream_info(stream), what, budget_s, every_s)
 
     async def stream_epoch(self, stream: str) -> str:
-        info = await self._stream_info(stream)  # the creation time: new when recreated
-        return str(info.created.isoformat() if info.created else info.config.name)
+        return _epoch(await self._stream_info(stream))
 
     async def stream_last_offset(self, stream: str, subject: str) -> int:
+        js = self.client.jetstream(timeout=API_WAIT_S)
         with self._store("history store"):
             try:
-                msg = await self.client.jetstream().get_last_msg(stream, subject)
+                msg = await self._first_answer(
+                    lambda: js.get_last_msg(stream, subject), "history store"
+                )
             except NotFoundError:
                 return 0  # nothing stored on this subject yet
         return int(msg.seq or 0)
@@ -276,26 +321,113 @@ class NatsBackbone:
 
     async def subscribe_stream(
         self, subject: str, stream: str, handler: Callable[[Delivery], None], *, start: int
-    ) -> _Handle:
-        async def on_msg(msg: Msg) -> None:
-            offset = msg.metadata.sequence.stream
-            handler(Delivery(msg.subject, msg.data, msg.headers, None, offset))
+    ) -> _Follower:
+        follower = _Follower(self, stream, subject, handler, after=start - 1)
+        await follower.start()
+        return follower
 
-        with self._store("history store"):
-            sub = await self.client.jetstream().subscribe(
-                subject,
-                stream=stream,
-                cb=on_msg,
-                ordered_consumer=True,
-                config=ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                    opt_start_seq=start,
-                    # the consumer lives on one server: if it dies, nats-py notices after
-                    # two missed heartbeats and recreates the consumer from its position
-                    idle_heartbeat=STREAM_HEARTBEAT_S,
-                ),
+    async def _first_answer(
+        self,
+        ask: Callable[[], Awaitable[T]],
+        what: str,
+        budget_s: float = API_BUDGET_S,
+        every_s: float = API_RETRY_S,
+    ) -> T:
+        """The answer to an idempotent JetStream API request, asked again every
+        `every_s` while unanswered, for up to `budget_s`.
+
+        A stream (or JetStream's meta group) that is electing a leader drops requests
+        without an answer; the new leader answers the next ask at once. Earlier asks
+        keep waiting (API_WAIT_S), so a slow answer on a busy server still counts.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget_s
+        asked: set[asyncio.Future[T]] = set()
+        try:
+            while True:
+                if not self.connected:
+                    raise Unavailable("backbone disconnected")
+                asked.add(asyncio.ensure_future(ask()))
+                slot_end = loop.time() + every_s
+                while asked and loop.time() < slot_end:
+                    done, asked = await asyncio.wait(
+                        asked, timeout=slot_end - loop.time(), return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for future in done:
+                        exc = future.exception()
+                        if exc is None:
+                            return future.result()
+                        if not isinstance(exc, UNANSWERED):
+                            raise exc
+                if loop.time() >= deadline:
+                    raise Unavailable(f"{what}: no answer within {budget_s:g} s")
+                await asyncio.sleep(max(0.0, slot_end - loop.time()))
+        finally:
+            for future in asked:
+                future.cancel()
+
+    async def _create_push_consumer(
+        self,
+        stream: str,
+        config: ConsumerConfig,
+        budget_s: float = API_BUDGET_S,
+        every_s: float = API_RETRY_S,
+    ) -> None:
+        """Create a *direct* push consumer: made by the stream leader alone, without
+        JetStream's meta leader, so it can be rebuilt while a lost meta leader is being
+        replaced (4-9 s). Unlisted, unreplicated, in memory; it stops with its server.
+        Named, so asking again (a lost answer) is answered by the same consumer."""
+        request = json.dumps({"stream_name": stream, "config": config.as_dict() | {"direct": True}})
+
+        async def ask() -> None:
+            msg = await self.client.request(
+                f"$JS.API.CONSUMER.CREATE.{stream}", request.encode(), timeout=API_WAIT_S
             )
-        return _Handle(sub)
+            answer = json.loads(msg.data)
+            if "error" in answer:
+                APIError.from_error(answer["error"])  # raises
+
+        with self._store(f"consumer on {stream}"):
+            await self._first_answer(ask, f"consumer on {stream}", budget_s, every_s)
+
+    async def _in_turn(self, stream: str, rebuild: Callable[[], Awaitable[None]]) -> None:
+        """Run a follower's `rebuild` of `stream`, one follower per stream at a time
+        while the stream does not answer: during an election one asks, and the others
+        (every channel of a Channel shares its stream) go together once it had its
+        answer, instead of all asking every REBUILD_ASK_S."""
+        while (probe := self._probes.get(stream)) is not None:
+            if await asyncio.shield(probe):
+                await rebuild()  # the stream answers again
+                return
+        probe = asyncio.get_running_loop().create_future()
+        self._probes[stream] = probe
+        answered = False
+        try:
+            await rebuild()
+            answered = True
+        finally:
+            del self._probes[stream]
+            probe.set_result(answered)
+
+    def _follow(self, follower: _Follower) -> None:
+        self._followers.add(follower)
+        if self._follow_checker is None or self._follow_checker.done():
+            self._follow_checker = asyncio.create_task(self._check_followers())
+
+    def _unfollow(self, follower: _Follower) -> None:
+        self._followers.discard(follower)
+
+    async def _check_followers(self) -> None:
+        """Rebuild every follower whose consumer went silent (its server died)."""
+        loop = asyncio.get_running_loop()
+        while self._followers:
+            await asyncio.sleep(FOLLOW_CHECK_S)
+            if not self.connected:
+                continue
+            now = loop.time()
+            for follower in tuple(self._followers):
+                if now - follower.heard > FOLLOW_IDLE_S:
+                    follower.lost(f"silent for {now - follower.heard:.1f} s")
 
     async def presence_put(self, key: str) -> None:
         await self._presence_op(lambda kv: kv.put(key, b"1"))
@@ -329,22 +461,34 @@ class NatsBackbone:
     async def watch_channels(self, on_change: Callable[[str, bytes | None], None]) -> None:
         """Feed every `sb_channels` entry, then each change, to `on_change` (None: deleted).
 
-        Runs until cancelled; a broken watch (e.g. NATS restarted without its
-        store) starts over from the current entries.
+        Runs until cancelled. Read like every followed stream (not with nats-py's KV
+        watch, which has no heartbeat and so never notices its server died): rebuilt
+        from the last revision when its consumer is lost, and from the current entries
+        when the bucket was recreated (e.g. NATS restarted without its store).
         """
-        while True:
-            try:
-                kv = await self._bucket(CHANNELS_BUCKET, 0)
-                watcher = await kv.watchall()
-                async for entry in watcher:
-                    if entry is None:
-                        continue  # "all current entries delivered"
-                    deleted = entry.operation in ("DEL", "PURGE")
-                    on_change(entry.key, None if deleted else entry.value)
-            except (nats.errors.Error, TimeoutError, Unavailable) as exc:
-                log.warning("channel config watch restarting: %s", exc)
-                self._buckets.pop(CHANNELS_BUCKET, None)
-                await asyncio.sleep(1)
+        prefix = f"$KV.{CHANNELS_BUCKET}."
+
+        def entry(delivery: Delivery) -> None:
+            operation = (delivery.headers or {}).get("KV-Operation")
+            deleted = operation in ("DEL", "PURGE")
+            on_change(delivery.subject.removeprefix(prefix), None if deleted else delivery.data)
+
+        follower = _Follower(
+            self, kv_stream(CHANNELS_BUCKET), f"{prefix}>", entry, after=None, restart=True
+        )
+        try:
+            while True:
+                try:
+                    await self._bucket(CHANNELS_BUCKET, 0)  # dev mode: the first user makes it
+                    await follower.start()
+                    break
+                except (nats.errors.Error, TimeoutError, Unavailable) as exc:
+                    log.warning("channel config watch not started yet: %s", exc)
+                    self._buckets.pop(CHANNELS_BUCKET, None)
+                    await asyncio.sleep(1)
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            await follower.stop()
 
     async def put_ticket(self, ticket: str, value: bytes) -> None:
         with self._store("ticket store"):
@@ -364,3 +508,186 @@ class NatsBackbone:
                     return None  # another redemption deleted it first
                 raise
         return entry.value
+
+
+def _epoch(info: StreamInfo) -> str:
+    """The stream's creation time: new whenever it was recreated (history lost)."""
+    return str(info.created.isoformat() if info.created else info.config.name)
+
+
+class _Follower:
+    """A stream's messages on `subject` as they are stored, through a push consumer
+    this edge rebuilds itself: when its server dies (heartbeats stop), when a message
+    went missing (consumer sequence gap) and when the backbone reconnects, from the
+    offset after the last one handed on. Repeats never reach the handler.
+
+    `after` None starts with the newest message per subject (a KV bucket's current
+    entries); with `restart`, a stream found recreated starts over that way too.
+    """
+
+    def __init__(
+        self,
+        backbone: NatsBackbone,
+        stream: str,
+        subject: str,
+        handler: Callable[[Delivery], None],
+        *,
+        after: int | None,
+        restart: bool = False,
+    ) -> None:
+        self._backbone = backbone
+        self._stream = stream
+        self._subject = subject
+        self._handler = handler
+        self._last = after  # newest offset handed on (None: nothing yet, start with the current)
+        self._restart = restart
+        self._created: str | None = None  # the stream's creation time, with `restart`
+        self._sub: Subscription | None = None
+        self._generation = 0  # of the current consumer: what older ones still send is dropped
+        self._consumed = 0  # consumer sequence of the last message from the current consumer
+        self._rebuilding: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.heard = asyncio.get_running_loop().time()  # last message or heartbeat
+
+    async def start(self) -> None:
+        """Create the first consumer (Unavailable if JetStream does not answer)."""
+        if self._restart:
+            self._created = await self._stream_created()
+        await self._open()
+        self._backbone._follow(self)
+
+    def lost(self, why: str) -> None:
+        """The consumer may be gone: rebuild it (once at a time) until that works."""
+        if self._stopped or (self._rebuilding is not None and not self._rebuilding.done()):
+            return
+        self._rebuilding = asyncio.create_task(self._rebuild(why))
+
+    async def unsubscribe(self) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        self._backbone._unfollow(self)
+        if self._rebuilding is not None:
+            self._rebuilding.cancel()
+        await self._drop_subscription()
+
+    async def _rebuild(self, why: str) -> None:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        failures = 0
+        while not self._stopped:
+            try:
+                await self._backbone._in_turn(self._stream, self._reopen)
+                log.info(
+                    "consumer on %s rebuilt after %.2f s (%s)",
+                    self._subject,
+                    loop.time() - began,
+                    why,
+                    extra={"after": self._last},
+                )
+                return
+            except Unavailable as exc:
+                if failures % 10 == 0:  # an election's worth of asking, or every 10 s
+                    log.warning("consumer on %s not rebuilt yet: %s", self._subject, exc)
+                failures += 1  # e.g. the stream is gone: ask less often
+                await asyncio.sleep(API_RETRY_S if failures < 4 else 1.0)
+
+    async def _reopen(self) -> None:
+        """`_open`, asking on for as long as an election may take; with `restart`,
+        from the current entries if the stream was recreated."""
+        if self._restart:
+            created = await self._stream_created(REBUILD_BUDGET_S, REBUILD_ASK_S)
+            if created != self._created:
+                log.warning("%s was recreated: reading its current entries", self._stream)
+                self._created, self._last = created, None
+        await self._open(REBUILD_BUDGET_S, REBUILD_ASK_S)
+
+    async def _stream_created(
+        self, budget_s: float = API_BUDGET_S, every_s: float = API_RETRY_S
+    ) -> str:
+        info = await self._backbone._stream_info(
+            self._stream, f"stream {self._stream}", budget_s, every_s
+        )
+        return _epoch(info)
+
+    async def _open(self, budget_s: float = API_BUDGET_S, every_s: float = API_RETRY_S) -> None:
+        """A new inbox and a consumer delivering to it from after the last offset;
+        whatever the old consumer still sends goes nowhere."""
+        await self._drop_subscription()
+        self.heard = asyncio.get_running_loop().time()
+        self._consumed = 0
+        self._generation += 1
+        generation = self._generation
+
+        async def receive(msg: Msg) -> None:
+            if generation == self._generation and not self._stopped:
+                await self._receive(msg)
+
+        with self._backbone._store(f"consumer on {self._stream}"):
+            inbox = self._backbone.client.new_inbox()
+            sub = await self._backbone.client.subscribe(
+                inbox, cb=receive, pending_msgs_limit=1_000_000, pending_bytes_limit=256 << 20
+            )
+        self._sub = sub
+        config = ConsumerConfig(
+            name=NUID().next().decode(),
+            deliver_subject=inbox,
+            filter_subject=self._subject,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=AckPolicy.NONE,
+            flow_control=True,
+            idle_heartbeat=STREAM_HEARTBEAT_S,
+            inactive_threshold=FOLLOW_ORPHAN_S,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        if self._last is not None:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = self._last + 1
+        try:
+            await self._backbone._create_push_consumer(self._stream, config, budget_s, every_s)
+        except Unavailable:
+            if self._sub is sub:
+                await self._drop_subscription()
+            raise
+
+    async def _drop_subscription(self) -> None:
+        self._generation += 1
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _receive(self, msg: Msg) -> None:
+        self.heard = asyncio.get_running_loop().time()
+        headers = msg.headers or {}
+        if headers.get("Status") == "100":  # heartbeat or flow control
+            await self._control(msg, headers)
+            return
+        if headers.get("Status"):
+            self.lost(f"status {headers.get('Status')} {headers.get('Description', '')}")
+            return
+        try:
+            sequence = msg.metadata.sequence
+        except nats.errors.NotJSMessageError:
+            return  # not from a consumer: nothing to hand on
+        if sequence.consumer != self._consumed + 1:
+            self.lost(f"missed messages {self._consumed + 1}..{sequence.consumer - 1}")
+            return
+        self._consumed = sequence.consumer
+        if self._last is not None and sequence.stream <= self._last:
+            return  # a repeat
+        self._last = sequence.stream
+        self._handler(Delivery(msg.subject, msg.data, msg.headers, None, sequence.stream))
+
+    async def _control(self, msg: Msg, headers: dict[str, str]) -> None:
+        """Answer flow control; a heartbeat naming a newer last message means some
+        were lost on the way (e.g. while the backbone reconnected)."""
+        for reply in (msg.reply, headers.get("Nats-Consumer-Stalled")):
+            if reply:
+                with contextlib.suppress(nats.errors.Error):
+                    await self._backbone.client.publish(reply)
+        last = headers.get("Nats-Last-Consumer")
+        if last is not None and last.isdigit() and int(last) != self._consumed:
+            self.lost(f"heartbeat after consumer sequence {last}, have {self._consumed}")

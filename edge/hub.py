@@ -32,7 +32,7 @@ HEADER_TS = "Sb-Ts"
 # The publish time in microseconds since the epoch: edges set it on client publishes,
 # backends may; it feeds the delivery latency histogram (Sb-Ts has only milliseconds).
 HEADER_TS_US = "Sb-Ts-Us"
-STREAM_RETRY_S = 0.2  # between attempts to rebuild a history consumer after a reconnect
+STREAM_RETRY_S = 0.2  # between attempts to check a history stream after a reconnect
 
 
 class _Topic:
@@ -246,25 +246,35 @@ class Hub:
             member.deliver(frame)
 
     async def resume_streams(self, since_ms: int) -> None:
-        """After the backbone returns, read every history channel on from the last
-        offset handed out, at once.
+        """After the backbone returns, check that every history channel can read on.
 
-        The old consumer may have died with its server; nats-py would only notice
-        after two missed idle heartbeats (~10 s of silence). A channel whose stream
-        was recreated meanwhile (new epoch) cannot be continued: it gets a `gap`.
+        Each stream consumer resumes by itself from the last offset it handed out
+        (the backbone rebuilds it); a channel whose stream was recreated meanwhile
+        (new epoch) cannot be continued: it starts again from the newest offset, with
+        a `gap`. Streams are checked at once, not in turn: one that is still electing
+        a leader does not hold up the others.
         """
-        for subject, topic in tuple(self._topics.items()):
-            if topic.stream is None:
-                continue
-            while self._topics.get(subject) is topic and self._backbone.connected:
-                try:
-                    await self._resume_stream(subject, topic, since_ms)
-                    break
-                except Unavailable as exc:
-                    log.warning("history consumer not rebuilt yet: %s", exc)
-                    await asyncio.sleep(STREAM_RETRY_S)
+        streams = {topic.stream for topic in self._topics.values() if topic.stream is not None}
+        await asyncio.gather(*(self._resume_stream(stream, since_ms) for stream in streams))
 
-    async def _resume_stream(self, subject: str, topic: _Topic, since_ms: int) -> None:
+    async def _resume_stream(self, stream: str, since_ms: int) -> None:
+        while self._backbone.connected:
+            topics = [(s, t) for s, t in self._topics.items() if t.stream == stream]
+            if not topics:
+                return  # everyone left meanwhile
+            try:
+                epoch = await self._backbone.stream_epoch(stream)
+                self.epochs[stream] = epoch
+                for subject, topic in topics:
+                    if topic.epoch != epoch or topic.handle is None:
+                        await self._restart_topic(subject, topic, epoch, since_ms)
+                return
+            except Unavailable as exc:
+                log.warning("history of %s not checked yet: %s", stream, exc)
+                await asyncio.sleep(STREAM_RETRY_S)
+
+    async def _restart_topic(self, subject: str, topic: _Topic, epoch: str, since_ms: int) -> None:
+        """Follow the topic's stream again; if it was recreated, from its newest offset."""
         assert topic.stream is not None
         async with self._lock:
             if self._topics.get(subject) is not topic:
@@ -272,10 +282,9 @@ class Hub:
             old, topic.handle = topic.handle, None
             if old is not None:
                 await old.unsubscribe()
-            epoch = await self._backbone.stream_epoch(topic.stream)
             if epoch != topic.epoch or topic.delivered is None:
-                self.epochs[topic.stream] = topic.epoch = epoch
                 topic.delivered = await self._backbone.stream_last_offset(topic.stream, subject)
+                topic.epoch = epoch
                 self._gap(topic, since_ms, int(time.time() * 1000))
             channel = topic.channel
             topic.handle = await self._backbone.subscribe_stream(
