@@ -208,10 +208,13 @@ def derive(bench: str, report: dict[str, Any]) -> tuple[dict[str, float | None],
     if delivered < expected:
         problems.append(f"{expected - delivered} of {expected} deliveries missing")
     window = report["window_s"]
+    rate, published = report["rate"], report["published"]
+    offered = expected * rate / published if rate and published else None
     figures = {
         "us_per_delivery": _per(_cpu(report, "cpu", "server"), delivered, 1e6),
         "backbone_us_per_delivery": _per(_cpu(report, "cpu", "backbone"), delivered, 1e6),
         "deliveries_per_s": report["deliveries_per_s"],
+        "offered_deliveries_per_s": round(offered, 1) if offered else None,
         "deliveries_per_frame": _per(delivered, report["frames"]),
         "p50_ms": _ms(report["latency_us"], "p50"),
         "p99_ms": _ms(report["latency_us"], "p99"),
@@ -223,14 +226,13 @@ def derive(bench: str, report: dict[str, Any]) -> tuple[dict[str, float | None],
 
 
 def other_cores(report: dict[str, Any]) -> float | None:
-    """Cores used in the window by processes that are not part of the run (other jobs)."""
+    """Cores used in the CPU window by processes that are not part of the run (other jobs)."""
     cpu = report.get("cpu") or report.get("connect_cpu") or {}
-    window = (
-        report.get("window_s") or report.get("seconds") or report.get("connect", {}).get("seconds")
-    )
+    window = cpu.get("wall_s")
     if not window or "machine" not in cpu:
         return None
-    ours = sum(v.get("cpu_s", 0.0) for k, v in cpu.items() if k != "machine")
+    ours = sum(v.get("cpu_s", 0.0) for v in cpu.values() if isinstance(v, dict))
+    ours -= cpu["machine"]["cpu_s"]
     return round((cpu["machine"]["cpu_s"] - ours) / window, 2)
 
 
@@ -387,23 +389,44 @@ def markdown(report: dict[str, Any]) -> str:
         row += [ratio(per_target.get(t), per_target.get("centrifugo")) for t in ratio_targets]
         lines.append("| " + " | ".join(row) + " |")
     backbone = summary.get("rooms.backbone_us_per_delivery", {}).get("switchboard")
+    described = {
+        "idle": f"idle {sizes['idle_connections']:,} connections (each its own user, "
+        "subscribed to one shared channel)",
+        "handshakes": f"handshakes for {sizes['handshake_seconds']:g} s with "
+        f"{sizes['handshake_loops']} loops, a fresh token (user) each time",
+        "fanout": f"burst fan-out {sizes['fanout_messages']:,} messages to "
+        f"{sizes['fanout_subscribers']:,} subscribers at once",
+        "rooms": f"rooms {sizes['rooms_connections']:,} connections, "
+        f"{sizes['rooms_channels']:,} channels, {sizes['rooms_rate']:,.0f} messages/s for "
+        f"{sizes['rooms_seconds']:g} s after {sizes['rooms_warmup_s']:g} s of warm-up",
+    }
     lines += [
         "",
-        f"Sizes: idle {sizes['idle_connections']:,} connections (each its own user, subscribed "
-        f"to one shared channel); handshakes for {sizes['handshake_seconds']:g} s with "
-        f"{sizes['handshake_loops']} loops, a fresh token (user) each time; burst fan-out "
-        f"{sizes['fanout_messages']:,} messages to {sizes['fanout_subscribers']:,} subscribers "
-        f"at once; rooms {sizes['rooms_connections']:,} connections, "
-        f"{sizes['rooms_channels']:,} channels, {sizes['rooms_rate']:,.0f} messages/s for "
-        f"{sizes['rooms_seconds']:g} s after {sizes['rooms_warmup_s']:g} s of warm-up; "
-        f"payloads {sizes['payload_bytes']} B.",
+        "Sizes: "
+        + "; ".join(described[b] for b in report["benchmarks"])
+        + f"; payloads {sizes['payload_bytes']} B.",
     ]
     if backbone:
         lines.append(
             "The Switchboard edge's backbone nats-server is not in its figures: in rooms it "
             f"used {cell(backbone)} µs per delivery on top."
         )
-    others = [r["other_cores"] for r in report["runs"] if r["other_cores"] is not None]
+    behind = [r for r in report["runs"] if not r["problems"] and kept_up(r) is False]
+    if behind:
+        offered = behind[0]["figures"]["offered_deliveries_per_s"]
+        reps: dict[str, list[str]] = {}
+        for r in behind:
+            reps.setdefault(LABELS[r["target"]], []).append(str(r["repetition"]))
+        names = [f"{t} (repetition {', '.join(sorted(n))})" for t, n in sorted(reps.items())]
+        lines.append(
+            f"Did not keep up with the offered {offered:,.0f} deliveries/s (received < 95 %; "
+            f"its latency is then the backlog, not the server's pace): {', '.join(names)}."
+        )
+    others = [
+        r["other_cores"]
+        for r in report["runs"]
+        if r["other_cores"] is not None and not r["problems"]
+    ]
     incomplete = [r for r in report["runs"] if r["problems"]]
     if others:
         lines.append(
@@ -420,6 +443,15 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def kept_up(run: dict[str, Any]) -> bool | None:
+    """Whether a paced run received at least 95 % of the deliveries/s it was offered."""
+    offered = run["figures"].get("offered_deliveries_per_s")
+    received = run["figures"].get("deliveries_per_s")
+    if not offered or received is None:
+        return None
+    return bool(received >= 0.95 * offered)
+
+
 def write_docs(path: Path, block: str) -> None:
     """Replace what is between the markers of `path` with `block`."""
     text = path.read_text()
@@ -430,6 +462,16 @@ def write_docs(path: Path, block: str) -> None:
 
 
 # --------------------------------------------------------------------------- main
+
+
+def rederive(report: dict[str, Any]) -> dict[str, Any]:
+    """An earlier run's figures, problems and summary under this version's rules."""
+    for run in report["runs"]:
+        if "loadgen" in run:
+            run["figures"], run["problems"] = derive(run["benchmark"], run["loadgen"])
+            run["other_cores"] = other_cores(run["loadgen"]) or run.get("other_cores")
+    report["summary"] = summarize(report["runs"])
+    return report
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -444,6 +486,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="JSON directory")
     parser.add_argument("--docs", default=str(DOCS), help="markdown file with the markers")
     parser.add_argument("--no-docs", action="store_true", help="do not write the docs")
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="measure nothing: redo the tables of an earlier compare-*.json (and the docs)",
+    )
     parser.add_argument(
         "--quiet-wait", type=float, help="max s to wait for an idle machine (default 10; quick 0)"
     )
@@ -470,6 +517,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quiet_wait is None:
         args.quiet_wait = 0.0 if args.quick else 10.0
     args.write_docs = not (args.quick or args.no_docs)
+    if args.render is not None and not Path(args.render).is_file():
+        parser.error(f"--render: {args.render} is not a file")
     return args
 
 
@@ -592,23 +641,26 @@ def main(argv: list[str] | None = None) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    try:
-        with interruptible():
-            report = measure_all(args, log)
-    except KeyboardInterrupt:
-        log("interrupted; every server started was stopped")
-        return 130
-    except BenchError as exc:
-        log(f"error: {exc}")
-        return 1
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{report['name']}.json"
-    report["results_path"] = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    if args.render is not None:
+        report = rederive(json.loads(Path(args.render).read_text()))
+    else:
+        try:
+            with interruptible():
+                report = measure_all(args, log)
+        except KeyboardInterrupt:
+            log("interrupted; every server started was stopped")
+            return 130
+        except BenchError as exc:
+            log(f"error: {exc}")
+            return 1
+        out = Path(args.out).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{report['name']}.json"
+        report["results_path"] = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+        path.write_text(json.dumps(report, indent=1) + "\n")
+        log(f"results: {path}")
     block = markdown(report)
     print(block)
-    log(f"results: {path}")
     if args.write_docs:
         try:
             write_docs(Path(args.docs), block)

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // clkTck is USER_HZ, 100 on every Linux architecture Go supports for /proc times.
@@ -95,6 +96,7 @@ type cpuWindow struct {
 	k0    []float64
 	self0 float64
 	busy0 float64
+	t0    time.Time
 }
 
 func startWindow(procs []watched) *cpuWindow {
@@ -104,10 +106,12 @@ func startWindow(procs []watched) *cpuWindow {
 	}
 	w.self0 = selfCPU()
 	w.busy0 = machineBusy()
+	w.t0 = time.Now()
 	return w
 }
 
-// end gives {name: {user_s, sys_s, cpu_s}}, the load generator's CPU and the machine's.
+// end gives {name: {user_s, sys_s, cpu_s}}, the load generator's CPU, the machine's,
+// and the window's wall time (wall_s).
 func (w *cpuWindow) end() map[string]any {
 	out := map[string]any{}
 	for i, p := range w.procs {
@@ -122,6 +126,7 @@ func (w *cpuWindow) end() map[string]any {
 	}
 	out["loadgen"] = map[string]any{"cpu_s": round3(selfCPU() - w.self0)}
 	out["machine"] = map[string]any{"cpu_s": round3(machineBusy() - w.busy0)}
+	out["wall_s"] = round3(time.Since(w.t0).Seconds())
 	return out
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -249,9 +250,12 @@ func (s *stats) delivery(b []byte, now int64) bool {
 	for j < len(b) && b[j] >= '0' && b[j] <= '9' {
 		j++
 	}
-	sent, err := strconv.ParseInt(string(b[i:j]), 10, 64)
-	if err != nil {
+	if j == i || j-i > 19 {
 		return false
+	}
+	sent := int64(0)
+	for _, c := range b[i:j] {
+		sent = sent*10 + int64(c-'0')
 	}
 	k := bytes.Index(b[j:], mKey)
 	if k >= 0 && j+k+len(mKey) < len(b) && b[j+k+len(mKey)] == '0' {
@@ -272,9 +276,10 @@ func (s *stats) delivery(b []byte, now int64) bool {
 // readLoop counts deliveries until the connection ends; the server closing it (or any
 // read error) is recorded unless `closing` says we closed it ourselves.
 func (cn *conn) readLoop(s *stats, closing *atomic.Bool) {
+	var frame []byte
 	for {
-		_, data, err := cn.ws.ReadMessage()
-		if err != nil {
+		var err error
+		if frame, err = cn.readFrame(frame); err != nil {
 			if !closing.Load() {
 				s.drop(err)
 			}
@@ -285,11 +290,13 @@ func (cn *conn) readLoop(s *stats, closing *atomic.Bool) {
 		switch cn.proto {
 		case protoNATS:
 			var ping bool
-			if n, ping = cn.natsDeliveries(data, s, now); ping {
+			if n, ping = cn.natsDeliveries(frame, s, now); ping {
 				_ = cn.ws.WriteMessage(websocket.BinaryMessage, []byte("PONG\r\n"))
 			}
 		case protoCentrifugo:
-			for _, line := range bytes.Split(data, []byte{'\n'}) {
+			for rest := frame; len(rest) > 0; {
+				var line []byte
+				line, rest = nextLine(rest)
 				if len(line) == 2 && line[0] == '{' && line[1] == '}' { // server ping
 					_ = cn.ws.WriteMessage(websocket.TextMessage, []byte("{}"))
 				} else if s.delivery(line, now) {
@@ -297,8 +304,10 @@ func (cn *conn) readLoop(s *stats, closing *atomic.Bool) {
 				}
 			}
 		default:
-			for _, line := range bytes.Split(data, []byte{'\n'}) {
-				if bytes.Contains(line, []byte(`"type":"event"`)) && s.delivery(line, now) {
+			for rest := frame; len(rest) > 0; {
+				var line []byte
+				line, rest = nextLine(rest)
+				if bytes.Contains(line, eventType) && s.delivery(line, now) {
 					n++
 				}
 			}
@@ -306,7 +315,42 @@ func (cn *conn) readLoop(s *stats, closing *atomic.Bool) {
 		if n > 0 {
 			s.frames.Add(1)
 		}
+		if cap(frame) > 64<<10 {
+			frame = nil // a burst's large frame is not kept per connection
+		}
 	}
+}
+
+var eventType = []byte(`"type":"event"`)
+
+// readFrame reads the next message into buf (reused: no allocation per frame).
+func (cn *conn) readFrame(buf []byte) ([]byte, error) {
+	_, r, err := cn.ws.NextReader()
+	if err != nil {
+		return buf, err
+	}
+	buf = buf[:0]
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		k, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+k]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+// nextLine splits off the first `\n`-terminated line.
+func nextLine(b []byte) ([]byte, []byte) {
+	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+		return b[:i], b[i+1:]
+	}
+	return b, nil
 }
 
 // natsDeliveries parses the NATS protocol stream (a MSG may span frames): the measured

@@ -157,6 +157,7 @@ def test_bad_arguments_are_named() -> None:
         (["--reps=0"], "--reps"),
         (["--rooms-rate=0"], "--rooms-rate"),
         (["--rooms-connections=10", "--rooms-channels=20"], "--rooms-channels"),
+        (["--render=/nonexistent/compare.json"], "--render"),
     ]:
         proc = subprocess.run(
             [sys.executable, str(COMPARE), *args],
@@ -181,6 +182,8 @@ def _synthetic_report() -> dict[str, Any]:
         }
 
     runs = [run("switchboard", r, v) for r, v in ((1, 20.0), (2, 24.0), (3, 22.0))]
+    runs[0]["figures"] |= {"deliveries_per_s": 940.0, "offered_deliveries_per_s": 1000.0}
+    runs[1]["figures"] |= {"deliveries_per_s": 960.0, "offered_deliveries_per_s": 1000.0}
     runs += [run("centrifugo", r, v) for r, v in ((1, 10.0), (2, 11.0), (3, 12.0))]
     runs.append(run("centrifugo", 4, 99.0, ["3 of 100 deliveries missing"]))
     return {
@@ -204,6 +207,9 @@ def test_table_has_min_median_max_and_ratios_and_leaves_out_incomplete_runs() ->
     assert row.split(" | ")[1:] == ["20.0 / 22.0 / 24.0", "10.0 / 11.0 / 12.0", "2.00 |"]
     assert "Left out (incomplete): rooms / Centrifugo v6.9.1 repetition 4" in block
     assert "`abcdef1`" in block
+    # 940 of 1,000 offered deliveries/s is behind; 960 is not
+    assert "Did not keep up with the offered 1,000 deliveries/s" in block
+    assert "Switchboard edge (repetition 1)." in block
 
 
 def test_docs_markers_are_replaced_and_required(tmp_path: Path) -> None:
@@ -217,3 +223,15 @@ def test_docs_markers_are_replaced_and_required(tmp_path: Path) -> None:
     doc.write_text("# no markers\n")
     with pytest.raises(peers.BenchError, match="bench:compare:start"):
         compare.write_docs(doc, "x")
+
+
+def test_render_redoes_the_tables_of_a_saved_run(tmp_path: Path) -> None:
+    """--render measures nothing: it rewrites the docs from an earlier JSON."""
+    saved = tmp_path / "compare-test.json"
+    saved.write_text(json.dumps(_synthetic_report()))
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"{compare.START_MARK}\n{compare.END_MARK}\n")
+    assert compare.main(["--render", str(saved), "--docs", str(doc)]) == 0
+    assert "| rooms: server CPU µs per delivery (lower is better) | 20.0 / 22.0 / 24.0" in (
+        doc.read_text()
+    )
