@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from switchboard.cli.launch import EdgeProcess, LocalProcess, free_port  # noqa: E402
 from switchboard.cli.natsserver import NatsServer, find_binary  # noqa: E402
 
 LOADGEN_DIR = ROOT / "bench" / "loadgen"
@@ -168,37 +168,20 @@ def go_version() -> str:
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(
-    url: str, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float
-) -> None:
+def wait_http(url: str, proc: LocalProcess, what: str, timeout: float) -> None:
     """Poll `url` until it answers 200, failing early (with the log's tail) if `proc` exits."""
     deadline = time.monotonic() + timeout
     while True:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise BenchError(f"{what} exited with {proc.returncode} on start-up:\n{tail}")
+        try:
+            proc.check_alive(what)
+        except RuntimeError as exc:
+            raise BenchError(str(exc)) from None
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as resp:
             if resp.status == 200:
                 return
         if time.monotonic() > deadline:
-            raise BenchError(f"{what} not ready at {url} in {timeout:.0f}s (log: {log})")
+            raise BenchError(f"{what} not ready at {url} in {timeout:.0f}s (log: {proc.log_path})")
         time.sleep(0.1)
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass
@@ -209,68 +192,51 @@ class Running:
     ws_url: str
     publish_url: str
     pids: dict[str, int]  # the server under test first, then helpers (the backbone)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    procs: list[LocalProcess] = field(default_factory=list)
     backbone: NatsServer | None = None
-    logs: list[Path] = field(default_factory=list)
-
-    @property
-    def server_pid(self) -> int:
-        return next(iter(self.pids.values()))
 
     def check_alive(self) -> None:
-        for proc, log in zip(self.procs, self.logs, strict=True):
-            if proc.poll() is not None:
-                tail = log.read_text(errors="replace")[-2000:]
-                raise BenchError(f"{self.name} exited with {proc.returncode}:\n{tail}")
+        for proc in self.procs:
+            try:
+                proc.check_alive(self.name)
+            except RuntimeError as exc:
+                raise BenchError(str(exc)) from None
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            stop(proc)
+            proc.stop()
         if self.backbone is not None:
             self.backbone.stop()
 
 
-def _spawn(args: list[str], env: dict[str, str] | None, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(args, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
-
-
 def start_switchboard(tmp: Path, max_connections: int) -> Running:
-    """A backbone nats-server and one edge, limits on new connections out of the way."""
+    """A backbone nats-server and one edge (the project's launcher), new-connection
+    limits out of the way."""
     backbone = NatsServer(store_dir=str(tmp / "backbone-js"))
     backbone.start()
-    port = free_port()
-    env = os.environ | {
-        "SB_EDGE_HOST": "127.0.0.1",
-        "SB_EDGE_PORT": str(port),
-        "SB_EDGE_POD_NAME": "bench-edge",
-        "SB_EDGE_NATS_URL": backbone.url,
-        "SB_EDGE_JWT_SECRET": SECRET,
-        "SB_EDGE_MAX_CONNECTIONS": str(max_connections),
-        "SB_EDGE_NEW_CONNECTIONS_PER_S": "1000000",
-        "SB_EDGE_NEW_CONNECTIONS_BURST": "1000000",
-        "SB_EDGE_LOG_LEVEL": "WARNING",  # no line per connection
-        "SB_EDGE_DRAIN_GRANT_TIMEOUT_S": "0.2",  # no operator: SIGTERM drains at once
-        "SB_EDGE_DRAIN_TIMEOUT_S": "0",
-    }
-    log = tmp / "edge.log"
-    try:
-        edge = _spawn([sys.executable, "-m", "switchboard", "edge"], env, log)
-    except BaseException:
-        backbone.stop()
-        raise
-    assert backbone.process is not None
-    running = Running(
-        "switchboard",
-        f"ws://127.0.0.1:{port}/v1/ws",
-        backbone.url,
-        {"server": edge.pid, "backbone": backbone.process.pid},
-        [edge],
+    edge = EdgeProcess.on(
         backbone,
-        [log],
+        "bench-edge",
+        jwt_secret=SECRET,
+        log_path=str(tmp / "edge.log"),
+        settings={
+            "max_connections": max_connections,
+            "new_connections_per_s": 1000000,
+            "new_connections_burst": 1000000,
+            "log_level": "WARNING",  # no line per connection
+            "drain_grant_timeout_s": 0.2,  # no operator: SIGTERM drains at once
+            "drain_timeout_s": 0,
+        },
     )
+    assert backbone.process is not None
+    running = Running("switchboard", edge.ws_url, backbone.url, {}, [edge], backbone)
     try:
-        wait_http(f"http://127.0.0.1:{port}/readyz", edge, "the edge", log, 60)
+        edge.spawn()
+        running.pids = {"server": edge.pid, "backbone": backbone.process.pid}
+        edge.wait_ready(60, readyz=True)
+    except (RuntimeError, TimeoutError) as exc:
+        running.stop()
+        raise BenchError(f"the edge did not start: {exc}") from None
     except BaseException:
         running.stop()
         raise
@@ -293,18 +259,11 @@ websocket {{
 }}
 """
     )
-    log = tmp / "nats-ws.log"
-    proc = _spawn([find_binary(), "-c", str(conf)], None, log)
-    running = Running(
-        "nats",
-        f"ws://127.0.0.1:{ws_port}",
-        f"nats://127.0.0.1:{port}",
-        {"server": proc.pid},
-        [proc],
-        logs=[log],
-    )
+    proc = LocalProcess([find_binary(), "-c", str(conf)], None, str(tmp / "nats-ws.log"))
+    running = Running("nats", f"ws://127.0.0.1:{ws_port}", f"nats://127.0.0.1:{port}", {}, [proc])
     try:
-        wait_http(f"http://127.0.0.1:{http_port}/healthz", proc, "nats-server", log, 30)
+        running.pids = {"server": proc.spawn().pid}
+        wait_http(f"http://127.0.0.1:{http_port}/healthz", proc, "nats-server", 30)
     except BaseException:
         running.stop()
         raise
@@ -329,18 +288,17 @@ def start_centrifugo(tmp: Path, binary: Path) -> Running:
     port = free_port()
     conf = tmp / "centrifugo.json"
     conf.write_text(json.dumps(centrifugo_config(port), indent=2))
-    log = tmp / "centrifugo.log"
-    proc = _spawn([str(binary), "--config", str(conf)], None, log)
+    proc = LocalProcess([str(binary), "--config", str(conf)], None, str(tmp / "centrifugo.log"))
     running = Running(
         "centrifugo",
         f"ws://127.0.0.1:{port}/connection/websocket",
         f"http://127.0.0.1:{port}/api",
-        {"server": proc.pid},
+        {},
         [proc],
-        logs=[log],
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc, "centrifugo", log, 30)
+        running.pids = {"server": proc.spawn().pid}
+        wait_http(f"http://127.0.0.1:{port}/health", proc, "centrifugo", 30)
     except BaseException:
         running.stop()
         raise
