@@ -233,7 +233,8 @@ def other_cores(report: dict[str, Any]) -> float | None:
         return None
     ours = sum(v.get("cpu_s", 0.0) for v in cpu.values() if isinstance(v, dict))
     ours -= cpu["machine"]["cpu_s"]
-    return round((cpu["machine"]["cpu_s"] - ours) / window, 2)
+    # clamped: /proc tick accounting can put ours a tick above the machine's total
+    return max(0.0, round((cpu["machine"]["cpu_s"] - ours) / window, 2))
 
 
 # --------------------------------------------------------------------------- the machine
