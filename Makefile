@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint pytest install clean js bundle dist
+.PHONY: dev test lint pytest install clean js bundle dist bench
 
 $(BIN)/switchboard: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ dist: install
 	rm -rf $(DIST)
 	$(BIN)/python -m build --no-isolation --outdir $(DIST) .
 	$(BIN)/python -c 'import sys, helm_python; print(helm_python.package(sys.argv[1], destination=sys.argv[2]))' charts/switchboard $(DIST)
+
+# Issue 15's comparison (docs/benchmarks.md, "Against Centrifugo"): the edge, nats-server's
+# WebSocket listener and Centrifugo, driven by the Go load generator in bench/loadgen.
+# Needs Go; builds Centrifugo once into ~/.cache/switchboard-bench. BENCH_ARGS=--quick
+# for a short smoke run (docs untouched).
+bench: install
+	$(BIN)/python bench/compare.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info $(JS)/node_modules $(JS)/dist dist

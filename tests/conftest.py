@@ -34,6 +34,7 @@ TIERS = frozenset(
         "browser",
         "controlplane",
         "e2e",
+        "bench",
     ]
 )
 
