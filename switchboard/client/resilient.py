@@ -192,7 +192,10 @@ class ResilientClient:
             if failure.advice is ReconnectAdvice.NEVER:
                 self._stop(failure)
                 return
-            if failure.advice is not ReconnectAdvice.AFTER_MS:
+            if failure.advice is not ReconnectAdvice.AFTER_MS and client is not None:
+                # A resume token outlives refusals of the attempt to use it (a pod
+                # still draining, full, over its rate): it is the client's place in
+                # every channel. Only a session that ran and ended otherwise drops it.
                 resume = None
             if failure.advice is ReconnectAdvice.NEW_TOKEN:
                 token = None
