@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -38,7 +37,6 @@ class Connection:
     its `Member` and the owner of its socket's WebSocket."""
 
     __slots__ = (
-        "_expiry",
         "_flush_requested",
         "_flusher",
         "_gone",
@@ -88,7 +86,6 @@ class Connection:
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
         self._flush_requested = False
         self._tasks: set[asyncio.Task[None]] | None = None  # made when first needed
-        self._expiry: asyncio.TimerHandle | None = None
         self._ping: bytes | None = None  # payload of the ping waiting for its pong
         self._ping_sent = loop.time()
         self._room: asyncio.Event | None = None  # set when the outbox drained (replay waits)
@@ -106,7 +103,6 @@ class Connection:
         settings = self.node.settings
         welcome = self.session.welcome(self.id, settings.pod_name, settings.ping_interval_s)
         self.sock.accept_websocket(head, self, first_text=welcome.text.encode())
-        self._schedule_expiry()
         self._kick()
 
     # -- Link -----------------------------------------------------------------
@@ -235,8 +231,6 @@ class Connection:
     async def _finish(self) -> None:
         """The socket is gone: leave every channel and the user's subject, once."""
         self.closing = True
-        if self._expiry is not None:
-            self._expiry.cancel()
         for task in tuple(self._tasks or ()):
             task.cancel()
         on_done, self._on_done = self._on_done, None
@@ -267,18 +261,16 @@ class Connection:
 
     # -- expiry ---------------------------------------------------------------
 
-    def _schedule_expiry(self) -> None:
-        """Close with 4001 once `exp` passes; a `refresh` moves `exp` and the wait goes on."""
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, self.session.claims.exp - time.time()) + 0.05
-        self._expiry = loop.call_later(delay, self._check_expiry)
+    def check_expiry(self, now: float) -> None:
+        """Close with 4001 once `exp` (wall clock) has passed; a `refresh` moves `exp`.
 
-    def _check_expiry(self) -> None:
-        actions = self.session.check_expiry(time.time())
+        Called by the edge's sweep, not from a timer per connection: a timer costs a
+        heap entry per connection, and one that is cancelled at every disconnect."""
+        if self.closing or now < self.session.claims.exp:
+            return
+        actions = self.session.check_expiry(now)
         if actions:
             self.spawn(self.member.execute(actions))
-        elif not self.closing:
-            self._schedule_expiry()
 
     # -- closing --------------------------------------------------------------
 

@@ -133,19 +133,21 @@ class EdgeServer:
         await self.admin.stop()
 
     async def _sweep(self) -> None:
-        """Periodic checks of every connection: slow consumers and keepalive pings."""
+        """Periodic checks of every connection: slow consumers, keepalive pings and
+        token expiry."""
         settings = self.settings
         period = min(0.5, settings.slow_consumer_grace_s / 2, settings.ping_timeout_s / 2)
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period)
-            now = loop.time()
+            now, wall = loop.time(), time.time()
             for conn in tuple(self.connections):
                 try:
                     if conn.outbox.stalled(now):
                         conn.evict("peer not reading")
                     else:
                         conn.keepalive(now, settings.ping_interval_s, settings.ping_timeout_s)
+                        conn.check_expiry(wall)
                 except Exception:  # one broken connection must not stop the sweep
                     conn.log.exception("sweep failed for this connection")
 

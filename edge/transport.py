@@ -110,6 +110,9 @@ class ClientPort:
         self.write_limit = write_limit
         # Sockets still in their opening handshake, oldest first (dicts keep order).
         self.opening: dict[ClientSocket, float] = {}
+        # Sockets whose peer must close by a deadline (closing handshake, end of an
+        # HTTP answer), else they are aborted: checked here instead of a timer each.
+        self.closing: dict[ClientSocket, float] = {}
         self.loop = asyncio.get_running_loop()
 
     async def listen(self, host: str, port: int, *, backlog: int = 4096) -> asyncio.Server:
@@ -117,8 +120,9 @@ class ClientPort:
             lambda: ClientSocket(self), host, port, backlog=backlog, reuse_address=True
         )
 
-    def expire_handshakes(self, now: float) -> int:
-        """Abort sockets whose handshake has taken too long; how many."""
+    def expire(self, now: float) -> int:
+        """Abort sockets whose handshake took too long, or whose peer did not close in
+        time; how many."""
         limit = now - self.handshake_timeout_s
         expired = []
         for sock, since in self.opening.items():
@@ -127,13 +131,16 @@ class ClientPort:
             expired.append(sock)
         for sock in expired:
             del self.opening[sock]
+        expired += [sock for sock, deadline in self.closing.items() if deadline <= now]
+        for sock in expired:
+            self.closing.pop(sock, None)
             sock.abort()
         return len(expired)
 
-    async def expire_forever(self) -> None:
+    async def expire_forever(self, period_s: float = 0.25) -> None:
         while True:
-            await asyncio.sleep(min(1.0, self.handshake_timeout_s / 2))
-            self.expire_handshakes(self.loop.time())
+            await asyncio.sleep(period_s)
+            self.expire(self.loop.time())
 
 
 class ClientSocket(asyncio.Protocol):
@@ -141,7 +148,6 @@ class ClientSocket(asyncio.Protocol):
 
     __slots__ = (
         "_binary",
-        "_closer",
         "_early",
         "_fragments",
         "_owner",
@@ -157,7 +163,6 @@ class ClientSocket(asyncio.Protocol):
         self._port = port
         self._parser: HeadParser | None = HeadParser()
         self._owner: WebSocketOwner | StreamOwner | None = None
-        self._closer: asyncio.TimerHandle | None = None  # aborts if the peer does not close
         self._early = b""  # bytes that came right after an upgrade request
         self._fragments: list[bytes] | None = None  # a fragmented message so far
         self._binary = False  # ... and whether it is binary
@@ -191,9 +196,7 @@ class ClientSocket(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = Phase.CLOSED
         self._port.opening.pop(self, None)
-        if self._closer is not None:
-            self._closer.cancel()
-            self._closer = None
+        self._port.closing.pop(self, None)
         protocol = self.protocol
         if protocol is not None and not protocol.reader.eof:
             protocol.receive_eof()  # the state becomes CLOSED, close codes are final
@@ -449,8 +452,11 @@ class ClientSocket(asyncio.Protocol):
             self._abort_after(self._port.close_timeout_s)
 
     def _abort_after(self, timeout_s: float) -> None:
-        if self._closer is None and self.phase is not Phase.CLOSED:
-            self._closer = self._port.loop.call_later(timeout_s, self.abort)
+        """Abort unless the connection is gone within `timeout_s` (the first deadline set
+        stands; the port checks it every 0.25 s)."""
+        port = self._port
+        if self.phase is not Phase.CLOSED and self not in port.closing:
+            port.closing[self] = port.loop.time() + timeout_s
 
 
 __all__ = [
