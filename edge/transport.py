@@ -23,7 +23,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
@@ -174,8 +174,8 @@ class ClientSocket(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop's transports are not asyncio.Transport subclasses, but behave as one)
+        self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(*self._port.write_limit)
         self._port.opening[self] = self._port.loop.time()
 
