@@ -27,6 +27,7 @@ from typing import Protocol, cast
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
+from websockets.protocol import Protocol as WebSocketProtocol
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
@@ -88,6 +89,15 @@ class Phase(enum.Enum):
     STREAM = "stream"
     DONE = "done"  # answered; waiting for the peer to close
     CLOSED = "closed"
+
+
+class OpenServerProtocol(ServerProtocol):
+    """websockets' server protocol for a handshake already answered (made in the OPEN
+    state): frames are parsed by `Protocol.parse` directly, without the generator of
+    the opening handshake wrapped around it (one suspended frame, ~250 B, less per
+    connection, and one `yield from` less per read)."""
+
+    parse = WebSocketProtocol.parse
 
 
 class ClientPort:
@@ -303,7 +313,9 @@ class ClientSocket(asyncio.Protocol):
         if self.phase is not Phase.ANSWERING:
             return None  # lost (or timed out) while the handler decided
         self._port.opening.pop(self, None)
-        protocol = ServerProtocol(state=OPEN, max_size=self._port.max_message_bytes, logger=ws_log)
+        protocol = OpenServerProtocol(
+            state=OPEN, max_size=self._port.max_message_bytes, logger=ws_log
+        )
         self.protocol = protocol
         self.phase = Phase.WEBSOCKET
         data = head
