@@ -104,9 +104,9 @@ class RequestHeaders:
 
 class HttpRequest:
     """One request head: what routes and admission read (`method`, `path` with its
-    query, `headers`) and who sent it (`peer`, the remote host)."""
+    query, `headers`)."""
 
-    __slots__ = ("headers", "method", "path", "peer", "upgrade", "version")
+    __slots__ = ("headers", "method", "path", "upgrade", "version")
 
     def __init__(
         self,
@@ -115,14 +115,12 @@ class HttpRequest:
         headers: RequestHeaders,
         *,
         version: str = "1.1",
-        peer: str = "",
         upgrade: bool = False,
     ) -> None:
         self.method = method
         self.path = path
         self.headers = headers
         self.version = version
-        self.peer = peer
         self.upgrade = upgrade  # llhttp saw `Connection: upgrade` and `Upgrade`
 
     def to_websockets(self) -> Request:
@@ -165,7 +163,7 @@ class HeadParser:
 
     # -- feeding -----------------------------------------------------------------
 
-    def feed(self, data: bytes, peer: str) -> tuple[HttpRequest, bytes] | None:
+    def feed(self, data: bytes) -> tuple[HttpRequest, bytes] | None:
         self._size += len(data)
         upgrade = False
         rest = b""
@@ -179,9 +177,11 @@ class HeadParser:
                 raise HttpError(400, f"malformed request: {exc}") from None
         if self._count > MAX_HEADERS:
             raise HttpError(431, "too many headers")
+        # (a head that came whole in one read is measured with what followed it, unless
+        # that followed an upgrade: pipelined requests and bodies are never read anyway)
+        if self._size - len(rest) > MAX_HEAD_BYTES:
+            raise HttpError(431, "request head too large")
         if not self._done:
-            if self._size > MAX_HEAD_BYTES:
-                raise HttpError(431, "request head too large")
             return None
         parser = self._parser
         version = parser.get_http_version()
@@ -198,7 +198,7 @@ class HeadParser:
             raise HttpError(400, "the request target must be ASCII") from None
         method = parser.get_method().decode("ascii")
         upgrade = upgrade or parser.should_upgrade()
-        request = HttpRequest(method, path, headers, version=version, peer=peer, upgrade=upgrade)
+        request = HttpRequest(method, path, headers, version=version, upgrade=upgrade)
         return request, rest
 
 

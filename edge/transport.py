@@ -240,7 +240,7 @@ class ClientSocket(asyncio.Protocol):
         parser = self._parser
         assert parser is not None
         try:
-            head = parser.feed(data, self._peer_host())
+            head = parser.feed(data)
         except HttpError as exc:
             self._parser = None
             self.respond(plain_response(exc.status, f"{exc.reason}\n"))
@@ -257,10 +257,6 @@ class ClientSocket(asyncio.Protocol):
         except Exception:
             log.exception("request handler failed")
             self.respond(plain_response(500, "internal error\n"))
-
-    def _peer_host(self) -> str:
-        address = self.remote_address
-        return address[0] if address else ""
 
     # -- answers ----------------------------------------------------------------
 
