@@ -425,17 +425,18 @@ def test_signed_by_the_wrong_key_or_algorithm(setups: list[Setup]) -> None:
     assert ec_setup.agree(wrong_curve) == ("refused", "invalid token")
     good = claims(aud="app", iss="https://idp")
     assert by_kid.agree(token(good, {"alg": "ES256", "kid": "e1"}, alg="ES256"))[0] == "ok"
-    for header, answer in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"alg": "ES256", "kid": "r1"}, "unknown signing key"),  # the kid's key is RSA
         ({"alg": "RS256", "kid": "gone"}, "unknown signing key"),
         ({"alg": "RS256"}, "token header lacks 'kid'"),
         ({"alg": "RS256", "kid": None}, "invalid token"),
         ({"alg": "HS256", "kid": "r1"}, "invalid token"),
         ({"alg": "RS256", "kid": "gone", "b64": False, "crit": ["b64"]}, "invalid token"),
-    ]:
+    ]
+    for header, answer in cases:
         assert by_kid.agree(token(good, header, sign_as="RS256")) == ("refused", answer)
     # a detached payload (RFC 7797) gets as far as the key lookup, then is refused
-    detached = {"alg": "RS256", "kid": "gone", "b64": False, "crit": ["b64"]}
+    detached: dict[str, Any] = {"alg": "RS256", "kid": "gone", "b64": False, "crit": ["b64"]}
     head, _, sig = token(good, detached, sign_as="RS256").split(".")
     assert by_kid.agree(f"{head}..{sig}") == ("refused", "unknown signing key")
     detached["kid"] = "r1"
