@@ -77,7 +77,7 @@ class EdgeServer:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        self.flusher = Flusher(asyncio.get_running_loop())
+        self.flusher = Flusher(asyncio.get_running_loop(), self.settings.write_delay_ms / 1000)
         keys = self.admission.keys
         if keys is not None and not await keys.load():  # bounded by its timeout
             log.warning("no JWKS yet: not ready, tokens refused until it is read")
