@@ -240,7 +240,19 @@ class Connection:
             if on_done is not None:
                 on_done(self)
 
-    # -- keepalive ------------------------------------------------------------
+    # -- the sweep: slow consumer, keepalive, expiry ----------------------------
+
+    def tick(self, now: float, wall: float, ping_interval_s: float, ping_timeout_s: float) -> None:
+        """The edge's periodic look at this connection (loop time `now`, wall clock
+        `wall`): one call per connection and sweep, no timer of its own."""
+        if self.closing:
+            return
+        if self.outbox.stalled(now):
+            self.evict("peer not reading")
+            return
+        self.keepalive(now, ping_interval_s, ping_timeout_s)
+        if wall >= self.session.claims.exp:
+            self.check_expiry(wall)
 
     def keepalive(self, now: float, interval_s: float, timeout_s: float) -> None:
         """Ping every `interval_s`; a pong missing after `timeout_s` closes with 1011."""

@@ -141,13 +141,10 @@ class EdgeServer:
         while True:
             await asyncio.sleep(period)
             now, wall = loop.time(), time.time()
+            interval, timeout = settings.ping_interval_s, settings.ping_timeout_s
             for conn in tuple(self.connections):
                 try:
-                    if conn.outbox.stalled(now):
-                        conn.evict("peer not reading")
-                    else:
-                        conn.keepalive(now, settings.ping_interval_s, settings.ping_timeout_s)
-                        conn.check_expiry(wall)
+                    conn.tick(now, wall, interval, timeout)
                 except Exception:  # one broken connection must not stop the sweep
                     conn.log.exception("sweep failed for this connection")
 

@@ -366,6 +366,17 @@ async def test_messages_fragments_binary_and_pongs_reach_the_owner(port: Port) -
         await asyncio.wait_for(pong, 5)
 
 
+async def test_frames_of_every_length_encoding_arrive_whole(port: Port) -> None:
+    """Frames are made by the transport itself: 7-bit, 16-bit and 64-bit lengths."""
+    async with connect(port.ws, max_size=None) as ws:
+        await ws.recv()
+        sock = port.handler.sockets[0]
+        for size in (0, 1, 125, 126, 127, 65535, 65536, 200_000):
+            text = "é" * (size // 2) + "x" * (size % 2)
+            assert sock.send_text(text.encode())
+            assert await ws.recv() == text
+
+
 async def test_the_client_closing_is_echoed_and_the_owner_told(port: Port) -> None:
     ws = await connect(port.ws)
     await ws.recv()
