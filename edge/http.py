@@ -135,7 +135,7 @@ class HeadParser:
     None while more is needed; raises HttpError for what cannot be served.
     """
 
-    __slots__ = ("_count", "_done", "_headers", "_parser", "_size", "_url")
+    __slots__ = ("_count", "_done", "_headers", "_parser", "_size", "_url", "more")
 
     def __init__(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -144,6 +144,7 @@ class HeadParser:
         self._count = 0  # header lines
         self._size = 0
         self._done = False
+        self.more = False  # the client sent something after the head (a body, a request)
 
     # -- httptools callbacks ---------------------------------------------------
 
@@ -160,6 +161,13 @@ class HeadParser:
 
     def on_headers_complete(self) -> None:
         self._done = True
+
+    def on_message_begin(self) -> None:
+        if self._done:
+            self.more = True
+
+    def on_body(self, body: bytes) -> None:
+        self.more = True
 
     # -- feeding -----------------------------------------------------------------
 

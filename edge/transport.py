@@ -164,6 +164,7 @@ class ClientSocket(asyncio.Protocol):
         "_owner",
         "_parser",
         "_port",
+        "_unread",
         "paused",
         "phase",
         "protocol",
@@ -177,6 +178,7 @@ class ClientSocket(asyncio.Protocol):
         self._early = b""  # bytes that came right after an upgrade request
         self._fragments: list[bytes] | None = None  # a fragmented message so far
         self._binary = False  # ... and whether it is binary
+        self._unread = False  # the client sent more than the request head
         self.transport: asyncio.Transport | None = None
         self.protocol: ServerProtocol | None = None  # once a WebSocket
         self.paused = False  # the transport's buffer is over its high-water mark
@@ -195,7 +197,8 @@ class ClientSocket(asyncio.Protocol):
             self._websocket_data(data)
         elif self.phase is Phase.HEAD:
             self._head_data(data)
-        # otherwise (answering, streaming, done): a client's further bytes are not read
+        else:  # answering, streaming, done: a client's further bytes are not read
+            self._unread = True
 
     def eof_received(self) -> bool:
         protocol = self.protocol
@@ -244,11 +247,13 @@ class ClientSocket(asyncio.Protocol):
             head = parser.feed(data)
         except HttpError as exc:
             self._parser = None
+            self._unread = True  # (what else it sent is not known)
             self.respond(plain_response(exc.status, f"{exc.reason}\n"))
             return
         if head is None:
             return
         request, self._early = head
+        self._unread = parser.more
         self._parser = None
         self.phase = Phase.ANSWERING
         try:
@@ -270,7 +275,10 @@ class ClientSocket(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         transport.write(serialize(response))
-        self._end(self._port.close_timeout_s)
+        if self._unread:  # closing now could reset the connection and lose the answer:
+            self._end(self._port.close_timeout_s)  # half-close, let the client close
+        else:
+            transport.close()  # the answer goes out, then the socket is closed
 
     def handshake(self, request: HttpRequest, subprotocol: str) -> bytes | Response:
         """The 101 response head for a valid WebSocket handshake, else websockets'

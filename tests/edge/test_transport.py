@@ -163,6 +163,25 @@ async def test_a_plain_request_gets_one_response_and_the_connection_ends(port: P
     assert not request.upgrade
 
 
+async def test_an_answer_ends_the_connection_at_once_unless_the_client_sent_more(
+    port: Port,
+) -> None:
+    """The socket closes as soon as the answer is out (no fd waits on the client), except
+    when unread bytes would turn that close into a reset: then it half-closes and the
+    client gets the close timeout to close its side."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port.number)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), 5)).endswith(b"GET /healthz\n")
+    assert port.port.closing == {}  # closed, not waiting for this client
+    writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port.number)
+    writer.write(b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
+    assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 400 ")
+    assert len(port.port.closing) == 1  # half-closed, waiting for the client
+    writer.close()
+
+
 async def test_a_request_split_across_many_packets_is_parsed(port: Port) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port.number)
     for byte in b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n":
