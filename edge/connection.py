@@ -32,6 +32,31 @@ ABNORMAL_CLOSURE = 1006  # the socket ended without a closing handshake (RFC 645
 _ping_ids = itertools.count(1)
 
 
+class _Gone:
+    """What a finished member is linked to: nothing reaches the socket any more."""
+
+    closing = True
+    log = logging.LoggerAdapter(log, {})
+
+    def deliver(self, frame: bytes) -> None:
+        pass
+
+    async def room_for(self, size: int) -> None:
+        pass
+
+    def abandon(self, code: int, reason: str) -> None:
+        pass
+
+    async def close(self, code: int, reason: str) -> None:
+        pass
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        coro.close()
+
+
+_GONE = _Gone()
+
+
 class Connection:
     """One client: its outbox, keepalive, inbound frames and close; a `Link` for
     its `Member` and the owner of its socket's WebSocket."""
@@ -239,6 +264,9 @@ class Connection:
         finally:
             if on_done is not None:
                 on_done(self)
+            # The member and this link point at each other: unlinked, both go by
+            # reference counting as soon as nothing else holds them.
+            self.member.link = _GONE
 
     # -- the sweep: slow consumer, keepalive, expiry ----------------------------
 

@@ -138,7 +138,7 @@ class HeadParser:
     __slots__ = ("_count", "_done", "_headers", "_parser", "_size", "_url", "more")
 
     def __init__(self) -> None:
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers = RequestHeaders()
         self._count = 0  # header lines
@@ -171,7 +171,13 @@ class HeadParser:
 
     # -- feeding -----------------------------------------------------------------
 
+    def close(self) -> None:
+        """Done with this head: the C parser holds this object's callbacks, and without
+        this that cycle would wait for the garbage collector."""
+        self._parser = None
+
     def feed(self, data: bytes) -> tuple[HttpRequest, bytes] | None:
+        assert self._parser is not None
         self._size += len(data)
         upgrade = False
         rest = b""
@@ -192,6 +198,7 @@ class HeadParser:
         if not self._done:
             return None
         parser = self._parser
+        assert parser is not None
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise HttpError(400, f"unsupported HTTP version {version}")

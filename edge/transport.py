@@ -212,9 +212,16 @@ class ClientSocket(asyncio.Protocol):
         self._port.opening.pop(self, None)
         self._port.closing.pop(self, None)
         protocol = self.protocol
-        if protocol is not None and not protocol.reader.eof:
-            protocol.receive_eof()  # the state becomes CLOSED, close codes are final
-            protocol.data_to_send()
+        if protocol is not None:
+            if not protocol.reader.eof:
+                protocol.receive_eof()  # the state becomes CLOSED, close codes are final
+                protocol.data_to_send()
+            # The protocol's parser is a generator that holds the protocol: closed, the
+            # connection's objects are freed by reference counting, not by the collector.
+            protocol.parser.close()
+        if self._parser is not None:  # lost during the request head
+            self._parser.close()
+            self._parser = None
         owner, self._owner = self._owner, None
         if owner is not None:
             owner.on_lost()
@@ -246,6 +253,7 @@ class ClientSocket(asyncio.Protocol):
         try:
             head = parser.feed(data)
         except HttpError as exc:
+            parser.close()
             self._parser = None
             self._unread = True  # (what else it sent is not known)
             self.respond(plain_response(exc.status, f"{exc.reason}\n"))
@@ -254,6 +262,7 @@ class ClientSocket(asyncio.Protocol):
             return
         request, self._early = head
         self._unread = parser.more
+        parser.close()
         self._parser = None
         self.phase = Phase.ANSWERING
         try:
@@ -292,6 +301,7 @@ class ClientSocket(asyncio.Protocol):
 
         judge = ServerProtocol(select_subprotocol=select, logger=ws_log)
         response = judge.accept(request.to_websockets())
+        judge.parser.close()
         if response.status_code != 101:
             return response
         return response.serialize()
