@@ -37,7 +37,12 @@ from switchboard.contract.tokens import (
 
 SECRET = "a-secret-for-hs256-that-is-long-enough"
 LEEWAY = 5.0
-NOW = time.time()  # claims stay >= 60 s away from every boundary: both sides agree on time
+
+
+def now() -> float:
+    """Claims are built when a test runs (a suite runs for many minutes) and stay >= 60 s
+    away from every boundary, so both verifiers agree on time."""
+    return time.time()
 
 
 # -- the reference: the verifier as it was, on PyJWT ------------------------------------
@@ -187,7 +192,7 @@ def token(
 
 
 def claims(**extra: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"sub": "alice", "exp": int(NOW) + 600}
+    base: dict[str, Any] = {"sub": "alice", "exp": int(now()) + 600}
     base.update(extra)
     return {k: v for k, v in base.items() if v is not DROP}
 
@@ -281,63 +286,65 @@ def setups(tmp_path_factory: pytest.TempPathFactory) -> list[Setup]:
 
 # -- crafted tokens -------------------------------------------------------------------------
 
-PAYLOADS: list[dict[str, Any] | bytes] = [
-    claims(),
-    claims(exp=int(NOW) - 600),
-    claims(exp=int(NOW) - 60),  # past the leeway
-    claims(exp=NOW + 600.7),
-    claims(exp=str(int(NOW) + 600)),
-    claims(exp=True),
-    claims(exp=None),
-    claims(exp=[]),
-    claims(exp=DROP),
-    claims(sub=DROP),
-    claims(sub=None),
-    claims(sub=5),
-    claims(sub=""),
-    claims(sub="a.b"),
-    claims(sub="x" * 129),
-    claims(sub="a@b=c+d-e_f"),
-    claims(iat=int(NOW) - 10),
-    claims(iat=int(NOW) + 600),
-    claims(iat="now"),
-    claims(iat=None),
-    claims(iat=str(int(NOW))),
-    claims(nbf=int(NOW) - 10),
-    claims(nbf=int(NOW) + 600),
-    claims(nbf=[1]),
-    claims(nbf=1.5),
-    claims(jti=5),
-    claims(jti="j-1"),
-    claims(aud="app"),
-    claims(aud=["app", "other"]),
-    claims(aud=["other"]),
-    claims(aud=[]),
-    claims(aud=""),
-    claims(aud=5),
-    claims(aud=[5, "app"]),
-    claims(aud={"app": 1}),
-    claims(aud=RESUME_AUDIENCE),
-    claims(aud=["app", RESUME_AUDIENCE]),
-    claims(iss="https://idp"),
-    claims(iss="https://other"),
-    claims(iss=["https://idp"]),
-    claims(iss=None),
-    claims(roles=["admin"], channels=["chat:*"], publish=[]),
-    claims(roles=[1]),
-    claims(roles="admin"),
-    claims(channels=None, publish=None),
-    claims(channels={"a": 1}),
-    b'{"sub": "alice", "exp": 1e400}',
-    b'{"sub": "alice", "exp": NaN}',
-    b'{"sub": "alice", "exp": ' + str(int(NOW) + 600).encode() + b", " + b'"iat": -1e400}',
-    b"[1, 2]",
-    b'"alice"',
-    b"not json",
-    b"",
-    json.dumps(claims()).encode("utf-16"),
-    b'{"sub": "alice", "sub": 5, "exp": ' + str(int(NOW) + 600).encode() + b"}",
-]
+
+def crafted_payloads() -> list[dict[str, Any] | bytes]:
+    return [
+        claims(),
+        claims(exp=int(now()) - 600),
+        claims(exp=int(now()) - 60),  # past the leeway
+        claims(exp=now() + 600.7),
+        claims(exp=str(int(now()) + 600)),
+        claims(exp=True),
+        claims(exp=None),
+        claims(exp=[]),
+        claims(exp=DROP),
+        claims(sub=DROP),
+        claims(sub=None),
+        claims(sub=5),
+        claims(sub=""),
+        claims(sub="a.b"),
+        claims(sub="x" * 129),
+        claims(sub="a@b=c+d-e_f"),
+        claims(iat=int(now()) - 10),
+        claims(iat=int(now()) + 600),
+        claims(iat="now"),
+        claims(iat=None),
+        claims(iat=str(int(now()))),
+        claims(nbf=int(now()) - 10),
+        claims(nbf=int(now()) + 600),
+        claims(nbf=[1]),
+        claims(nbf=1.5),
+        claims(jti=5),
+        claims(jti="j-1"),
+        claims(aud="app"),
+        claims(aud=["app", "other"]),
+        claims(aud=["other"]),
+        claims(aud=[]),
+        claims(aud=""),
+        claims(aud=5),
+        claims(aud=[5, "app"]),
+        claims(aud={"app": 1}),
+        claims(aud=RESUME_AUDIENCE),
+        claims(aud=["app", RESUME_AUDIENCE]),
+        claims(iss="https://idp"),
+        claims(iss="https://other"),
+        claims(iss=["https://idp"]),
+        claims(iss=None),
+        claims(roles=["admin"], channels=["chat:*"], publish=[]),
+        claims(roles=[1]),
+        claims(roles="admin"),
+        claims(channels=None, publish=None),
+        claims(channels={"a": 1}),
+        b'{"sub": "alice", "exp": 1e400}',
+        b'{"sub": "alice", "exp": NaN}',
+        b'{"sub": "alice", "exp": ' + str(int(now()) + 600).encode() + b", " + b'"iat": -1e400}',
+        b"[1, 2]",
+        b'"alice"',
+        b"not json",
+        b"",
+        json.dumps(claims()).encode("utf-16"),
+        b'{"sub": "alice", "sub": 5, "exp": ' + str(int(now()) + 600).encode() + b"}",
+    ]
 
 
 def headers(alg: str) -> list[dict[str, Any] | bytes]:
@@ -368,7 +375,7 @@ def headers(alg: str) -> list[dict[str, Any] | bytes]:
 def test_crafted_claims_and_headers(setups: list[Setup]) -> None:
     accepted = 0
     for setup in setups:
-        for payload in PAYLOADS:
+        for payload in crafted_payloads():
             accepted += setup.agree(setup.token(payload))[0] == "ok"
         for header in headers(setup.alg):
             accepted += setup.agree(setup.token(claims(), header))[0] == "ok"
@@ -456,7 +463,7 @@ JSON_VALUES = st.recursive(
     ),
     max_leaves=6,
 )
-TIMES = st.sampled_from([-600, -60, 60, 600, 3600]).map(lambda d: int(NOW) + d)
+TIMES = st.sampled_from([-600, -60, 60, 600, 3600]).map(lambda d: int(now()) + d)
 CLAIM_VALUES = {
     "sub": st.sampled_from(["alice", "bob_1", "a.b", ""]) | JSON_VALUES,
     "exp": TIMES | JSON_VALUES,
