@@ -1,5 +1,9 @@
 """Who may open a connection: the checks of the WebSocket upgrade, in the order
-docs/protocol.md §2 gives (Origin, draining, cap, new-connection rate, credential)."""
+docs/protocol.md §2 gives (Origin, draining, cap, new-connection rate, credential).
+
+The checks run synchronously in the socket's callback; only a `?ticket=` (the
+ticket store is in NATS) or a token signed by a JWKS key not read yet needs I/O,
+so only then does the upgrade wait in a task."""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from websockets.http11 import Request
+import jwt
 
+from edge.http import HttpRequest
 from edge.jwks import JwksKeys
 from edge.node import Node
 from edge.ports import Unavailable
@@ -33,6 +38,15 @@ class Admitted:
     resume: list[dict[str, Any]] | None = None  # subscriptions to restore (`?resume=`)
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """`Admission.settle` decides: a `?ticket=` to redeem (NATS), or a token whose
+    `kid` is not in the JWKS read so far (it is read again first)."""
+
+    ticket: str | None = None
+    token: str | None = None
+
+
 class Admission:
     """Decides each upgrade: who it is (and what to resume), or why not."""
 
@@ -54,21 +68,21 @@ class Admission:
             await self.keys.prepare(token)
         return self.verifier.verify(token)
 
-    def in_band(self, refusal: Refusal, request: Request) -> bool:
+    def in_band(self, refusal: Refusal, request: HttpRequest) -> bool:
         """Refuse with a close after 101 (browsers), not the HTTP status? Never for a
         forbidden Origin: a page from another site learns nothing."""
         if refusal is ORIGIN_REFUSAL:
             return False
         return refuse_in_band(self.node.settings.in_band_refusals, request.headers.get("Origin"))
 
-    def origin_ok(self, request: Request) -> bool:
+    def origin_ok(self, request: HttpRequest) -> bool:
         return origin_allowed(
             request.headers.get("Origin"),
             request.headers.get("Host"),
             self.node.settings.allowed_origins,
         )
 
-    async def check(self, request: Request) -> Admitted | Refusal:
+    def check(self, request: HttpRequest) -> Admitted | Refusal | Pending:
         node = self.node
         if not self.origin_ok(request):
             return ORIGIN_REFUSAL
@@ -93,16 +107,38 @@ class Admission:
                 return Admitted(*read_resume(secret, credential.value))
             except TokenError as exc:
                 return Refusal(401, str(exc))
-        token = credential.value
         if credential.kind == "ticket":
-            redeemed = await self._redeem(credential.value)
+            return Pending(ticket=credential.value)
+        if self._names_unknown_key(credential.value):
+            return Pending(token=credential.value)
+        try:
+            return Admitted(self.verifier.verify(credential.value))
+        except TokenError as exc:
+            return Refusal(401, str(exc))
+
+    async def settle(self, pending: Pending) -> Admitted | Refusal:
+        """Decide what `check` could not without I/O: redeem the ticket, read the JWKS."""
+        token = pending.token
+        if pending.ticket is not None:
+            redeemed = await self._redeem(pending.ticket)
             if isinstance(redeemed, Refusal):
                 return redeemed
             token = redeemed
+        assert token is not None
         try:
             return Admitted(await self.verify(token))
         except TokenError as exc:
             return Refusal(401, str(exc))
+
+    def _names_unknown_key(self, token: str) -> bool:
+        """With a JWKS: the token's `kid` is not among the keys read so far."""
+        if self.keys is None:
+            return False
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError:
+            return False  # the verifier says why
+        return isinstance(kid, str) and not self.keys.has(kid)
 
     async def _redeem(self, ticket: str) -> str | Refusal:
         """The token a ticket stands for, once across all edges."""

@@ -11,14 +11,15 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
 
 from edge.admission import Admission
 from edge.control import Control
+from edge.http import HttpRequest as Request
 from edge.node import Node
 from edge.ports import Unavailable
+from edge.transport import ClientSocket
 from edge.upgrade import find_credential, new_ticket
 from switchboard.contract.localdrain import HEADER as DRAIN_SECRET_HEADER
 from switchboard.contract.tokens import TokenError, mint_token
@@ -70,7 +71,7 @@ class Routes:
         self.verifier = admission.verifier
         self.drain_secret: str | None = None  # written at start, for `POST /v1/drain`
 
-    async def answer(self, ws: ServerConnection, request: Request, path: str) -> Response:
+    async def answer(self, ws: ClientSocket, request: Request, path: str) -> Response:
         if path == "/v1/tickets":
             return await self._tickets(request)
         if path == "/v1/drain":
@@ -125,7 +126,7 @@ class Routes:
             201, {"ticket": ticket, "expires_in": self.settings.ticket_ttl_s}, cors
         )
 
-    def _local_drain(self, ws: ServerConnection, request: Request) -> Response:
+    def _local_drain(self, ws: ClientSocket, request: Request) -> Response:
         """The pod's preStop hook (`switchboard drain`) starts the drain from inside
         the pod; nobody else may: only loopback peers that show the secret this edge
         wrote to its pod-local file (switchboard/contract/localdrain.py) are heard."""

@@ -4,31 +4,31 @@ client, the keepalive and slow-consumer sweep, and an orderly shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
-import weakref
-from collections.abc import Sequence
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
-from websockets.typing import Subprotocol
+from opentelemetry.trace import Span
 
 from edge import tracing
 from edge.admin import Admin
-from edge.admission import Admission
+from edge.admission import Admission, Admitted, Pending
 from edge.api import ServerApi
-from edge.connection import Connection, EdgeConnection
+from edge.connection import Connection
 from edge.control import Control
 from edge.flusher import Flusher
+from edge.http import HttpError, HttpRequest, plain_response
 from edge.node import Node
 from edge.ports import Backbone
 from edge.routes import Routes, response
 from edge.session import Limits, Session
 from edge.settings import EdgeSettings
 from edge.tracing import SpanKind
+from edge.transport import ClientPort, ClientSocket
 from edge.upgrade import SUBPROTOCOL, Refusal, route
 from switchboard.contract.localdrain import remove_secret, secret_path, write_secret
 from switchboard.contract.tokens import TokenVerifier
@@ -53,7 +53,8 @@ def limits_of(settings: EdgeSettings) -> Limits:
 
 
 class EdgeServer:
-    """Owns the listening socket and the live connections of one edge."""
+    """Owns the listening socket and the live connections of one edge; decides every
+    request of the client port (`edge.transport.RequestHandler`)."""
 
     def __init__(self, settings: EdgeSettings, backbone: Backbone, verifier: TokenVerifier) -> None:
         self.settings = settings
@@ -67,42 +68,29 @@ class EdgeServer:
         self.limits = limits_of(settings)
         self.connections: set[Connection] = set()
         self._background: list[asyncio.Task[None]] = []
-        self._server: Server | None = None
-        # Upgrades refused in band: answered 101, closed by `_handle` before any frame.
-        self._refused: weakref.WeakKeyDictionary[ServerConnection, Refusal] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._answering: set[asyncio.Task[None]] = set()  # HTTP routes, ticket redemptions
+        self._server: asyncio.Server | None = None
+        self._emptied: asyncio.Event | None = None  # set when the last connection is gone
+        # A proxy until tracing is configured, then the real tracer: safe to keep.
+        self._tracer = tracing.tracer()
 
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        self.flusher = Flusher(asyncio.get_running_loop())
+        self.flusher = Flusher(asyncio.get_running_loop(), self.settings.write_delay_ms / 1000)
         keys = self.admission.keys
         if keys is not None and not await keys.load():  # bounded by its timeout
             log.warning("no JWKS yet: not ready, tokens refused until it is read")
-        self._server = await serve(
-            self._handle,
-            self.settings.host,
-            self.settings.port,
-            process_request=self._process_request,
-            select_subprotocol=self._select_subprotocol,
-            create_connection=EdgeConnection,
-            max_size=self.settings.max_message_bytes,
-            # permessage-deflate would compress each event once per connection and hold
-            # zlib state (~tens of KiB) per connection: off, events are encoded once per edge.
-            compression=None,
-            # Keepalive runs from one sweep over all connections (_sweep), not from a
-            # task per connection as websockets' own would.
-            ping_interval=None,
-            close_timeout=2,
-            server_header=None,
-            backlog=4096,
-        )
+        # permessage-deflate is never negotiated: it would compress each event once per
+        # connection and hold zlib state (~tens of KiB) per connection.
+        self._port = ClientPort(self, max_message_bytes=self.settings.max_message_bytes)
+        self._server = await self._port.listen(self.settings.host, self.settings.port)
         self.routes.drain_secret = write_secret(self._drain_secret_path)
         await self.admin.start(self.settings.admin_host, self.settings.admin_port)
         node = self.node
         self._background = [
             asyncio.create_task(self._sweep()),
+            asyncio.create_task(self._port.expire_forever()),
             asyncio.create_task(self.control.report_stats()),
             asyncio.create_task(self.backbone.watch_channels(node.directory.apply)),
             asyncio.create_task(node.presence.refresh_forever()),
@@ -130,107 +118,155 @@ class EdgeServer:
         return self.control.start_drain(reason)
 
     async def shutdown(self, reason: str = "shutdown") -> None:
-        """Drain (if not already draining), then stop listening."""
+        """Drain (if not already draining), then stop listening and let the last
+        connections finish (each is closed or aborted within 2 s)."""
         await self.control.start_drain(reason)
         for task in self._background:
             task.cancel()
         if self._server is not None:
             remove_secret(self._drain_secret_path)
-            self._server.close(close_connections=False)
-            await self._server.wait_closed()
+            self._server.close()
+            if self.connections:
+                self._emptied = asyncio.Event()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._emptied.wait(), 5.0)
         await self.admin.stop()
 
     async def _sweep(self) -> None:
-        """Periodic checks of every connection: slow consumers and keepalive pings."""
+        """Periodic checks of every connection: slow consumers, keepalive pings and
+        token expiry."""
         settings = self.settings
         period = min(0.5, settings.slow_consumer_grace_s / 2, settings.ping_timeout_s / 2)
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period)
-            now = loop.time()
+            now, wall = loop.time(), time.time()
+            interval, timeout = settings.ping_interval_s, settings.ping_timeout_s
             for conn in tuple(self.connections):
                 try:
-                    if conn.outbox.stalled(now):
-                        conn.evict("peer not reading")
-                    else:
-                        conn.keepalive(now, settings.ping_interval_s, settings.ping_timeout_s)
+                    conn.tick(now, wall, interval, timeout)
                 except Exception:  # one broken connection must not stop the sweep
                     conn.log.exception("sweep failed for this connection")
 
-    # -- the upgrade --------------------------------------------------------
+    # -- requests -------------------------------------------------------------
 
-    @staticmethod
-    def _select_subprotocol(
-        ws: ServerConnection, offered: Sequence[Subprotocol]
-    ) -> Subprotocol | None:
-        return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
-
-    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    def handle_request(self, sock: ClientSocket, request: HttpRequest) -> None:
         path = route(request.path)
         if path != WS_PATH:
-            return await self.routes.answer(ws, request, path)
+            self._in_task(self._answer(sock, request, path))
+            return
         started = time.perf_counter()
-        with tracing.tracer().start_as_current_span(
+        span = self._tracer.start_span(
             "sb.upgrade", kind=SpanKind.SERVER, attributes={"sb.pod": self.settings.pod_name}
-        ) as span:
-            decision = await self.admission.check(request)
+        )
+        decision = self.admission.check(request)
+        if isinstance(decision, Pending):
+            self._in_task(self._settle(sock, request, decision, span, started))
+        else:
+            self._upgrade(sock, request, decision, span, started)
+
+    def _in_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer(self, sock: ClientSocket, request: HttpRequest, path: str) -> None:
+        try:
+            answer = await self.routes.answer(sock, request, path)
+        except HttpError as exc:
+            answer = plain_response(exc.status, f"{exc.reason}\n")
+        except Exception:
+            log.exception("HTTP route failed", extra={"path": path})
+            answer = plain_response(500, "internal error\n")
+        sock.respond(answer)
+
+    async def _settle(
+        self,
+        sock: ClientSocket,
+        request: HttpRequest,
+        pending: Pending,
+        span: Span,
+        started: float,
+    ) -> None:
+        try:
+            decision = await self.admission.settle(pending)
+        except BaseException:
+            span.end()
+            raise
+        self._upgrade(sock, request, decision, span, started)
+
+    def _upgrade(
+        self,
+        sock: ClientSocket,
+        request: HttpRequest,
+        decision: Admitted | Refusal,
+        span: Span,
+        started: float,
+    ) -> None:
+        """Answer an upgrade once admission has decided: 101 and a connection, a
+        refusal in band (101, then the close) or an HTTP refusal."""
+        try:
             refusal = decision if isinstance(decision, Refusal) else None
             in_band = refusal is not None and self.admission.in_band(refusal, request)
-            status = 101 if refusal is None or in_band else refusal.status
-            span.set_attribute("http.response.status_code", status)
-            if refusal is not None and in_band:
-                span.set_attribute("sb.refusal.close_code", refusal.close_code)
+            if span.is_recording():
+                status = 101 if refusal is None or in_band else refusal.status
+                span.set_attribute("http.response.status_code", status)
+                if refusal is not None and in_band:
+                    span.set_attribute("sb.refusal.close_code", refusal.close_code)
+        finally:
+            span.end()
         self.node.metrics.handshakes["accepted" if refusal is None else "refused"].observe(
             time.perf_counter() - started
         )
-        if refusal is None:
-            assert isinstance(ws, EdgeConnection) and not isinstance(decision, Refusal)
-            ws.claims, ws.resume = decision.claims, decision.resume
-            return None
-        self.node.metrics.count_refusal(refusal.status, in_band)
-        if in_band:  # 101, then `_handle` closes with the refusal's code at once
-            self._refused[ws] = refusal
-            return None
-        return response(refusal.status, f"{refusal.reason}\n", headers=refusal.headers)
-
-    # -- connections -----------------------------------------------------------
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        refusal = self._refused.pop(ws, None)
-        if refusal is not None:  # refused in band: no session, no hub, no cap slot
-            await ws.close(refusal.close_code, refusal.close_reason)
+        if refusal is not None:
+            self.node.metrics.count_refusal(refusal.status, in_band)
+            if not in_band:
+                sock.respond(
+                    response(refusal.status, f"{refusal.reason}\n", headers=refusal.headers)
+                )
+                return
+        head = sock.handshake(request, SUBPROTOCOL)
+        if not isinstance(head, bytes):  # not a valid WebSocket handshake: websockets' answer
+            sock.respond(head)
             return
-        assert isinstance(ws, EdgeConnection)
-        assert ws.claims is not None
-        # The handshake is over: its headers (~4 KiB) would otherwise live as long
-        # as the connection. (websockets keeps `ws.request` as its "handshake done"
-        # marker, so only the headers go.)
-        if ws.request is not None:
-            ws.request.headers = Headers()
-        if ws.response is not None:
-            ws.response.headers = Headers()
+        if refusal is not None:  # no session, no hub, no cap slot
+            sock.refuse_in_band(head, refusal.close_code, refusal.close_reason)
+            return
+        assert isinstance(decision, Admitted)
+        if sock.closed:
+            return
         node = self.node
         session = Session(
-            ws.claims,
+            decision.claims,
             limits=self.limits,
             policy_for=node.policy_for,
             verify=self.verifier.verify,
             now=asyncio.get_running_loop().time(),
             on_error=node.record_error,
         )
-        conn = Connection(node, self.flusher, ws, session, secrets.token_hex(6))
+        conn = Connection(
+            node,
+            self.flusher,
+            sock,
+            session,
+            secrets.token_hex(6),
+            resume=decision.resume,
+            on_done=self._finished,
+        )
         self.connections.add(conn)
         node.members.add(conn.member)
         node.metrics.connections_total += 1
         if log.isEnabledFor(logging.INFO):
             log.info("connected", extra=conn.log_fields())
-        try:
-            await conn.run()
-        finally:
-            self.connections.discard(conn)
-            node.members.discard(conn.member)
-            sent = ws.protocol.close_sent  # what we told the peer, else what it told us
-            code = conn.closed_with or (sent.code if sent else None) or ws.close_code or 1006
-            node.metrics.count_close(code)
-            if log.isEnabledFor(logging.INFO):
-                log.info("disconnected", extra=conn.log_fields() | {"code": code})
+        conn.open(head)
+
+    def _finished(self, conn: Connection) -> None:
+        """The connection is gone and its member has left everything."""
+        self.connections.discard(conn)
+        self.node.members.discard(conn.member)
+        if not self.connections and self._emptied is not None:
+            self._emptied.set()
+        code = conn.close_code
+        self.node.metrics.count_close(code)
+        if log.isEnabledFor(logging.INFO):
+            log.info("disconnected", extra=conn.log_fields() | {"code": code})

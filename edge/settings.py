@@ -129,6 +129,16 @@ class EdgeSettings(ComponentSettings):
     slow_consumer_grace_s: float = Field(
         2.0, gt=0, description="How long the buffer may stay full before 1013."
     )
+    write_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description=(
+            "Write window: a connection's frames are held up to this long and sent in one "
+            "write (fewer syscalls per delivery, that much more latency). 0: once per "
+            "event-loop turn."
+        ),
+    )
     reconnect_jitter_ms: int = Field(
         3000, ge=0, description="Upper bound of the random `after_ms` in `reconnect` frames."
     )

@@ -7,6 +7,10 @@ restrict; the channel's configuration decides".
 
 from __future__ import annotations
 
+import binascii
+import hmac
+import json
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -14,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import jwt
+from jwt.algorithms import Algorithm
 
 from switchboard.contract.channels import is_valid_user_id
 from switchboard.contract.errors import TokenError as TokenError  # its home before errors.py
@@ -81,7 +86,17 @@ class KeySet(Protocol):
 
 class TokenVerifier:
     """Verifies tokens with a key set (JWKS, by `kid`), one PEM public key, or one
-    HS256 secret: the first of these configured."""
+    HS256 secret: the first of these configured.
+
+    The checks are PyJWT's `jwt.decode` (with `require: [sub, exp]`, `leeway`,
+    `audience`, `issuer`) in the same order with the same outcomes, without its
+    per-call costs: the key is prepared once (PyJWT re-checks that an HMAC secret
+    is not a PEM, SSH or DER key on every call, ~20 µs), base64url segments are
+    checked by one regular expression instead of a generator over every
+    character, and the claims are read once. The signature itself is checked by
+    PyJWT's algorithm objects. `tests/contract/test_token_verifier.py` holds it
+    to `jwt.decode` over crafted and generated tokens.
+    """
 
     def __init__(
         self,
@@ -97,25 +112,46 @@ class TokenVerifier:
     ) -> None:
         algorithms = algorithms or ["HS256", "RS256", "ES256"]
         self.key_set = key_set
-        self._key: str | bytes = b""
+        key: str | bytes = b""
         if key_set is not None:
-            self._algorithms = [a for a in algorithms if a != "HS256"]
+            algorithms = [a for a in algorithms if a != "HS256"]
         elif public_key_file is not None:
-            self._key = public_key_file.read_bytes()
-            self._algorithms = [a for a in algorithms if a != "HS256"]
+            key = public_key_file.read_bytes()
+            algorithms = [a for a in algorithms if a != "HS256"]
         elif secret is not None:
-            self._key = secret
-            self._algorithms = [a for a in algorithms if a == "HS256"]
+            key = secret
+            algorithms = [a for a in algorithms if a == "HS256"]
         else:
             raise ValueError("a secret or a public key is required")
-        if not self._algorithms:
+        if not algorithms:
             raise ValueError("no accepted algorithm fits the configured key")
+        self._algorithms = algorithms
+        self._by_name = {name: jwt.get_algorithm_by_name(name) for name in algorithms}
+        # alg -> (algorithm, prepared key), or None when the key does not fit that
+        # algorithm (such tokens are invalid, as their signature could never verify);
+        # with a key set, keys come by `kid` from the set instead
+        self._keys: dict[str, tuple[Algorithm, Any] | None] = {}
+        if key_set is None:
+            for name, algorithm in self._by_name.items():
+                try:
+                    self._keys[name] = (algorithm, algorithm.prepare_key(key))
+                except jwt.InvalidKeyError:
+                    self._keys[name] = None
+            if not any(self._keys.values()):
+                raise ValueError(f"the key fits none of the accepted algorithms {algorithms}")
+        hs256 = self._keys.get("HS256")
+        self._hmac_key: bytes | None = hs256[1] if hs256 is not None else None
         self._leeway = leeway_s
         self._audience = audience
         self._issuer = issuer
         # Verified tokens, so a reconnect storm (a drain moves thousands of clients
         # holding the same tokens) costs one signature check per token, not per try.
-        # (with the kid that verified it, when a key set did: withdrawn, it stops counting)
+        # Safe because the key string is the whole signed token: the same string
+        # verifies the same way, except for time, and `exp` is checked again on every
+        # hit (`nbf`/`iat` in the future never got in). The key cannot change in a
+        # running process (a key set's keys can: an entry names the `kid` that verified
+        # it and stops counting once that key is withdrawn), and nothing revokes a
+        # token before its `exp`.
         self._verified: OrderedDict[str, tuple[Claims, str | None]] = OrderedDict()
         self._cache_size = cache_size
 
@@ -133,53 +169,16 @@ class TokenVerifier:
             else:
                 self._verified.move_to_end(token)
                 return claims
-        claims, kid = self._verify_signature(token)
+        claims, kid = self._verify_signature(token, now)
         if self._cache_size > 0:
             self._verified[token] = claims, kid
             if len(self._verified) > self._cache_size:
                 self._verified.popitem(last=False)
         return claims
 
-    def _signing_key(self, token: str) -> tuple[Any, list[str], str | None]:
-        """The key, the algorithms it may verify, and the kid it came by."""
-        if self.key_set is None:
-            return self._key, self._algorithms, None
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise TokenError("invalid token") from None
-        algorithm, kid = header.get("alg"), header.get("kid")
-        if algorithm not in self._algorithms:
-            raise TokenError("invalid token")
-        if not isinstance(kid, str):
-            raise TokenError("token header lacks 'kid'")
-        key = self.key_set.key(kid, algorithm)
-        if key is None:
-            raise TokenError("unknown signing key")
-        return key, [algorithm], kid
-
-    def _verify_signature(self, token: str) -> tuple[Claims, str | None]:
-        key, algorithms, kid = self._signing_key(token)
-        try:
-            payload = jwt.decode(
-                token,
-                key,
-                algorithms=algorithms,
-                leeway=self._leeway,
-                audience=self._audience,
-                issuer=self._issuer,
-                options={"require": ["sub", "exp"], "verify_aud": self._audience is not None},
-            )
-        except jwt.ExpiredSignatureError:
-            raise TokenError("token expired") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise TokenError(f"token lacks claim '{exc.claim}'") from None
-        except jwt.InvalidAudienceError:
-            raise TokenError("token is for another audience") from None
-        except jwt.InvalidIssuerError:
-            raise TokenError("token is from another issuer") from None
-        except jwt.InvalidTokenError:
-            raise TokenError("invalid token") from None
+    def _verify_signature(self, token: str, now: float) -> tuple[Claims, str | None]:
+        payload, kid = self._decode(token)
+        self._check_claims(payload, now)
         check_time_claims(payload)
         if RESUME_AUDIENCE in _audiences(payload):
             raise TokenError("a resume token is accepted only as ?resume=")
@@ -194,6 +193,131 @@ class TokenVerifier:
             publish=_str_list(payload, "publish"),
         )
         return claims, kid
+
+    def _decode(self, token: str) -> tuple[dict[str, Any], str | None]:
+        """The payload of a well-formed token whose signature verifies (PyJWS's checks),
+        and the `kid` of the key-set key that verified it."""
+        raw = token.encode()
+        signing_input, dot, crypto = raw.rpartition(b".")
+        header_segment, dot2, payload_segment = signing_input.partition(b".")
+        if not dot or not dot2:
+            raise _invalid()
+        header = _json_object(_b64url(header_segment))
+        detached = header.get("b64", True) is False  # RFC 7797: never ours (refused below)
+        if detached and payload_segment:
+            raise _invalid()
+        payload_json = b"" if detached else _b64url(payload_segment)
+        signature = _b64url(crypto)
+        if "kid" in header and not isinstance(header["kid"], str):
+            raise _invalid()
+        if "crit" in header:
+            crit = header["crit"]
+            if not isinstance(crit, list) or not crit:
+                raise _invalid()
+            for ext in crit:
+                if not isinstance(ext, str) or ext != "b64" or ext not in header:
+                    raise _invalid()
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._by_name:
+            raise _invalid()
+        kid: str | None = None
+        if self.key_set is not None:
+            kid = header.get("kid")
+            if not isinstance(kid, str):
+                raise TokenError("token header lacks 'kid'")
+            key = self.key_set.key(kid, alg)
+            if key is None:
+                raise TokenError("unknown signing key")
+            if detached or not self._by_name[alg].verify(signing_input, key, signature):
+                raise _invalid()
+        elif detached:
+            raise _invalid()
+        elif alg == "HS256" and self._hmac_key is not None:  # HMAC verify in one C call
+            digest = hmac.digest(self._hmac_key, signing_input, "sha256")
+            if not hmac.compare_digest(signature, digest):
+                raise _invalid()
+        else:
+            prepared = self._keys[alg]
+            if prepared is None or not prepared[0].verify(signing_input, prepared[1], signature):
+                raise _invalid()
+        return _json_object(payload_json), kid
+
+    def _check_claims(self, payload: dict[str, Any], now: float) -> None:
+        """PyJWT's claim checks, in its order: required, iat, nbf, exp, iss, aud, sub, jti."""
+        for name in ("sub", "exp"):
+            if payload.get(name) is None:
+                raise TokenError(f"token lacks claim '{name}'")
+        leeway = self._leeway
+        if "iat" in payload and _as_int(payload["iat"]) > now + leeway:
+            raise _invalid()
+        if "nbf" in payload and _as_int(payload["nbf"]) > now + leeway:
+            raise _invalid()
+        if _as_int(payload["exp"]) <= now - leeway:
+            raise TokenError("token expired")
+        if self._issuer is not None:
+            if "iss" not in payload:
+                raise TokenError("token lacks claim 'iss'")
+            if payload["iss"] != self._issuer:  # (a non-string never equals it)
+                raise TokenError("token is from another issuer")
+        if self._audience is not None:
+            aud = payload.get("aud")
+            if not aud:
+                raise TokenError("token lacks claim 'aud'")
+            audiences = [aud] if isinstance(aud, str) else aud
+            if (
+                not isinstance(audiences, list)
+                or any(not isinstance(a, str) for a in audiences)
+                or self._audience not in audiences
+            ):
+                raise TokenError("token is for another audience")
+        if not isinstance(payload["sub"], str):
+            raise _invalid()
+        if "jti" in payload and not isinstance(payload["jti"], str):
+            raise _invalid()
+
+
+def _invalid() -> TokenError:
+    """What every malformed, forged or unacceptable token gets (one new exception each:
+    a shared one would collect the traceback of every raise)."""
+    return TokenError("invalid token")
+
+
+_B64URL = re.compile(rb"[A-Za-z0-9_-]*")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _b64url(segment: bytes) -> bytes:
+    """A base64url segment as PyJWS accepts it: up to two `=` of padding, only the
+    alphabet, and the canonical encoding of what it decodes to."""
+    stripped = segment.rstrip(b"=")
+    padding = len(segment) - len(stripped)
+    if padding > 2 or (padding and len(segment) % 4):
+        raise _invalid()
+    if len(stripped) % 4 == 1 or _B64URL.fullmatch(stripped) is None:
+        raise _invalid()
+    decoded = binascii.a2b_base64(stripped.translate(_FROM_URLSAFE) + b"=" * (-len(stripped) % 4))
+    if binascii.b2a_base64(decoded, newline=False).translate(_TO_URLSAFE).rstrip(b"=") != stripped:
+        raise _invalid()
+    return decoded
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        raise _invalid() from None
+    if not isinstance(value, dict):
+        raise _invalid()
+    return value
+
+
+def _as_int(value: Any) -> int:
+    """`int()` of a time claim, as PyJWT reads it before comparing."""
+    try:
+        return int(value)
+    except (ValueError, TypeError, OverflowError):
+        raise _invalid() from None
 
 
 def mint_token(
