@@ -216,39 +216,25 @@ class Setup:
         kid: str | None = None,
     ) -> None:
         self.name, self.alg, self.kid = name, alg, kid
-        self.reference: Any = None
+        common: dict[str, Any] = {
+            "algorithms": algorithms,
+            "leeway_s": LEEWAY,
+            "audience": audience,
+            "issuer": issuer,
+            "cache_size": 0,
+        }
+        self.reference: Any
         if isinstance(key, KeySet):
-            self.new = TokenVerifier(
-                key_set=key,
-                algorithms=algorithms,
-                leeway_s=LEEWAY,
-                audience=audience,
-                issuer=issuer,
-                cache_size=0,
-            )
+            self.new = TokenVerifier(key_set=key, **common)
             asymmetric = [a for a in algorithms if a != "HS256"]
             self.reference = lambda t: reference_verify_by_kid(t, key, asymmetric, audience, issuer)
             return
         if isinstance(key, bytes):
             path = tmp / f"{name}.pem"
             path.write_bytes(key)
-            self.new = TokenVerifier(
-                public_key_file=path,
-                algorithms=algorithms,
-                leeway_s=LEEWAY,
-                audience=audience,
-                issuer=issuer,
-                cache_size=0,
-            )
+            self.new = TokenVerifier(public_key_file=path, **common)
         else:
-            self.new = TokenVerifier(
-                secret=key,
-                algorithms=algorithms,
-                leeway_s=LEEWAY,
-                audience=audience,
-                issuer=issuer,
-                cache_size=0,
-            )
+            self.new = TokenVerifier(secret=key, **common)
         fitting = [a for a in algorithms if (a == "HS256") == isinstance(key, str)]
         self.reference = lambda t: reference_verify(t, key, fitting, audience, issuer)
 
