@@ -110,7 +110,10 @@ class ClientPort:
         handler: RequestHandler,
         *,
         max_message_bytes: int,
-        close_timeout_s: float = 2.0,
+        # websockets' own default, which the edge had before this transport: a peer
+        # slow to answer a close frame (a loaded phone, a busy client process) still
+        # gets the close code instead of a reset that can discard it unread.
+        close_timeout_s: float = 10.0,
         handshake_timeout_s: float = 10.0,
         write_limit: tuple[int, int] = (32 * 1024, 8 * 1024),
     ) -> None:

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from switchboard.contract.tokens import mint_token
+from switchboard.contract.wire import SUBPROTOCOL, WS_PATH, bearer_subprotocol
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
@@ -177,13 +178,13 @@ class Conn:
 
 def upgrade_request(host: str, port: int, key: str, token: str, origin: str | None) -> bytes:
     lines = [
-        "GET /v1/ws HTTP/1.1",
+        f"GET {WS_PATH} HTTP/1.1",
         f"Host: {host}:{port}",
         "Upgrade: websocket",
         "Connection: Upgrade",
         f"Sec-WebSocket-Key: {key}",
         "Sec-WebSocket-Version: 13",
-        f"Sec-WebSocket-Protocol: switchboard.v1, bearer.{token}",
+        f"Sec-WebSocket-Protocol: {SUBPROTOCOL}, {bearer_subprotocol(token)}",
     ]
     if origin is not None:
         lines.append(f"Origin: {origin}")
@@ -207,7 +208,7 @@ async def open_upgrade(
         accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
         if headers.get("sec-websocket-accept") != accept:
             raise Failure("wrong Sec-WebSocket-Accept")
-        if headers.get("sec-websocket-protocol") != "switchboard.v1":
+        if headers.get("sec-websocket-protocol") != SUBPROTOCOL:
             raise Failure("subprotocol not selected")
     return status, headers, reader, writer
 
