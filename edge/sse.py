@@ -29,6 +29,7 @@ from websockets.http11 import Response
 from edge import protocol
 from edge.connection import ABNORMAL_CLOSURE, Connection
 from edge.eventstream import KEEPALIVE, BadEventId, EventStream, decode_id
+from edge.flusher import Flusher
 from edge.http import REASONS, HttpRequest
 from edge.node import Member, Node
 from edge.policy import subscribe_refusal
@@ -244,7 +245,7 @@ class SseStream(Connection):
     def __init__(
         self,
         node: Node,
-        flusher: Any,
+        flusher: Flusher,
         sock: ClientSocket,
         session: Session,
         cid: str,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -442,3 +443,18 @@ async def test_comments_keep_a_stream_alive_through_a_proxy_that_drops_idle_ones
             assert proxy.dropped == 1 and stream.comments == 0
         response.close()
         await proxy.stop()
+
+
+async def test_a_stream_ends_with_close_4001_when_its_token_expires(
+    edge1: Edge, http: aiohttp.ClientSession
+) -> None:
+    """No `refresh` reaches a stream: at `exp` it ends as a WebSocket would (4001)."""
+    stream = await open_stream(http, edge1, "short", headers=auth("brief", ttl_s=2))
+    welcome = await stream.next()
+    assert welcome.kind == "welcome"
+    started = time.monotonic()
+    closing = await stream.until("close", timeout=15)
+    assert closing.data["payload"] == {"code": 4001, "reason": "token expired"}
+    assert time.monotonic() - started < 10  # exp (2 s) + leeway (5 s) + a sweep
+    with pytest.raises(EOFError):
+        await stream.next()
