@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 from edge.protocol import Position, encode
@@ -25,6 +26,13 @@ ID_VERSION = "1."
 MAX_ID_LENGTH = 16 * 1024  # a Last-Event-ID longer than this is refused
 KEEPALIVE = b": keepalive\n\n"
 _TYPE_START = len(b'{"type":"')  # every frame starts with its type (edge.protocol.frame)
+# A stored event as the hub encodes it: the channel first, offset and epoch last
+# (edge.protocol.event_frame), so both are read without decoding `data`.
+_STORED_EVENT = re.compile(
+    rb'\{"type":"event","payload":\{"channel":"([A-Za-z0-9_:-]+)",.*'
+    rb',"offset":(\d+),"epoch":"([^"\\]*)"\}\}',
+    re.DOTALL,
+)
 
 
 class BadEventId(ValueError):
@@ -97,7 +105,12 @@ class EventStream:
         kind = frame_type(frame)
         head = b""
         if kind == b"event" and b'"offset":' in frame:
-            self._note(json.loads(frame)["payload"], acked=False)
+            stored = _STORED_EVENT.fullmatch(frame)
+            if stored is not None:
+                channel, offset, epoch = stored.groups()
+                self._move(channel.decode(), int(offset), epoch.decode())
+            else:  # (another shape: decoded)
+                self._note(json.loads(frame)["payload"], acked=False)
         elif kind == b"ack" and b'"recovered":' in frame:
             self._note(json.loads(frame)["payload"], acked=True)
         elif kind == b"reconnect":  # EventSource waits this long before it comes back
@@ -112,6 +125,9 @@ class EventStream:
             return
         if acked and payload.get("recovered"):
             return  # the client's own position stands; the replay moves it
+        self._move(channel, offset, epoch)
+
+    def _move(self, channel: str, offset: int, epoch: str) -> None:
         self.positions[channel] = Position(offset, epoch)
         self._id = encode_id(self.positions)
 

@@ -131,3 +131,24 @@ def test_subscriptions_take_last_event_id_before_a_resume_tokens_positions() -> 
         {"channel": "b", "offset": None, "epoch": None},
         {"channel": "c", "offset": 1, "epoch": "f"},
     ]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"text": 'looks like ,"offset":99,"epoch":"x"}} inside'},
+        '"offset":7',
+        [1, {"epoch": "e9", "offset": 5}],
+        None,
+    ],
+)
+def test_a_stored_events_position_is_read_whatever_its_data_holds(data: object) -> None:
+    """Offsets are read from the frame's end without decoding `data`: the same as decoding."""
+    stream = EventStream()
+    frame = protocol.event_frame(
+        "chat:x", data, ts=1, sender="a", extra={"offset": 41, "epoch": "2026-01-01T00:00:00+00:00"}
+    ).encode()
+    out = parse(stream.encode(frame))[0]
+    assert decode_id(out["id"]) == {"chat:x": Position(41, "2026-01-01T00:00:00+00:00")}
+    other = b'{"type":"event","payload":{"offset":3,"epoch":"e","channel":"y","data":1}}'
+    assert decode_id(parse(stream.encode(other))[0]["id"])["y"] == Position(3, "e")
