@@ -157,6 +157,7 @@ class HeadParser:
         "_parser",
         "_size",
         "_url",
+        "expects_continue",
         "more",
     )
 
@@ -173,6 +174,7 @@ class HeadParser:
         self._body_seen = 0
         self._error: HttpError | None = None  # a head whose body is refused
         self.more = False  # the client sent something after the request (a body, a request)
+        self.expects_continue = False  # a body is read, and the client waits for `100 Continue`
 
     # -- httptools callbacks ---------------------------------------------------
 
@@ -194,6 +196,8 @@ class HeadParser:
         try:  # decided here: the body may follow in the same chunk of bytes
             if self._body_length(parser.get_method().decode("ascii")):
                 self._body = []
+                expect = self._headers.get("expect")
+                self.expects_continue = expect is not None and expect.lower() == "100-continue"
         except HttpError as exc:
             self._error = exc
 

@@ -269,6 +269,10 @@ class ClientSocket(asyncio.Protocol):
             self.respond(plain_response(exc.status, f"{exc.reason}\n"))
             return
         if head is None:
+            if parser.expects_continue:  # (curl waits 1 s for it before a larger body)
+                parser.expects_continue = False
+                assert self.transport is not None
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         request, self._early = head
         self._unread = parser.more

@@ -257,6 +257,19 @@ async def test_a_post_body_within_the_limit_is_read_whole_across_packets(
     assert answer.endswith(b"POST /m\n") and body_port.handler.requests[1].body == b"abc"
 
 
+async def test_a_client_that_expects_100_continue_gets_it_before_sending_the_body(
+    body_port: Port,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", body_port.number)
+    writer.write(b"POST /m HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"ok")
+    assert (await asyncio.wait_for(reader.read(), 5)).endswith(b"POST /m\n")
+    assert body_port.handler.requests[0].body == b"ok"
+    writer.close()
+
+
 @pytest.mark.parametrize(
     ("request_bytes", "status", "reason"),
     [
