@@ -15,13 +15,16 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge.flusher import Flusher
 from edge.node import Member, Node
 from edge.outbox import Outbox
 from edge.session import Session
 from edge.transport import ClientSocket
+
+if TYPE_CHECKING:
+    from websockets.server import ServerProtocol
 from switchboard.contract.codes import CloseCode
 
 log = logging.getLogger("switchboard.edge.connection")
@@ -30,6 +33,31 @@ CLOSE_TIMEOUT_S = 2.0  # flush and close handshake, then the socket is aborted
 ABANDON_TIMEOUT_S = 1.0  # close without flushing: the close frame gets this long
 ABNORMAL_CLOSURE = 1006  # the socket ended without a closing handshake (RFC 6455 §7.1.5)
 _ping_ids = itertools.count(1)
+
+
+class Wire(Protocol):
+    """What a connection writes to: its socket's WebSocket (`ClientSocket`), or an SSE
+    stream over that socket (`edge.sse.SseWire`)."""
+
+    @property
+    def paused(self) -> bool:
+        """The transport's buffer is over its high-water mark."""
+        ...
+
+    @property
+    def protocol(self) -> ServerProtocol | None: ...
+
+    def send_text(self, data: bytes) -> bool:
+        """Write one message (or several joined by `\n`); False once closing."""
+        ...
+
+    def send_ping(self, data: bytes) -> bool: ...
+
+    def close(self, code: int, reason: str, timeout_s: float | None = None) -> None:
+        """End with `code`; abort if the peer has not gone within `timeout_s`."""
+        ...
+
+    def abort(self) -> None: ...
 
 
 class _Gone:
@@ -59,7 +87,8 @@ _GONE = _Gone()
 
 class Connection:
     """One client: its outbox, keepalive, inbound frames and close; a `Link` for
-    its `Member` and the owner of its socket's WebSocket."""
+    its `Member` and the owner of its socket's WebSocket (an SSE stream is the same
+    with another `Wire` and keepalive: `edge.sse.SseStream`)."""
 
     __slots__ = (
         "_flush_requested",
@@ -91,7 +120,7 @@ class Connection:
         self,
         node: Node,
         flusher: Flusher,
-        sock: ClientSocket,
+        sock: Wire,
         session: Session,
         cid: str,
         *,
@@ -127,7 +156,9 @@ class Connection:
         """Send the 101 and the `welcome` in one write, then join the user's subject."""
         settings = self.node.settings
         welcome = self.session.welcome(self.id, settings.pod_name, settings.ping_interval_s)
-        self.sock.accept_websocket(head, self, first_text=welcome.text.encode())
+        sock = self.sock
+        assert isinstance(sock, ClientSocket)
+        sock.accept_websocket(head, self, first_text=welcome.text.encode())
         self._kick()
 
     # -- Link -----------------------------------------------------------------

@@ -36,6 +36,8 @@ REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Content Too Large",
     426: "Upgrade Required",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
@@ -103,10 +105,10 @@ class RequestHeaders:
 
 
 class HttpRequest:
-    """One request head: what routes and admission read (`method`, `path` with its
-    query, `headers`)."""
+    """One request: what routes and admission read (`method`, `path` with its query,
+    `headers`, and the `body` of a POST, bounded by the port)."""
 
-    __slots__ = ("headers", "method", "path", "upgrade", "version")
+    __slots__ = ("body", "headers", "method", "path", "upgrade", "version")
 
     def __init__(
         self,
@@ -116,8 +118,10 @@ class HttpRequest:
         *,
         version: str = "1.1",
         upgrade: bool = False,
+        body: bytes = b"",
     ) -> None:
         self.method = method
+        self.body = body
         self.path = path
         self.headers = headers
         self.version = version
@@ -128,23 +132,49 @@ class HttpRequest:
 
 
 class HeadParser:
-    """Collects one request head from the bytes of a connection (httptools callbacks).
+    """Collects one request head, and the body of a POST, from the bytes of a
+    connection (httptools callbacks).
 
-    `feed` returns the request once its head is complete, with the bytes that
-    followed an upgrade request (a client may send its first frames at once);
-    None while more is needed; raises HttpError for what cannot be served.
+    `feed` returns the request once its head (and body) is complete, with the
+    bytes that followed an upgrade request (a client may send its first frames at
+    once); None while more is needed; raises HttpError for what cannot be served.
+
+    A body is read only for POST, only with a `Content-Length` of at most
+    `max_body_bytes` (else 413, before any of it is kept); a chunked body is refused
+    (411): a bounded message needs no streaming upload, and a length known up front
+    lets the edge refuse it without reading it. Other methods take no body (400).
     """
 
-    __slots__ = ("_count", "_done", "_headers", "_parser", "_size", "_url", "more")
+    __slots__ = (
+        "_body",
+        "_body_seen",
+        "_complete",
+        "_count",
+        "_done",
+        "_error",
+        "_headers",
+        "_max_body",
+        "_parser",
+        "_size",
+        "_url",
+        "expects_continue",
+        "more",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_body_bytes: int = 0) -> None:
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers = RequestHeaders()
         self._count = 0  # header lines
         self._size = 0
-        self._done = False
-        self.more = False  # the client sent something after the head (a body, a request)
+        self._done = False  # the head is complete
+        self._complete = False  # the whole message (head and body) is complete
+        self._max_body = max_body_bytes
+        self._body: list[bytes] | None = None  # set once a body is accepted
+        self._body_seen = 0
+        self._error: HttpError | None = None  # a head whose body is refused
+        self.more = False  # the client sent something after the request (a body, a request)
+        self.expects_continue = False  # a body is read, and the client waits for `100 Continue`
 
     # -- httptools callbacks ---------------------------------------------------
 
@@ -161,13 +191,29 @@ class HeadParser:
 
     def on_headers_complete(self) -> None:
         self._done = True
+        parser = self._parser
+        assert parser is not None
+        try:  # decided here: the body may follow in the same chunk of bytes
+            if self._body_length(parser.get_method().decode("ascii")):
+                self._body = []
+                expect = self._headers.get("expect")
+                self.expects_continue = expect is not None and expect.lower() == "100-continue"
+        except HttpError as exc:
+            self._error = exc
 
     def on_message_begin(self) -> None:
         if self._done:
             self.more = True
 
     def on_body(self, body: bytes) -> None:
-        self.more = True
+        self._body_seen += len(body)
+        if self._body is None or self._complete:
+            self.more = True  # a body that is not read
+        else:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
 
     # -- feeding -----------------------------------------------------------------
 
@@ -192,8 +238,8 @@ class HeadParser:
         if self._count > MAX_HEADERS:
             raise HttpError(431, "too many headers")
         # (a head that came whole in one read is measured with what followed it, unless
-        # that followed an upgrade: pipelined requests and bodies are never read anyway)
-        if self._size - len(rest) > MAX_HEAD_BYTES:
+        # that followed an upgrade or was a body: pipelined requests are never read anyway)
+        if self._size - len(rest) - self._body_seen > MAX_HEAD_BYTES:
             raise HttpError(431, "request head too large")
         if not self._done:
             return None
@@ -202,19 +248,40 @@ class HeadParser:
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise HttpError(400, f"unsupported HTTP version {version}")
-        headers = self._headers
-        if "transfer-encoding" in headers or any(
-            value != "0" for value in headers.get_all("content-length")
-        ):
-            raise HttpError(400, "request bodies are not accepted")
+        method = parser.get_method().decode("ascii")
+        if self._error is not None:
+            raise self._error
+        if self._body is not None and not self._complete:
+            return None  # the body is still coming
         try:
             path = self._url.decode("ascii")
         except UnicodeDecodeError:
             raise HttpError(400, "the request target must be ASCII") from None
-        method = parser.get_method().decode("ascii")
         upgrade = upgrade or parser.should_upgrade()
-        request = HttpRequest(method, path, headers, version=version, upgrade=upgrade)
+        body = b"".join(self._body) if self._body else b""
+        request = HttpRequest(
+            method, path, self._headers, version=version, upgrade=upgrade, body=body
+        )
         return request, rest
+
+    def _body_length(self, method: str) -> int:
+        """The body's length the request declares, if this edge reads it; HttpError if not."""
+        headers = self._headers
+        if "transfer-encoding" in headers:
+            if method == "POST" and self._max_body:
+                raise HttpError(411, "send the body with a Content-Length (not chunked)")
+            raise HttpError(400, "request bodies are not accepted")
+        lengths = headers.get_all("content-length")
+        if not lengths or lengths == ["0"]:
+            return 0
+        if method != "POST" or not self._max_body:
+            raise HttpError(400, "request bodies are not accepted")
+        if len(set(lengths)) > 1 or not lengths[0].isdigit():
+            raise HttpError(400, "one Content-Length, a number")
+        length = int(lengths[0])
+        if length > self._max_body:
+            raise HttpError(413, f"the body is {length} bytes; at most {self._max_body}")
+        return length
 
 
 def websocket_accept(request: HttpRequest, subprotocol: str) -> bytes | None:

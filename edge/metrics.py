@@ -129,6 +129,10 @@ class EdgeMetrics:
     # (HTTP status, "http" or "close"): refused before the 101, or closed in band after it
     refusals: Counter[tuple[int, str]] = field(default_factory=Counter)
     control_refused: int = 0  # control messages not understood (ignored, answered ok: false)
+    sse_streams: int = 0  # open SSE streams (also in the connections gauge)
+    sse_streams_total: int = 0
+    sse_refusals: Counter[int] = field(default_factory=Counter)  # by HTTP status
+    posts: Counter[int] = field(default_factory=Counter)  # `POST /v1/messages`, by HTTP status
     # publish (the `Sb-Ts-Us` stamp) to handing the event to local connections
     latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     # the upgrade request read to the answer (101 or a refusal), by outcome
@@ -147,6 +151,9 @@ class EdgeMetrics:
 
     def count_refusal(self, status: int, in_band: bool) -> None:
         self.refusals[status, "close" if in_band else "http"] += 1
+
+    def count_post(self, status: int) -> None:
+        self.posts[status] += 1
 
     def observe_latency(self, seconds: float) -> None:
         """A publish stamped later than now (clocks of two nodes differ) counts as 0."""
@@ -210,6 +217,24 @@ class EdgeCollector(Collector):
             "close).",
             ["status", "via"],
             [((str(status), via), n) for (status, via), n in m.refusals.items()],
+        )
+        yield GaugeMetricFamily(
+            "sb_edge_sse_streams",
+            "Open Server-Sent Events streams (counted in sb_edge_connections too).",
+            m.sse_streams,
+        )
+        yield _counter("sb_edge_sse_streams", "SSE streams accepted.", m.sse_streams_total)
+        yield _labelled(
+            "sb_edge_sse_refusals",
+            "GET /v1/sse refused, by HTTP status.",
+            ["status"],
+            [((str(status),), n) for status, n in m.sse_refusals.items()],
+        )
+        yield _labelled(
+            "sb_edge_posted_messages",
+            "POST /v1/messages answered, by HTTP status.",
+            ["status"],
+            [((str(status),), n) for status, n in m.posts.items()],
         )
         yield GaugeMetricFamily(
             "sb_edge_nats_connected",

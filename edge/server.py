@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry.trace import Span
+from websockets.http11 import Response
 
 from edge import tracing
 from edge.admin import Admin
-from edge.admission import Admission, Admitted, Pending
+from edge.admission import ORIGIN_REFUSAL, Admission, Admitted, Pending
 from edge.api import ServerApi
 from edge.connection import Connection
 from edge.control import Control
@@ -27,11 +28,25 @@ from edge.ports import Backbone
 from edge.routes import Routes, response
 from edge.session import Limits, Session
 from edge.settings import EdgeSettings
+from edge.sse import (
+    MESSAGES_PATH,
+    SSE_PATH,
+    Poster,
+    SseStream,
+    StreamRequest,
+    channel_refusal,
+    cors_headers,
+    preflight,
+    read_stream_request,
+    refusal_answer,
+    stream_head,
+    subscriptions_for,
+)
 from edge.tracing import SpanKind
 from edge.transport import ClientPort, ClientSocket
 from edge.upgrade import SUBPROTOCOL, Refusal, route
 from switchboard.contract.localdrain import remove_secret, secret_path, write_secret
-from switchboard.contract.tokens import TokenVerifier
+from switchboard.contract.tokens import Claims, TokenVerifier
 
 log = logging.getLogger("switchboard.edge.server")
 
@@ -66,6 +81,7 @@ class EdgeServer:
         self.routes = Routes(self.node, self.control, self.admission)
         self.admin = Admin(self.node, ServerApi(self.node, settings.api_keys()))
         self.limits = limits_of(settings)
+        self.poster = Poster(self.node, self.admission.verify, self._session, log)
         self.connections: set[Connection] = set()
         self._background: list[asyncio.Task[None]] = []
         self._answering: set[asyncio.Task[None]] = set()  # HTTP routes, ticket redemptions
@@ -83,7 +99,11 @@ class EdgeServer:
             log.warning("no JWKS yet: not ready, tokens refused until it is read")
         # permessage-deflate is never negotiated: it would compress each event once per
         # connection and hold zlib state (~tens of KiB) per connection.
-        self._port = ClientPort(self, max_message_bytes=self.settings.max_message_bytes)
+        self._port = ClientPort(
+            self,
+            max_message_bytes=self.settings.max_message_bytes,
+            max_body_bytes=self.settings.max_message_bytes,  # POST /v1/messages
+        )
         self._server = await self._port.listen(self.settings.host, self.settings.port)
         self.routes.drain_secret = write_secret(self._drain_secret_path)
         await self.admin.start(self.settings.admin_host, self.settings.admin_port)
@@ -152,6 +172,9 @@ class EdgeServer:
 
     def handle_request(self, sock: ClientSocket, request: HttpRequest) -> None:
         path = route(request.path)
+        if path == SSE_PATH:
+            self._open_stream(sock, request)
+            return
         if path != WS_PATH:
             self._in_task(self._answer(sock, request, path))
             return
@@ -172,7 +195,10 @@ class EdgeServer:
 
     async def _answer(self, sock: ClientSocket, request: HttpRequest, path: str) -> None:
         try:
-            answer = await self.routes.answer(sock, request, path)
+            if path == MESSAGES_PATH:
+                answer = await self._post(request)
+            else:
+                answer = await self.routes.answer(sock, request, path)
         except HttpError as exc:
             answer = plain_response(exc.status, f"{exc.reason}\n")
         except Exception:
@@ -236,19 +262,11 @@ class EdgeServer:
         if sock.closed:
             return
         node = self.node
-        session = Session(
-            decision.claims,
-            limits=self.limits,
-            policy_for=node.policy_for,
-            verify=self.verifier.verify,
-            now=asyncio.get_running_loop().time(),
-            on_error=node.record_error,
-        )
         conn = Connection(
             node,
             self.flusher,
             sock,
-            session,
+            self._session(decision.claims),
             secrets.token_hex(6),
             resume=decision.resume,
             on_done=self._finished,
@@ -260,10 +278,131 @@ class EdgeServer:
             log.info("connected", extra=conn.log_fields())
         conn.open(head)
 
+    def _session(self, claims: Claims) -> Session:
+        node = self.node
+        return Session(
+            claims,
+            limits=self.limits,
+            policy_for=node.policy_for,
+            verify=self.verifier.verify,
+            now=asyncio.get_running_loop().time(),
+            on_error=node.record_error,
+        )
+
+    # -- the fallback transport: GET /v1/sse, POST /v1/messages -----------------
+
+    async def _post(self, request: HttpRequest) -> Response:
+        if not self.admission.origin_ok(request):
+            return refusal_answer(ORIGIN_REFUSAL)
+        with self._tracer.start_as_current_span(
+            "sb.post", kind=SpanKind.SERVER, attributes={"sb.pod": self.settings.pod_name}
+        ) as span:
+            answer = await self.poster.answer(request)
+            span.set_attribute("http.response.status_code", answer.status_code)
+        return answer
+
+    def _open_stream(self, sock: ClientSocket, request: HttpRequest) -> None:
+        """`GET /v1/sse`: the upgrade's checks (Origin, draining, cap, rate, credentials),
+        the channels' authorization, then a stream; every refusal an HTTP status."""
+        started = time.perf_counter()
+        if not self.admission.origin_ok(request):
+            self._refuse_stream(sock, request, ORIGIN_REFUSAL)
+            return
+        if request.method == "OPTIONS":
+            sock.respond(preflight(request, "GET"))
+            return
+        if request.method != "GET":
+            self._refuse_stream(sock, request, Refusal(405, "use GET"))
+            return
+        wanted = read_stream_request(request, self.settings.max_subscriptions)
+        if isinstance(wanted, Refusal):  # before a ticket is spent
+            self._refuse_stream(sock, request, wanted)
+            return
+        span = self._tracer.start_span(
+            "sb.sse", kind=SpanKind.SERVER, attributes={"sb.pod": self.settings.pod_name}
+        )
+        decision = self.admission.check(request)
+        if isinstance(decision, Pending):
+            self._in_task(self._settle_stream(sock, request, wanted, decision, span, started))
+        else:
+            self._start_stream(sock, request, wanted, decision, span, started)
+
+    async def _settle_stream(
+        self,
+        sock: ClientSocket,
+        request: HttpRequest,
+        wanted: StreamRequest,
+        pending: Pending,
+        span: Span,
+        started: float,
+    ) -> None:
+        try:
+            decision = await self.admission.settle(pending)
+        except BaseException:
+            span.end()
+            raise
+        self._start_stream(sock, request, wanted, decision, span, started)
+
+    def _start_stream(
+        self,
+        sock: ClientSocket,
+        request: HttpRequest,
+        wanted: StreamRequest,
+        decision: Admitted | Refusal,
+        span: Span,
+        started: float,
+    ) -> None:
+        node = self.node
+        refusal = decision if isinstance(decision, Refusal) else None
+        subscriptions: list[dict[str, Any]] = []
+        if isinstance(decision, Admitted):
+            subscriptions = subscriptions_for(wanted, decision.resume)
+            refusal = channel_refusal(node, decision.claims, [s["channel"] for s in subscriptions])
+        try:
+            span.set_attribute(
+                "http.response.status_code", 200 if refusal is None else refusal.status
+            )
+        finally:
+            span.end()
+        node.metrics.handshakes["accepted" if refusal is None else "refused"].observe(
+            time.perf_counter() - started
+        )
+        if refusal is not None:
+            self._refuse_stream(sock, request, refusal)
+            return
+        assert isinstance(decision, Admitted)
+        if sock.closed:
+            return
+        stream = SseStream(
+            node,
+            self.flusher,
+            sock,
+            self._session(decision.claims),
+            secrets.token_hex(6),
+            subscriptions=subscriptions,
+            positions=wanted.positions,
+            on_done=self._finished,
+        )
+        self.connections.add(stream)
+        node.members.add(stream.member)
+        node.metrics.connections_total += 1
+        node.metrics.sse_streams += 1
+        node.metrics.sse_streams_total += 1
+        if log.isEnabledFor(logging.INFO):
+            log.info("connected", extra=stream.log_fields() | {"transport": "sse"})
+        stream.open(stream_head(request))
+
+    def _refuse_stream(self, sock: ClientSocket, request: HttpRequest, refusal: Refusal) -> None:
+        self.node.metrics.sse_refusals[refusal.status] += 1
+        cors = {} if refusal is ORIGIN_REFUSAL else cors_headers(request)
+        sock.respond(refusal_answer(refusal, cors))
+
     def _finished(self, conn: Connection) -> None:
         """The connection is gone and its member has left everything."""
         self.connections.discard(conn)
         self.node.members.discard(conn.member)
+        if isinstance(conn, SseStream):
+            self.node.metrics.sse_streams -= 1
         if not self.connections and self._emptied is not None:
             self._emptied.set()
         code = conn.close_code

@@ -121,6 +121,11 @@ class EdgeSettings(ComponentSettings):
     abuse_window_s: float = Field(10.0, gt=0, description="Window for `abuse_errors`.")
     ping_interval_s: float = Field(30.0, gt=0, description="WebSocket ping interval.")
     ping_timeout_s: float = Field(20.0, gt=0, description="Close a peer silent this long.")
+    sse_keepalive_s: float = Field(
+        15.0,
+        gt=0,
+        description="A comment on an idle SSE stream this often (proxies close idle responses).",
+    )
     rpc_timeout_ms: int = Field(5000, ge=1, description="Default RPC timeout.")
     rpc_max_timeout_ms: int = Field(30000, ge=1, description="Largest RPC timeout allowed.")
     outbox_max_bytes: int = Field(

@@ -110,6 +110,7 @@ class ClientPort:
         handler: RequestHandler,
         *,
         max_message_bytes: int,
+        max_body_bytes: int = 0,
         # websockets' own default, which the edge had before this transport: a peer
         # slow to answer a close frame (a loaded phone, a busy client process) still
         # gets the close code instead of a reset that can discard it unread.
@@ -119,6 +120,7 @@ class ClientPort:
     ) -> None:
         self.handler = handler
         self.max_message_bytes = max_message_bytes
+        self.max_body_bytes = max_body_bytes  # a POST's body (0: none accepted)
         self.close_timeout_s = close_timeout_s
         self.handshake_timeout_s = handshake_timeout_s
         self.write_limit = write_limit
@@ -176,7 +178,7 @@ class ClientSocket(asyncio.Protocol):
 
     def __init__(self, port: ClientPort) -> None:
         self._port = port
-        self._parser: HeadParser | None = HeadParser()
+        self._parser: HeadParser | None = HeadParser(port.max_body_bytes)
         self._owner: WebSocketOwner | StreamOwner | None = None
         self._early = b""  # bytes that came right after an upgrade request
         self._fragments: list[bytes] | None = None  # a fragmented message so far
@@ -250,6 +252,11 @@ class ClientSocket(asyncio.Protocol):
     def closed(self) -> bool:
         return self.phase is Phase.CLOSED
 
+    @property
+    def streaming(self) -> bool:
+        """A streamed response is being written (`stream`, not finished, not lost)."""
+        return self.phase is Phase.STREAM
+
     def _head_data(self, data: bytes) -> None:
         parser = self._parser
         assert parser is not None
@@ -262,6 +269,10 @@ class ClientSocket(asyncio.Protocol):
             self.respond(plain_response(exc.status, f"{exc.reason}\n"))
             return
         if head is None:
+            if parser.expects_continue:  # (curl waits 1 s for it before a larger body)
+                parser.expects_continue = False
+                assert self.transport is not None
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         request, self._early = head
         self._unread = parser.more
@@ -360,11 +371,13 @@ class ClientSocket(asyncio.Protocol):
         if self.phase is Phase.STREAM and self.transport is not None:
             self.transport.write(data)
 
-    def finish(self) -> None:
-        """End a streamed response: what is buffered goes out, then the connection ends."""
+    def finish(self, timeout_s: float | None = None) -> None:
+        """End a streamed response: what is buffered goes out, then the connection ends
+        (aborted if the peer has not closed within `timeout_s`, by default the port's
+        close timeout)."""
         if self.phase is Phase.STREAM:
             self.phase = Phase.DONE
-            self._end(self._port.close_timeout_s)
+            self._end(self._port.close_timeout_s if timeout_s is None else timeout_s)
 
     def _end(self, timeout_s: float) -> None:
         """Half-close now (buffered data still goes out); abort if the peer has not

@@ -42,13 +42,17 @@ async def test_sdk_node_suite(
     build_sdk()
     await asyncio.to_thread(channel_cli, nats_server, "apply", "-f", "-", stdin=HISTORY)
     draining = edge_factory.start("js-drain")
+    refusing = edge_factory.start("js-drain-refusing")  # drained: then refuses, or is gone
     frozen = edge_factory.start("js-frozen", ping_interval_s="1")
     assert draining.process is not None
+    assert refusing.process is not None
     assert frozen.process is not None
     env = os.environ | {
         "SB_URLS": f"{edge1.ws_url},{edge2.ws_url}",
         "SB_DRAIN_URL": draining.ws_url,
         "SB_DRAIN_PID": str(draining.process.pid),
+        "SB_REFUSING_URL": refusing.ws_url,
+        "SB_REFUSING_PID": str(refusing.process.pid),
         "SB_STOP_URL": frozen.ws_url,
         "SB_STOP_PID": str(frozen.process.pid),
         "SB_SECRET": SECRET,

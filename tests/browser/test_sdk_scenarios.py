@@ -357,3 +357,61 @@ async def test_e_resubscription_failing_while_nats_is_down_is_retried_until_it_i
         assert log["acks"][1]["recovered"] is True
     finally:
         factory.stop_all()
+
+
+# The test's stand-in for a network that breaks WebSocket upgrades: every WebSocket the
+# page makes goes to a port where nothing listens (it fails as a blocked upgrade does,
+# 1006), until the test sets `window.sbWsBlocked = false`.
+BLOCK_WEBSOCKETS = """
+(() => {
+  const Real = window.WebSocket;
+  window.sbWsBlocked = true;
+  function Blockable(url, protocols) {
+    return new Real(window.sbWsBlocked ? "ws://127.0.0.1:9/blocked" : url, protocols);
+  }
+  Blockable.prototype = Real.prototype;
+  Object.assign(Blockable, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
+  window.WebSocket = Blockable;
+})();
+"""
+
+
+async def test_g_websockets_blocked_fall_back_to_sse_then_back_nothing_lost(
+    browser: Any, app: str, history: None, nats_server: NatsServer, edge_factory: EdgeFactory
+) -> None:
+    """WebSockets fail: after two failed attempts the SDK streams over SSE and publishes
+    with POST; once WebSockets work again it moves back within `retry_ws_ms`. The history
+    channel's events are all there, once, in order, across both switches."""
+    edge = edge_factory.start("page-g")
+    context = await browser.new_context()
+    await context.add_init_script(BLOCK_WEBSOCKETS)
+    page = await context.new_page()
+    query = f"urls={edge.ws_url}&history=pagehist:g&plain=pageplain:g&retry_ws_ms=2000"
+    await page.goto(f"{app}/?{query}")
+    await wait_js(page, "window.sbLog.acks.length >= 1")
+    async with backend_on(nats_server.url, "pagehist:g") as backend:
+        await wait_js(page, "window.sbLog.hist.length >= 25")
+        log = await page_log(page)
+        assert log["transports"] == ["sse"]
+        assert [d["code"] for d in log["disconnected"]] == [1006, 1006]
+        assert log["connected"][0]["transport"] == "sse"
+        assert await page.evaluate("() => window.sbClient.transport") == "sse"
+        ack = await page.evaluate(
+            "() => window.sbClient.publish('pageplain:g', {from: 'page'})"
+        )  # a POST /v1/messages
+        assert ack == {"channel": "pageplain:g"}
+        await wait_js(page, "window.sbLog.plain.length >= 1")
+        await page.evaluate("() => { window.sbWsBlocked = false; }")
+        await wait_js(page, "window.sbLog.transports.length >= 2", timeout_s=15)
+        await wait_js(page, "window.sbLog.connected.length >= 2")
+        await asyncio.sleep(1)
+        log = await everything_arrived(page, backend)
+    assert log["transports"] == ["sse", "websocket"]
+    assert log["connected"][1]["transport"] == "websocket"
+    assert log["plain"] == [{"from": "page"}]
+    # only the channel without history is told it may have missed something, once: when
+    # its subscription was taken again on the WebSocket
+    assert [(g["channel"], g["reason"]) for g in log["gaps"]] == [("pageplain:g", "reconnect")]
+    assert [a["resubscribed"] for a in log["acks"]] == [False, True]
+    assert log["acks"][1]["recovered"] is True
+    await context.close()

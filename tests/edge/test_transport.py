@@ -222,6 +222,84 @@ async def test_a_content_length_of_zero_is_no_body(port: Port) -> None:
     assert answer.endswith(b"POST /v1/tickets\n")
 
 
+@pytest.fixture
+async def body_port() -> AsyncIterator[Port]:
+    """A port that reads POST bodies of up to 100 bytes (`POST /v1/messages`)."""
+    handler = Handler()
+    client_port = ClientPort(
+        handler,
+        max_message_bytes=1024,
+        max_body_bytes=100,
+        close_timeout_s=0.5,
+        handshake_timeout_s=0.5,
+    )
+    server = await client_port.listen("127.0.0.1", 0)
+    expiry = asyncio.create_task(client_port.expire_forever(0.05))
+    yield Port(handler, client_port, server)
+    expiry.cancel()
+    server.close()
+
+
+async def test_a_post_body_within_the_limit_is_read_whole_across_packets(
+    body_port: Port,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", body_port.number)
+    writer.write(b"POST /m HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + b"a" * 40)
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    assert body_port.handler.requests == []  # the handler waits for the whole body
+    writer.write(b"b" * 60)
+    assert (await asyncio.wait_for(reader.read(), 5)).endswith(b"POST /m\n")
+    assert body_port.handler.requests[0].body == b"a" * 40 + b"b" * 60
+    assert body_port.port.closing == {}  # nothing unread: closed at once
+    writer.close()
+    answer = await body_port.raw(b"POST /m HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+    assert answer.endswith(b"POST /m\n") and body_port.handler.requests[1].body == b"abc"
+
+
+async def test_a_client_that_expects_100_continue_gets_it_before_sending_the_body(
+    body_port: Port,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", body_port.number)
+    writer.write(b"POST /m HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"ok")
+    assert (await asyncio.wait_for(reader.read(), 5)).endswith(b"POST /m\n")
+    assert body_port.handler.requests[0].body == b"ok"
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "reason"),
+    [
+        (
+            b"POST /m HTTP/1.1\r\nContent-Length: 101\r\n\r\n",
+            413,
+            b"the body is 101 bytes; at most 100",
+        ),
+        (
+            b"POST /m HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            411,
+            b"Content-Length (not chunked)",
+        ),
+        (b"GET /m HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", 400, b"request bodies are not"),
+        (
+            b"POST /m HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+            400,
+            b"",
+        ),
+    ],
+)
+async def test_bodies_the_edge_does_not_read_are_refused_before_the_handler(
+    body_port: Port, request_bytes: bytes, status: int, reason: bytes
+) -> None:
+    answer = await body_port.raw(request_bytes)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:80]
+    assert reason in answer
+    assert body_port.handler.requests == []
+
+
 async def test_a_handshake_that_never_completes_is_aborted(port: Port) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port.number)
     writer.write(b"GET /ws HTTP/1.1\r\nHost: t\r\n")  # and nothing more

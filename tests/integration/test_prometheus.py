@@ -224,6 +224,8 @@ EDGE_SERIES = {
     "sb_edge_errors_total",
     "sb_edge_closes_total",
     "sb_edge_upgrade_refusals_total",
+    "sb_edge_sse_streams",
+    "sb_edge_sse_streams_total",
     "sb_edge_nats_connected",
     "sb_edge_accepting",
     "sb_edge_delivery_latency_seconds_bucket",

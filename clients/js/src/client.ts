@@ -7,6 +7,11 @@
  * failed resubscription and silent connection) backs off with full jitter. After
  * each reconnect the subscriptions are taken again from the last offset each one
  * delivered, and events delivered before are dropped (by offset, within an epoch).
+ *
+ * Where WebSockets cannot get through (`transport: "auto"`), the same loop runs over
+ * the fallback (sse.ts): an SSE stream with the subscriptions' positions as
+ * `Last-Event-ID`, requests as POSTs; a WebSocket is tried in the background and the
+ * client moves back as soon as one is welcomed.
  */
 
 import { fullJitter } from "./backoff.js";
@@ -14,9 +19,10 @@ import { closeAdvice, retryAfterMs } from "./codes.js";
 import { Emitter } from "./emitter.js";
 import { SwitchboardError } from "./errors.js";
 import type { Frame } from "./frames.js";
-import { CLIENT_ABORT, Link, SUBPROTOCOL, type Closure } from "./link.js";
+import { CLIENT_ABORT, Link, SUBPROTOCOL, WsLink, type Closure, type TransportKind } from "./link.js";
 import { Liveness } from "./liveness.js";
 import { Positions } from "./positions.js";
+import { SseLink } from "./sse.js";
 import { expiresAtMs, resumedChannels } from "./tokens.js";
 import type {
   ChannelEvent,
@@ -63,6 +69,8 @@ export class Client {
   /** Why the client stopped, once `state` is `closed`. */
   closedWith: { code: number; reason: string } | null = null;
   readonly stats: Stats = { connects: 0, resumes: 0, duplicatesDropped: 0, probes: 0 };
+  /** The transport in use (or tried next): `websocket`, or `sse` on the fallback. */
+  transport: TransportKind;
 
   private readonly urls: string[];
   private readonly events = new Emitter<ClientEvents>();
@@ -84,6 +92,9 @@ export class Client {
   private refreshTimer: ReturnType<typeof setTimeout> | null = null;
   private liveness: Liveness | null = null;
   private readonly unwatch: () => void;
+  private wsFailures = 0; // WebSocket attempts failed in a row
+  private wsRetryTimer: ReturnType<typeof setTimeout> | null = null;
+  private probed = false;
 
   constructor(private readonly options: ConnectOptions) {
     this.urls = typeof options.urls === "string" ? [options.urls] : [...options.urls];
@@ -93,6 +104,7 @@ export class Client {
     this.WS = WS;
     this.fetchFn = options.fetch ?? globalThis.fetch?.bind(globalThis);
     this.random = options.random ?? Math.random;
+    this.transport = options.transport === "sse" ? "sse" : "websocket";
     this.unwatch = this.watchNetwork();
     void this.run();
   }
@@ -252,6 +264,8 @@ export class Client {
       }
       const url = await this.pickUrl();
       if (this.stopped) return;
+      await this.probeOnce(url);
+      if (this.stopped) return;
       this.setState("connecting");
       let outcome: Outcome;
       try {
@@ -261,6 +275,12 @@ export class Client {
       }
       if (this.stopped) return;
       if (outcome.established && this.stable(outcome.link)) attempt = 0;
+      this.countWebSocket(outcome);
+      if (outcome.link?.restart) {
+        // ended by the client to reconnect at once: other channels, another transport
+        this.setState("disconnected");
+        continue;
+      }
       const advice = closeAdvice(outcome.code);
       if (advice === "stop") {
         this.stop(outcome.code, outcome.reason, url);
@@ -272,6 +292,10 @@ export class Client {
         this.resumeToken = drain.resumeToken;
         delayMs = drain.afterMs;
       } else {
+        // A resume token outlives refusals of the attempt to use it (a pod still
+        // draining, full, over its rate): it is the client's place in every channel.
+        // Only a session that ran and ended otherwise, or a refused token, drops it.
+        if (outcome.established || advice === "new_token") this.resumeToken = null;
         if (advice === "new_token") this.token = null;
         if (outcome.code === 1013) {
           const ms = retryAfterMs(outcome.reason);
@@ -291,6 +315,105 @@ export class Client {
       });
       if (delayMs > 0) await this.sleep(delayMs);
     }
+  }
+
+  /** `probeWebSocket`, once before the first attempt: false goes to the fallback. */
+  private async probeOnce(url: string): Promise<void> {
+    if (this.probed) return;
+    this.probed = true;
+    const probe = this.options.probeWebSocket;
+    if (!probe || (this.options.transport ?? "auto") !== "auto") return;
+    let works = true;
+    try {
+      works = await probe(url);
+    } catch {
+      works = false;
+    }
+    if (!works) this.useTransport("sse");
+  }
+
+  /** WebSocket attempts failing in a row (no welcome, not refused) lead to the fallback. */
+  private countWebSocket(outcome: Outcome): void {
+    if ((this.options.transport ?? "auto") !== "auto" || !outcome.link) return;
+    if (outcome.link.transport === "sse") {
+      // a stream that never opened either: the edge is away, not WebSockets blocked
+      if (!outcome.established && outcome.code === 1006) this.useTransport("websocket");
+      return;
+    }
+    if (outcome.established || outcome.code !== 1006) {
+      this.wsFailures = 0; // welcomed, or refused by an edge: WebSockets get through
+      return;
+    }
+    this.wsFailures += 1;
+    if (this.wsFailures >= (this.options.fallbackAfter ?? 2)) this.useTransport("sse");
+  }
+
+  private useTransport(transport: TransportKind): void {
+    if (this.transport === transport) return;
+    this.transport = transport;
+    this.wsFailures = 0;
+    this.events.emit("transport", transport);
+  }
+
+  /** On the fallback: a WebSocket now and then; once one is welcomed, move back to it. */
+  private scheduleWebSocketRetry(link: Link): void {
+    if ((this.options.transport ?? "auto") !== "auto" || this.wsRetryTimer !== null) return;
+    this.wsRetryTimer = setTimeout(() => {
+      this.wsRetryTimer = null;
+      if (this.link !== link || !link.open) return;
+      void this.tryWebSocket(link.url).then((works) => {
+        if (this.link !== link || !link.open) return;
+        if (!works) {
+          this.scheduleWebSocketRetry(link);
+          return;
+        }
+        this.useTransport("websocket");
+        link.restart = true;
+        link.end(CLIENT_ABORT, "WebSockets work again");
+      });
+    }, this.options.retryWebSocketMs ?? 30_000);
+  }
+
+  /** Whether a WebSocket to `url` is welcomed now (closed again at once). */
+  private async tryWebSocket(url: string): Promise<boolean> {
+    let token: string;
+    try {
+      token = await this.currentToken();
+    } catch {
+      return false;
+    }
+    let target = url;
+    let protocols = [SUBPROTOCOL, "bearer." + token];
+    if (this.options.tickets) {
+      const ticket = await this.fetchTicket(url, token);
+      if (typeof ticket !== "string") return false;
+      target = withQuery(url, "ticket", ticket);
+      protocols = [SUBPROTOCOL];
+    }
+    return new Promise((resolve) => {
+      let ws: WebSocket;
+      try {
+        ws = new this.WS(target, protocols);
+      } catch {
+        resolve(false);
+        return;
+      }
+      const timer = setTimeout(() => done(false), this.options.connectTimeoutMs ?? 10_000);
+      const done = (works: boolean): void => {
+        clearTimeout(timer);
+        ws.onmessage = ws.onclose = ws.onerror = null;
+        try {
+          ws.close(1000, "probe");
+        } catch {
+          // already closed
+        }
+        resolve(works);
+      };
+      ws.onmessage = (e: MessageEvent) =>
+        done(typeof e.data === "string" && e.data.startsWith('{"type":"welcome"'));
+      ws.onclose = () => done(false);
+      ws.onerror = () => done(false);
+    });
   }
 
   private backoff(attempt: number): number {
@@ -318,7 +441,7 @@ export class Client {
   /** One connection attempt; resolves when that connection is over. */
   private async attempt(url: string): Promise<Outcome> {
     const resume = this.resumeToken;
-    this.resumeToken = null; // one attempt: if it fails, the token and `since` take over
+    if (this.transport === "sse") return this.attemptWith(url, resume, null);
     let target = url;
     let protocols = [SUBPROTOCOL];
     if (resume) {
@@ -343,13 +466,23 @@ export class Client {
     if (this.stopped) {
       return { code: 1000, reason: "closed by the client", established: false, link: null };
     }
+    return this.attemptWith(url, resume, () => new this.WS(target, protocols));
+  }
+
+  /** One connection: a WebSocket (`open` makes it), else an SSE stream. */
+  private async attemptWith(
+    url: string,
+    resume: string | null,
+    open: (() => WebSocket) | null,
+  ): Promise<Outcome> {
     let welcome: Record<string, unknown> | null = null;
     let welcomed!: (payload: Record<string, unknown>) => void;
     const gotWelcome = new Promise<Record<string, unknown>>((resolve) => (welcomed = resolve));
     // Frames after the welcome wait until the client has set up for this connection
     // (the edge's resume acks can share the welcome's frame).
     let backlog: Frame[] | null = [];
-    const link = new Link(new this.WS(target, protocols), url, (l, frames) => {
+    const onFrames = (l: Link, frames: Frame[]): void => {
+      if (frames.length === 0 && this.link === l) this.liveness?.touch(); // an SSE comment
       for (const frame of frames) {
         if (!welcome) {
           if (frame.type === "welcome") {
@@ -361,7 +494,26 @@ export class Client {
         if (backlog) backlog.push(frame);
         else this.onFrame(l, frame);
       }
-    });
+    };
+    let link: Link;
+    if (open) {
+      link = new WsLink(open(), url, onFrames);
+    } else {
+      if (!this.fetchFn) {
+        return { code: 1006, reason: "the fallback needs fetch()", established: false, link: null };
+      }
+      const sse = new SseLink({
+        url,
+        channels: [...this.entries.keys()],
+        positions: this.positions.all(),
+        resume,
+        token: () => this.currentToken(),
+        fetch: this.fetchFn,
+        onFrames,
+      });
+      link = sse;
+      void sse.start().catch((err: unknown) => sse.end(1006, messageOf(err)));
+    }
     this.link = link;
     const timeoutMs = this.options.connectTimeoutMs ?? 10_000;
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -378,10 +530,12 @@ export class Client {
     }
     this.stats.connects += 1;
     if (resume) this.stats.resumes += 1;
+    this.resumeToken = null; // used: this connection's own `reconnect` brings the next
     this.setState("connected");
     this.watchLiveness(link, Number(first.ping_interval_s) || 30);
     this.scheduleRefresh(link, first.expires_at);
     this.takeSubscriptions(link, resume);
+    if (link instanceof SseLink) this.scheduleWebSocketRetry(link);
     const queued = backlog;
     backlog = null;
     for (const frame of queued) this.onFrame(link, frame);
@@ -389,6 +543,7 @@ export class Client {
     this.waiters.clear();
     this.events.emit("connected", {
       url,
+      transport: link.transport,
       node: String(first.node ?? ""),
       session: String(first.session ?? ""),
       user: String(first.user ?? ""),
@@ -520,6 +675,8 @@ export class Client {
   }
 
   private clearTimers(): void {
+    if (this.wsRetryTimer !== null) clearTimeout(this.wsRetryTimer);
+    this.wsRetryTimer = null;
     this.liveness?.stop();
     this.liveness = null;
     if (this.refreshTimer !== null) clearTimeout(this.refreshTimer);
@@ -598,10 +755,14 @@ export class Client {
   /** After a welcome: the edge restores what the resume token lists; the rest is asked for. */
   private takeSubscriptions(link: Link, resume: string | null): void {
     const restored = resume ? resumedChannels(resume) : new Set<string>();
+    // a stream is opened with its channels: the edge subscribes them, acks `resume:<channel>`
+    const streamed = link instanceof SseLink ? new Set(link.channels) : new Set<string>();
+    for (const channel of streamed) restored.add(channel);
     for (const channel of restored) {
       const entry = this.entries.get(channel);
       const answer = link.expect(`resume:${channel}`, this.requestTimeout);
-      if (entry) this.follow(link, entry, answer, true);
+      const again = !streamed.has(channel) || (entry?.acked ?? false);
+      if (entry) this.follow(link, entry, answer, again);
       else answer.then(() => this.unsubscribeOn(link, channel), () => undefined);
     }
     for (const entry of this.entries.values()) {

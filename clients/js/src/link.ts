@@ -1,7 +1,8 @@
 /**
- * One WebSocket connection to an edge: frames in, requests out, and one `closed`
- * Promise that settles exactly once, whether the edge closed, the network dropped,
- * or the client gave the connection up (a dead connection never sends a close).
+ * One connection to an edge: frames in, requests out, and one `closed` Promise that
+ * settles exactly once, whether the edge closed, the network dropped, or the client
+ * gave the connection up (a dead connection never sends a close). `WsLink` is a
+ * WebSocket; `SseLink` (sse.ts) the fallback, an SSE stream plus POSTs.
  */
 
 import { SwitchboardError } from "./errors.js";
@@ -24,41 +25,31 @@ interface Pending {
   timer: ReturnType<typeof setTimeout>;
 }
 
-export class Link {
+export type TransportKind = "websocket" | "sse";
+
+export abstract class Link {
   readonly closed: Promise<Closure>;
+  abstract readonly transport: TransportKind;
   /** From the edge's `reconnect` frame, which comes just before a drain's 1001. */
   reconnect: { afterMs: number; resumeToken: string | null } | null = null;
+  /** Ended by the client to connect again at once (another transport, other channels). */
+  restart = false;
   private settle!: (closure: Closure) => void;
-  private ended = false;
+  protected ended = false;
   private readonly pending = new Map<string, Pending>();
 
-  constructor(
-    readonly ws: WebSocket,
-    readonly url: string,
-    private readonly onFrames: (link: Link, frames: Frame[]) => void,
-  ) {
+  constructor(readonly url: string) {
     this.closed = new Promise((resolve) => (this.settle = resolve));
-    ws.onmessage = (e: MessageEvent) => {
-      if (this.ended) return;
-      if (typeof e.data === "string") this.onFrames(this, splitFrame(e.data));
-    };
-    ws.onclose = (e: CloseEvent) => this.finish({ code: e.code || 1006, reason: e.reason || "" });
-    ws.onerror = () => {
-      // Browsers follow an error with a close event, which carries the code; some
-      // runtimes (Node 20's WebSocket after a refused connection) never do.
-      setTimeout(() => this.finish({ code: 1006, reason: "connection failed" }), ERROR_GRACE_MS);
-    };
   }
 
   get open(): boolean {
     return !this.ended;
   }
 
-  send(message: Record<string, unknown>): boolean {
-    if (this.ended || this.ws.readyState !== 1) return false;
-    this.ws.send(JSON.stringify(message));
-    return true;
-  }
+  abstract send(message: Record<string, unknown>): boolean;
+
+  /** Give the connection up now: close it (politely, if it can) and settle `closed`. */
+  abstract end(code: number, reason: string): void;
 
   /** Send a request and wait for the answer that echoes its id. */
   request(
@@ -100,6 +91,48 @@ export class Link {
     return true;
   }
 
+  protected finish(closure: Closure): void {
+    if (this.ended) return;
+    this.ended = true;
+    const why = `${closure.code}${closure.reason ? " " + closure.reason : ""}`;
+    const error = new SwitchboardError("disconnected", `closed (${why}) before the answer`, true);
+    for (const [id, waiting] of [...this.pending]) {
+      this.pending.delete(id);
+      clearTimeout(waiting.timer);
+      waiting.reject(error);
+    }
+    this.settle(closure);
+  }
+}
+
+/** A WebSocket to an edge. */
+export class WsLink extends Link {
+  readonly transport = "websocket";
+
+  constructor(
+    readonly ws: WebSocket,
+    url: string,
+    private readonly onFrames: (link: Link, frames: Frame[]) => void,
+  ) {
+    super(url);
+    ws.onmessage = (e: MessageEvent) => {
+      if (this.ended) return;
+      if (typeof e.data === "string") this.onFrames(this, splitFrame(e.data));
+    };
+    ws.onclose = (e: CloseEvent) => this.finish({ code: e.code || 1006, reason: e.reason || "" });
+    ws.onerror = () => {
+      // Browsers follow an error with a close event, which carries the code; some
+      // runtimes (Node 20's WebSocket after a refused connection) never do.
+      setTimeout(() => this.finish({ code: 1006, reason: "connection failed" }), ERROR_GRACE_MS);
+    };
+  }
+
+  send(message: Record<string, unknown>): boolean {
+    if (this.ended || this.ws.readyState !== 1) return false;
+    this.ws.send(JSON.stringify(message));
+    return true;
+  }
+
   /** Give the connection up now: close it (politely, if it can) and settle `closed`. */
   end(code: number, reason: string): void {
     if (this.ended) return;
@@ -111,17 +144,9 @@ export class Link {
     this.finish({ code, reason });
   }
 
-  private finish(closure: Closure): void {
+  protected override finish(closure: Closure): void {
     if (this.ended) return;
-    this.ended = true;
     this.ws.onmessage = this.ws.onclose = this.ws.onerror = null;
-    const why = `${closure.code}${closure.reason ? " " + closure.reason : ""}`;
-    const error = new SwitchboardError("disconnected", `closed (${why}) before the answer`, true);
-    for (const [id, waiting] of [...this.pending]) {
-      this.pending.delete(id);
-      clearTimeout(waiting.timer);
-      waiting.reject(error);
-    }
-    this.settle(closure);
+    super.finish(closure);
   }
 }

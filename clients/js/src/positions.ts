@@ -38,6 +38,11 @@ export class Positions {
     return false;
   }
 
+  /** Every known position (what a reconnecting SSE stream sends as `Last-Event-ID`). */
+  all(): Map<string, Position> {
+    return new Map(this.byChannel);
+  }
+
   forget(channel: string): void {
     this.byChannel.delete(channel);
   }

@@ -30,9 +30,21 @@ export interface ConnectOptions {
   backoffCapMs?: number;
   /** Follow the browser's `online` / `offline` events (default true where they exist). */
   watchNetwork?: boolean;
+  /** `auto` (default): WebSocket, falling back to SSE + POST (docs/protocol.md §12) after
+   * `fallbackAfter` WebSocket attempts failed in a row, or when `probeWebSocket` says
+   * no; `websocket` or `sse` use only that one. */
+  transport?: "auto" | "websocket" | "sse";
+  /** WebSocket attempts that fail in a row (no `welcome`, not refused) before the
+   * fallback (default 2). */
+  fallbackAfter?: number;
+  /** Asked before the first attempt: false goes to the fallback at once. */
+  probeWebSocket?: (url: string) => boolean | Promise<boolean>;
+  /** On the fallback, try a WebSocket in the background this often, and switch back
+   * when one is welcomed (default 30 000). */
+  retryWebSocketMs?: number;
   /** Defaults to the global `WebSocket`. */
   WebSocket?: WebSocketLike;
-  /** Defaults to the global `fetch` (used for tickets). */
+  /** Defaults to the global `fetch` (used for tickets and the fallback). */
   fetch?: typeof fetch;
   /** Defaults to `Math.random` (backoff jitter). */
   random?: () => number;
@@ -40,6 +52,8 @@ export interface ConnectOptions {
 
 export interface Connected {
   url: string;
+  /** `websocket`, or `sse` on the fallback (an SSE stream and POSTs). */
+  transport: "websocket" | "sse";
   node: string;
   session: string;
   user: string;
@@ -130,6 +144,8 @@ export interface ClientEvents {
   leave: PresenceChange;
   /** Messages sent to this user (`channel` is `#<user id>`). */
   message: ChannelEvent;
+  /** The transport changed: to the fallback (`sse`), or back to `websocket`. */
+  transport: "websocket" | "sse";
   /** Errors that belong to no request: a refused refresh, getToken failures, bad frames. */
   error: SwitchboardError;
 }

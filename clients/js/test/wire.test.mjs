@@ -2,6 +2,7 @@
 // tests/browser/test_sdk_node.py, which passes them in the environment:
 //   SB_URLS       two edges "ws://…/v1/ws,ws://…/v1/ws"
 //   SB_DRAIN_URL, SB_DRAIN_PID  an edge they drain (SIGTERM)
+//   SB_REFUSING_URL, SB_REFUSING_PID  an edge they drain that then refuses (1013)
 //   SB_STOP_URL, SB_STOP_PID    an edge they freeze (SIGSTOP, then SIGCONT)
 //   SB_SECRET     the edges' HS256 secret;    SB_HISTORY  a Channel with history
 import assert from "node:assert/strict";
@@ -196,6 +197,35 @@ test("a drain moves the client with its resume token: nothing lost, nothing twic
   assert.deepEqual(log.gaps, []);
   client.close();
   backend.close();
+});
+
+test("a resume token outlives a refused attempt: the next edge still resumes", { skip: !wired || !env.SB_REFUSING_PID }, async (t) => {
+  // urls: the drained edge twice, so the attempt after the drain's 1001 fails there
+  // (1013 while it drains, 1006 once it is gone); the next one, on URLS[1], must still
+  // resume with the drain's token (before the fix the failed attempt used it up).
+  const channel = `${HIST}:refused`;
+  const refusing = env.SB_REFUSING_URL;
+  const client = open(t, { urls: [refusing, refusing, URLS[1]], getToken: () => mint("js-kept") });
+  const log = recorder(client);
+  const got = [];
+  await client.subscribe(channel, (e) => got.push(e.data.n)).ready;
+  const backend = open(t, { urls: [URLS[1]], getToken: () => mint("js-backend2") });
+  const pub = publisher(backend, channel);
+  await until(() => got.length >= 10, 10_000, "traffic");
+  process.kill(Number(env.SB_REFUSING_PID), "SIGTERM");
+  await until(() => log.connected.length === 2, 20_000, "the move");
+  await sleep(300);
+  pub.running = false;
+  await pub.done;
+  await until(() => got.length >= pub.acked.length, 10_000, "every acked event");
+  const codes = log.disconnected.map((d) => d.code);
+  assert.equal(codes.length, 2);
+  assert.equal(codes[0], 1001);
+  assert.ok([1013, 1006].includes(codes[1]), `a failed attempt at the drained edge: ${codes[1]}`);
+  assert.equal(log.connected[1].url, URLS[1]);
+  assert.equal(log.connected[1].resumed, true, "the token survived the failed attempt");
+  assert.deepEqual(got, pub.acked, "in order, none lost, none twice");
+  assert.deepEqual(log.gaps, []);
 });
 
 test("a frozen edge is noticed by the silence probe; the client moves on", { skip: !wired || !env.SB_STOP_PID }, async (t) => {
