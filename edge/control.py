@@ -35,6 +35,10 @@ SHED_IGNORED = "shed ignored: its seq is older than the last"
 SHED_DRAINING = "shed refused: the edge is draining"
 EXPECTED = {RATE_IGNORED, SHED_IGNORED, SHED_DRAINING}  # normal races, not refusals
 SHED_SETTLE_S = 1.0  # after the jitter window, for the last moved clients' handshakes
+# Moved clients refused by shedding pods retry with backoff (0.5 s doubling): a pod
+# that just shed keeps refusing them this long after its jitter window, so the
+# stragglers too land on pods that did not shed.
+SHED_REFUSE_TAIL_S = 10.0
 
 
 class Control:
@@ -53,6 +57,7 @@ class Control:
         self._shed_reason = "rebalance"
         self._shed_changed = asyncio.Event()
         self._shed_settled_at = 0.0  # loop time: moved clients may be back by then
+        self._refuse_until = 0.0  # loop time: refuse clients moved by a shed until then
         self._moving: set[Member] = set()  # told to move, not closed yet
 
     @property
@@ -129,6 +134,7 @@ class Control:
         after_ms = reconnect_after_ms(self.node.settings.reconnect_jitter_ms)
         token = self.node.resume_token(member, shed=shed)
         member.send(protocol.reconnect(token, after_ms, reason))
+        log.debug("moving", extra={"conn": member.id, "reason": reason, "after_ms": after_ms})
         # No await since the token was minted: close() stops further deliveries at once,
         # so the client has exactly what the token's offsets say.
         self._moving.add(member)
@@ -151,8 +157,9 @@ class Control:
         loop = asyncio.get_running_loop()
         return self._shed_task is not None or loop.time() < self._shed_settled_at
 
-    def _refresh_shedding(self) -> None:
-        self.node.shedding = self.shedding
+    def _refresh_refusal(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.node.shedding = self._shed_task is not None or loop.time() < self._refuse_until
 
     def shed(self, command: ShedCommand) -> ControlReply:
         """Start, re-target or stop (`connections: 0`) a shed; the answer says how many
@@ -229,9 +236,9 @@ class Control:
             self._shed_task = None
             jitter_s = node.settings.reconnect_jitter_ms / 1000
             self._shed_settled_at = loop.time() + jitter_s + SHED_SETTLE_S
+            self._refuse_until = loop.time() + jitter_s + SHED_REFUSE_TAIL_S
             log.info("shed", extra={"pod": node.settings.pod_name, "moved": moved})
-            # moved clients are refused here until they can all be back elsewhere
-            loop.call_later(jitter_s + SHED_SETTLE_S + 0.01, self._refresh_shedding)
+            loop.call_later(jitter_s + SHED_REFUSE_TAIL_S + 0.01, self._refresh_refusal)
 
     def _next_to_shed(self, order: deque[Member]) -> Member | None:
         """The first of `order` still here and not moving; one with an RPC in flight

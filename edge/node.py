@@ -77,8 +77,8 @@ class Node:
         )
         self.members: set[Member] = set()
         self.accepting = True
-        # a shed runs (or its moved clients may still be coming back): clients moved by
-        # any pod's shed are refused here, so they land on pods that are not shedding
+        # a shed runs or just ran (edge.control): clients moved by any pod's shed are
+        # refused here, so they land on pods that are not shedding
         self.shedding = False
         self.jwks: JwksKeys | None = None  # token keys from an IdP, when configured
         self._down_since_ms: int | None = None

@@ -2,9 +2,10 @@
 
 WebSockets live long, so pods added by a scale-up stay nearly empty while the old
 ones stay hot. When the busiest pod carries more than `1 + maxImbalance` times the
-mean, each pod above that line is asked to shed down to the mean (rounded up); the
-clients it moves come back through the Service, and shedding pods refuse clients
-moved by a shed, so they land on the pods that are not shedding: the cold ones.
+mean (and at least `MIN_EXCESS` connections more), each pod above that line is
+asked to shed down to the mean (rounded up). The clients it moves come back
+through the Service, and pods that shed (or just did) refuse clients moved by a
+shed, so these land on the pods that are not shedding: the cold ones.
 
 Nothing is decided while the pool is not settled: a pod not Ready yet or without
 live stats (its count is unknown, not zero), a pod draining (drains keep the
@@ -23,6 +24,9 @@ from dataclasses import dataclass, field
 from switchboard_operator.pacing import drain_shares
 
 ASK_GRACE_S = 10.0  # an asked pod counts as shedding this long before its stats say so
+# Not worth a move: a pod only sheds when it is this many connections above the mean
+# (a fleet that is filling up is briefly uneven by a few connections).
+MIN_EXCESS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,7 @@ class Policy:
     enabled: bool
     max_imbalance: float  # the busiest pod may carry mean * (1 + this)
     budget_per_s: float  # reconnects per second for all sheds of the pool together
+    min_excess: int = MIN_EXCESS  # connections above the mean before a pod sheds
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +85,10 @@ def plan(
         return Plan("settling", ratio, mean)
     if any(p.shedding for p in pods.values()):
         return Plan("shedding", ratio, mean)
-    if len(pods) < 2 or ratio <= policy.max_imbalance:
+    busiest = max(p.connections for p in pods.values()) if pods else 0
+    if len(pods) < 2 or ratio <= policy.max_imbalance or busiest - mean < policy.min_excess:
         return Plan("balanced", ratio, mean)
-    line = mean * (1 + policy.max_imbalance)
+    line = max(mean * (1 + policy.max_imbalance), mean + policy.min_excess)
     target = math.ceil(mean)
     sheds = {
         name: p.connections - target

@@ -52,7 +52,18 @@ def test_imbalance_is_the_busiest_over_the_mean(
             "rebalance",
             {"p0": 55, "p1": 35},
         ),
-        ("rounds the mean up", loads(7, 0, 0), 3, 0, ON, "rebalance", {"p0": 4}),
+        ("rounds the mean up", loads(70, 0, 0), 3, 0, ON, "rebalance", {"p0": 46}),
+        # A few connections are not worth a move (a filling fleet is briefly uneven).
+        ("below the minimum excess", loads(12, 0, 0), 3, 0, ON, "balanced", {}),
+        (
+            "the minimum excess is the line",
+            loads(40, 24, 20, 0),
+            4,
+            0,
+            ON,
+            "rebalance",
+            {"p0": 19},
+        ),
         # Within bounds: nothing moves.
         ("balanced", loads(55, 50, 45), 3, 0, ON, "balanced", {}),
         ("exactly at the bound", loads(60, 40, 50), 3, 0, ON, "balanced", {}),
