@@ -200,7 +200,7 @@ async def test_scale_up_rebalances_within_the_budget_and_loses_nothing(stack: St
 
     async def even_on_old() -> bool:
         stats = await _edge_counts(kv, old)
-        counts = [s["connections"] for s in stats.values()]
+        counts = [int(s["connections"]) for s in stats.values()]
         return sum(counts) == CLIENTS and min(counts) > 0
 
     try:
