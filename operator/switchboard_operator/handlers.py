@@ -7,6 +7,7 @@ deletion costs current, re-pace drains, rebalance hot pods, and report status.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,8 +21,13 @@ from switchboard.contract.errors import ReplicasRefused, Unavailable
 from switchboard.contract.messages import EdgeStats
 from switchboard_operator.backbone import OperatorBackbone
 from switchboard_operator.drains import DrainLedger
-from switchboard_operator.kube import KubeApi, KubeError
-from switchboard_operator.kube import login as kube_login
+from switchboard_operator.kube import (
+    KubeApi,
+    KubeError,
+    NoCredentials,
+    connection_info,
+    load_configuration,
+)
 from switchboard_operator.metrics import OperatorMetrics
 from switchboard_operator.models import (
     GROUP,
@@ -99,10 +105,14 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
 
     @kopf.on.login(registry=registry)
     async def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
-        info = kube_login(settings)
-        if info is not None:
-            await ctx.kube.use(info)
-        return info
+        """kopf and our own calls log in with the same configuration (kube.py)."""
+        try:
+            configuration = await asyncio.to_thread(load_configuration)
+        except NoCredentials as exc:
+            log.error("%s", exc)
+            return None
+        await ctx.kube.use(configuration)
+        return await asyncio.to_thread(connection_info, configuration, settings)
 
     # -- Channel -----------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 The same real parts as test_cluster.py (etcd, kube-apiserver, kube-controller-manager,
 the chart installed by the Helm engine, `switchboard operator` with the chart's
-ServiceAccount token, one `switchboard edge` process per pod, nats-server) and the
+ServiceAccount token, here handed out by an exec credential plugin of its
+kubeconfig, one `switchboard edge` process per pod, nats-server) and the
 same stand-ins (tests/e2e/kubelet.py: a kubelet for the edge pods, a TCP proxy for
 the Service, which spreads new connections round-robin over the Ready pods), in a
 release of its own.
@@ -36,7 +37,7 @@ from switchboard.contract.permissions import ROLES
 from switchboard.contract.tokens import mint_token
 from switchboard_operator.kube import label_selector
 from tests.controlplane.cluster import ControlPlane
-from tests.e2e.kubeconfig import api_client
+from tests.e2e.kubeconfig import api_client, exec_plugin_kubeconfig
 from tests.e2e.kubelet import ServiceProxy, StandInKubelet, peak_rate
 from tests.operator.harness import (
     ApiClient,
@@ -138,7 +139,11 @@ async def stack(
                 namespace=NS,
                 timeout=120,
             )
-            operator_kubeconfig = control_plane.kubeconfig_for_service_account(NS, OPERATOR_SA)
+            # The operator logs in through an exec credential plugin (as on EKS, GKE, AKS)
+            # that hands out its ServiceAccount's token: kopf and its own calls alike.
+            operator_kubeconfig, plugin_runs = exec_plugin_kubeconfig(
+                control_plane.kubeconfig_for_service_account(NS, OPERATOR_SA), logs
+            )
             operator_config = await admin.get(f"/api/v1/namespaces/{NS}/configmaps/{OPERATOR_SA}")
             auth = await admin.get(f"/api/v1/namespaces/{NS}/secrets/rb-switchboard-auth")
             async with (
@@ -158,6 +163,7 @@ async def stack(
                     config=operator_config["data"],
                 ) as operator,
             ):
+                assert plugin_runs.read_text().count("ran") >= 1
                 yield Stack(
                     admin,
                     operator,
