@@ -14,6 +14,7 @@ runs in a worker thread, never on the event loop. Every call here appears in
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -101,6 +102,14 @@ def connection_info(
     )
 
 
+def preload() -> None:
+    """Load the client's API modules now: the first use of each generates its typed
+    methods' validators, seconds of CPU (with the GIL held) that must not land in
+    the first reconcile. The operator calls this before its event loop starts."""
+    for api in (k8s.AppsV1Api, k8s.CoreV1Api, k8s.CustomObjectsApi):
+        assert api.__name__
+
+
 class KubeApi:
     """Async calls over the official client (each in a worker thread)."""
 
@@ -131,17 +140,21 @@ class KubeApi:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubeError(what, 0, repr(exc)) from None
 
-    def _plain(self, model: Any) -> Any:
-        """A typed model as the API's JSON (camelCase keys, timestamps as strings)."""
-        return self.client.sanitize_for_serialization(model)  # type: ignore[no-untyped-call]
+    async def _json(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A read as the API's own JSON: what the handlers read, and no model
+        validation between (an object a model would refuse is still read)."""
+        response = await self._call(what, call, *args, _preload_content=False, **kwargs)
+        try:
+            return json.loads(response.data)
+        except ValueError as exc:
+            raise KubeError(what, 0, f"not JSON: {exc}") from None
 
     async def deployment(self, namespace: str, name: str) -> dict[str, Any]:
         api = k8s.AppsV1Api(self.client)
-        found = await self._call(
+        found: dict[str, Any] = await self._json(
             f"get deployment {name}", api.read_namespaced_deployment, name, namespace
         )
-        result: dict[str, Any] = self._plain(found)
-        return result
+        return found
 
     async def scale(self, namespace: str, name: str, replicas: int) -> None:
         api = k8s.AppsV1Api(self.client)
@@ -157,17 +170,20 @@ class KubeApi:
     async def pods(self, namespace: str, match_labels: Mapping[str, str]) -> list[dict[str, Any]]:
         """Pods carrying all `match_labels` (filtered here too, whatever the server does)."""
         api = k8s.CoreV1Api(self.client)
-        listing = await self._call(
+        listing = await self._json(
             "list pods",
             api.list_namespaced_pod,
             namespace,
             label_selector=label_selector(match_labels),
         )
+        items: list[dict[str, Any]] = listing.get("items") or []
         return [
-            self._plain(pod)
-            for pod in listing.items
-            if pod.metadata is not None
-            and all((pod.metadata.labels or {}).get(k) == v for k, v in match_labels.items())
+            pod
+            for pod in items
+            if all(
+                (pod.get("metadata", {}).get("labels") or {}).get(k) == v
+                for k, v in match_labels.items()
+            )
         ]
 
     async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:

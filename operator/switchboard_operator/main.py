@@ -17,6 +17,7 @@ from switchboard_operator.backbone import OperatorBackbone
 from switchboard_operator.drains import DrainLedger
 from switchboard_operator.handlers import Context, register
 from switchboard_operator.kube import KubeApi
+from switchboard_operator.kube import preload as preload_kube
 from switchboard_operator.metrics import exposition, registry_for
 from switchboard_operator.settings import PEERING_PRIORITY_MAX, OperatorSettings
 
@@ -146,5 +147,6 @@ async def serve(settings: OperatorSettings, stop: asyncio.Event | None = None) -
 
 
 def run_operator(settings: OperatorSettings) -> int:
+    preload_kube()
     asyncio.run(serve(settings))
     return 0
