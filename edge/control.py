@@ -58,7 +58,7 @@ class Control:
         self._shed_changed = asyncio.Event()
         self._shed_settled_at = 0.0  # loop time: moved clients may be back by then
         self._refuse_until = 0.0  # loop time: refuse clients moved by a shed until then
-        self._moving: set[Member] = set()  # told to move, not closed yet
+        self._moving: set[Member] = set()  # told to move (pruned once they have left)
 
     @property
     def draining(self) -> bool:
@@ -137,11 +137,10 @@ class Control:
         log.debug("moving", extra={"conn": member.id, "reason": reason, "after_ms": after_ms})
         # No await since the token was minted: close() stops further deliveries at once,
         # so the client has exactly what the token's offsets say.
+        # Told to move: no longer this pod's, even while its close handshake lasts (a
+        # slow client holds it in `members` up to the close timeout).
         self._moving.add(member)
-        try:
-            await member.link.close(CloseCode.GOING_AWAY, reason)
-        finally:
-            self._moving.discard(member)
+        await member.link.close(CloseCode.GOING_AWAY, reason)
 
     # -- shed: move some connections away, still accepting and Ready -----------
 
@@ -169,7 +168,7 @@ class Control:
         if not self._shed_pace.offer(command):
             return ControlReply(False, error=SHED_IGNORED)
         self._shed_reason = command.reason
-        self._shed_left = min(command.connections, len(self.node.members))
+        self._shed_left = min(command.connections, self.staying())
         self._shed_changed.set()
         if self._shed_left == 0:
             self._stop_shed()
@@ -314,11 +313,16 @@ class Control:
             return ControlReply(True)
         return ControlReply(False, error=RATE_IGNORED)
 
+    def staying(self) -> int:
+        """Connections not told to move: what the operator balances."""
+        self._moving &= self.node.members
+        return len(self.node.members) - len(self._moving)
+
     def stats(self) -> EdgeStats:
         node = self.node
         return EdgeStats(
             pod=node.settings.pod_name,
-            connections=len(node.members),
+            connections=self.staying(),
             subscriptions=node.hub.subscription_count,
             draining=self.draining,
             accepting=node.accepting,
