@@ -26,7 +26,7 @@ from edge.upgrade import (
     origin_allowed,
     refuse_in_band,
 )
-from switchboard.contract.resume import read_resume
+from switchboard.contract.resume import read_resume_token
 from switchboard.contract.tokens import Claims, TokenError, TokenVerifier
 
 ORIGIN_REFUSAL = Refusal(403, "origin not allowed")
@@ -104,9 +104,14 @@ class Admission:
             if secret is None:
                 return Refusal(401, "resume tokens are not enabled")
             try:
-                return Admitted(*read_resume(secret, credential.value))
+                resume = read_resume_token(secret, credential.value)
             except TokenError as exc:
                 return Refusal(401, str(exc))
+            if resume.shed and node.shedding:
+                # A client a shed moved must land on a pod that is not shedding (the
+                # Service may send it back here); its SDK retries with the same token.
+                return Refusal(503, "edge is shedding", retry_after_s=1)
+            return Admitted(resume.claims, resume.subscriptions)
         if credential.kind == "ticket":
             return Pending(ticket=credential.value)
         if self._names_unknown_key(credential.value):

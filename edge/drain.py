@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from switchboard.contract.messages import DrainGrant
+from switchboard.contract.messages import DrainGrant, ShedCommand
 
 
 def next_move_at(since: float, rate_per_s: float, deadline: float) -> float:
@@ -47,8 +47,9 @@ class DrainPace:
     rate: float
     seq: int = -1
 
-    def offer(self, grant: DrainGrant | None) -> bool:
-        """Take a grant or re-pace (already validated: a positive rate) unless stale."""
+    def offer(self, grant: DrainGrant | ShedCommand | None) -> bool:
+        """Take a grant, re-pace or shed (already validated: a positive rate) unless
+        stale."""
         if grant is None:
             return False
         if grant.seq is not None:

@@ -77,6 +77,9 @@ class Node:
         )
         self.members: set[Member] = set()
         self.accepting = True
+        # a shed runs or just ran (edge.control): clients moved by any pod's shed are
+        # refused here, so they land on pods that are not shedding
+        self.shedding = False
         self.jwks: JwksKeys | None = None  # token keys from an IdP, when configured
         self._down_since_ms: int | None = None
         self._resuming: asyncio.Task[None] | None = None  # history consumers after a return
@@ -121,8 +124,9 @@ class Node:
     def resume_secret(self) -> str | None:
         return self.settings.resume_secret or self.settings.jwt_secret
 
-    def resume_token(self, member: Member) -> str | None:
-        """Claims plus, per subscription, the last offset this edge handed it."""
+    def resume_token(self, member: Member, *, shed: bool = False) -> str | None:
+        """Claims plus, per subscription, the last offset this edge handed it (`shed`:
+        moved by a shed, see `shedding`)."""
         secret = self.resume_secret
         if secret is None:
             return None
@@ -131,7 +135,11 @@ class Node:
             for channel in sorted(member.session.subscriptions)
         ]
         return mint_resume(
-            secret, member.session.claims, subscriptions, ttl_s=self.settings.resume_ttl_s
+            secret,
+            member.session.claims,
+            subscriptions,
+            ttl_s=self.settings.resume_ttl_s,
+            shed=shed,
         )
 
     def channel_usage(self) -> dict[str, dict[str, int]]:
@@ -144,13 +152,23 @@ class Member:
     """One client on this node: its Session's actions carried out, the hub's
     deliveries handed to its link."""
 
-    __slots__ = ("_joined_user", "_present", "id", "link", "node", "recovery", "session")
+    __slots__ = (
+        "_joined_user",
+        "_present",
+        "id",
+        "joined",
+        "link",
+        "node",
+        "recovery",
+        "session",
+    )
 
     def __init__(self, node: Node, link: Link, session: Session, cid: str) -> None:
         self.node = node
         self.link = link
         self.session = session
         self.id = cid
+        self.joined = time.monotonic()  # a shed moves the newest first
         self.recovery = Recovery(node.hub, node.backbone, node.settings.subject_prefix)
         self._joined_user = False
         self._present: set[str] | None = None  # presence channels this member is in

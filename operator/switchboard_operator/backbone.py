@@ -2,7 +2,8 @@
 
 Writes Channel configs and streams (through the same `switchboard_operator.channelstore`
 functions the CLI uses, so both produce the same entry), follows live edge
-stats in `sb_edges`, answers drain-grant requests, and re-paces draining edges.
+stats in `sb_edges`, answers drain-grant requests, re-paces draining edges and
+asks hot edges to shed.
 Reconnects forever, like an edge.
 """
 
@@ -22,7 +23,13 @@ from nats.js.errors import NotFoundError
 
 from switchboard.contract.channel_config import ChannelSpec, stream_name
 from switchboard.contract.errors import MessageError, ReplicasRefused, Unavailable
-from switchboard.contract.messages import DrainGrant, DrainRequest, EdgeStats, RateCommand
+from switchboard.contract.messages import (
+    DrainGrant,
+    DrainRequest,
+    EdgeStats,
+    RateCommand,
+    ShedCommand,
+)
 from switchboard.contract.names import EDGES_BUCKET, control_subject, drain_subject, stream_epoch
 from switchboard.contract.natsauth import redact
 from switchboard.contract.settings import ReplicasSetting
@@ -193,3 +200,11 @@ class OperatorBackbone:
             await self.client.publish(control_subject(self._prefix, pod), command.encode())
         except (nats.errors.Error, Unavailable) as exc:
             log.warning("rate not sent to %s: %s", pod, exc)
+
+    async def send_shed(self, pod: str, connections: int, rate: float) -> None:
+        """Ask `pod` to move `connections` clients away at `rate` (0: stop shedding)."""
+        command = ShedCommand(connections, rate, self._next_seq())
+        try:
+            await self.client.publish(control_subject(self._prefix, pod), command.encode())
+        except (nats.errors.Error, Unavailable) as exc:
+            log.warning("shed not sent to %s: %s", pod, exc)

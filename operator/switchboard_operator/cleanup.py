@@ -16,9 +16,7 @@ import logging
 import time
 from collections.abc import Mapping
 
-import kopf
-
-from switchboard_operator.kube import KubeApi, KubeError, login
+from switchboard_operator.kube import KubeApi, KubeError, NoCredentials, load_configuration
 
 log = logging.getLogger("switchboard.operator.cleanup")
 
@@ -28,12 +26,13 @@ POLL_S = 0.5
 
 async def cleanup(namespace: str, labels: Mapping[str, str], timeout_s: float) -> int:
     """Delete the labelled objects and wait for them to go: 0 when all went, else 1."""
-    info = login(kopf.OperatorSettings())
-    if info is None:
-        log.error("no Kubernetes credentials (no ServiceAccount token, no kubeconfig)")
+    try:
+        configuration = await asyncio.to_thread(load_configuration)
+    except NoCredentials as exc:
+        log.error("%s", exc)
         return 1
     api = KubeApi()
-    await api.use(info)
+    await api.use(configuration)
     try:
         return await _delete_and_wait(api, namespace, labels, timeout_s)
     except KubeError as exc:

@@ -139,6 +139,7 @@ def edgepool_crd() -> dict[str, Any]:
             {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
             {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
             {"name": "Draining", "type": "integer", "jsonPath": ".status.draining"},
+            {"name": "Imbalance", "type": "number", "jsonPath": ".status.imbalance"},
             _AGE,
         ],
         [],

@@ -60,6 +60,13 @@ class DrainLedger:
     def forget(self, pool: str) -> None:
         self._pools.pop(pool, None)
 
+    def pool_of(self, pod: str) -> tuple[str, frozenset[str]] | None:
+        """The pool `pod` belongs to, and that pool's pods."""
+        for name, state in self._pools.items():
+            if pod in state.pods:
+                return name, state.pods
+        return None
+
     def draining(self, pool: str) -> frozenset[str]:
         state = self._pools.get(pool)
         if state is None:

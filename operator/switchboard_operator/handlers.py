@@ -2,11 +2,12 @@
 
 Channel: config and stream into NATS, a finalizer to clean up, status from live
 edge stats. EdgePool: every `scale_interval_s`, scale on connections, keep pod
-deletion costs current, re-pace drains, and report status.
+deletion costs current, re-pace drains, rebalance hot pods, and report status.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,8 +21,13 @@ from switchboard.contract.errors import ReplicasRefused, Unavailable
 from switchboard.contract.messages import EdgeStats
 from switchboard_operator.backbone import OperatorBackbone
 from switchboard_operator.drains import DrainLedger
-from switchboard_operator.kube import KubeApi, KubeError
-from switchboard_operator.kube import login as kube_login
+from switchboard_operator.kube import (
+    KubeApi,
+    KubeError,
+    NoCredentials,
+    connection_info,
+    load_configuration,
+)
 from switchboard_operator.metrics import OperatorMetrics
 from switchboard_operator.models import (
     GROUP,
@@ -38,6 +44,7 @@ from switchboard_operator.pacing import (
     deletion_cost_patches,
     parse_cost,
 )
+from switchboard_operator.rebalance import PodLoad, Policy, ShedLedger, plan
 from switchboard_operator.scaling import Limits, decide
 from switchboard_operator.settings import OperatorSettings
 
@@ -55,6 +62,7 @@ class Context:
     kube: KubeApi
     ledger: DrainLedger
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    sheds: ShedLedger = field(default_factory=ShedLedger)
 
 
 def _now_iso() -> str:
@@ -97,10 +105,14 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
 
     @kopf.on.login(registry=registry)
     async def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
-        info = kube_login(settings)
-        if info is not None:
-            await ctx.kube.use(info)
-        return info
+        """kopf and our own calls log in with the same configuration (kube.py)."""
+        try:
+            configuration = await asyncio.to_thread(load_configuration)
+        except NoCredentials as exc:
+            log.error("%s", exc)
+            return None
+        await ctx.kube.use(configuration)
+        return await asyncio.to_thread(connection_info, configuration, settings)
 
     # -- Channel -----------------------------------------------------------
 
@@ -182,6 +194,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     @kopf.on.delete(*pools, registry=registry, optional=True)
     async def forget_pool(namespace: str | None, name: str, **_: Any) -> None:
         ctx.ledger.forget(f"{namespace}/{name}")
+        ctx.sheds.forget(f"{namespace}/{name}")
         ctx.metrics.forget_pool(f"{namespace}/{name}")
 
     @kopf.timer(*pools, registry=registry, interval=ctx.settings.scale_interval_s)
@@ -245,8 +258,12 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             log.info("scaled", extra={"pool": key, "from": replicas, "to": decision.replicas})
 
         await _update_costs(ctx, namespace, pods, terminating, live, memo, now)
+        ready = {p["metadata"]["name"] for p in pods if _pod_ready(p)} - terminating
+        balance = await _rebalance(ctx, key, pool, ready, live, draining, decision.replicas, body)
+        last_rebalance = _now_iso() if balance.sheds else status.get("lastRebalanceTime")
 
         ctx.metrics.observe_pool(key, names, connections, decision.replicas)
+        ctx.metrics.pool_imbalance[key] = balance.imbalance
         new = EdgePoolStatus(
             connections=connections,
             replicas=replicas if not decision.changes(replicas) else decision.replicas,
@@ -254,13 +271,16 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             draining=len(draining),
             draining_pods=sorted(draining),
             last_scale_time=last_scale,
+            imbalance=balance.imbalance,
+            shedding_pods=sorted(ctx.sheds.shedding(key, balance.shedding, now)),
+            last_rebalance_time=last_rebalance,
         )
         fresh = _dump(new)
         fresh.pop("conditions")
-        ready = _ready("True", decision.reason, "", status.get("conditions"))
-        if any(status.get(k) != v for k, v in fresh.items()) or not _same_ready(status, ready):
+        condition = _ready("True", decision.reason, "", status.get("conditions"))
+        if any(status.get(k) != v for k, v in fresh.items()) or not _same_ready(status, condition):
             patch.status.update(fresh)
-            patch.status["conditions"] = [ready]
+            patch.status["conditions"] = [condition]
 
 
 def _same_ready(status: Any, ready: dict[str, Any]) -> bool:
@@ -300,3 +320,68 @@ async def _update_costs(
             continue
         last_patched[pod] = now
         ctx.metrics.cost_patches += 1
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+@dataclass(frozen=True)
+class Balance:
+    imbalance: float
+    sheds: dict[str, int]
+    shedding: frozenset[str]  # pods whose stats say they shed
+
+
+async def _rebalance(
+    ctx: Context,
+    key: str,
+    pool: EdgePoolSpec,
+    ready: set[str],
+    live: dict[str, EdgeStats],
+    draining: frozenset[str],
+    expected: int,
+    body: Any,
+) -> Balance:
+    """Ask the hot pods to shed (rebalance.py decides), or stop their sheds for a drain."""
+    now = time.monotonic()
+    reported = frozenset(n for n, s in live.items() if s.shedding)
+    shedding = ctx.sheds.shedding(key, reported, now)
+    loads = {
+        name: PodLoad(stats.connections, name in shedding)
+        for name, stats in live.items()
+        if name in ready and name not in draining
+    }
+    spec = pool.rebalance
+    budget = min(spec.reconnects_per_second, pool.drain.reconnects_per_second)
+    decided = plan(loads, expected, len(draining), Policy(spec.enabled, spec.max_imbalance, budget))
+    if decided.reason == "drain-in-progress":  # drains keep the budget: stop running sheds
+        running = {n for n in reported if live[n].shed_pending} | ctx.sheds.take(key)
+        for pod in sorted(running - draining):
+            await ctx.backbone.send_shed(pod, 0, budget)
+            log.info("shed stopped for a drain", extra={"pod": pod, "pool": key})
+    if decided.sheds:
+        for pod, count in decided.sheds.items():
+            await ctx.backbone.send_shed(pod, count, decided.rates[pod])
+        ctx.sheds.asked(key, decided.sheds, now)
+        ctx.metrics.shed_requests += len(decided.sheds)
+        ctx.metrics.shed_connections += decided.moves
+        moves = ", ".join(f"{n} from {pod}" for pod, n in decided.sheds.items())
+        rate = next(iter(decided.rates.values()))
+        message = (
+            f"moving {decided.moves} connections ({moves}) at {rate:g}/s each: the busiest "
+            f"pod carries {decided.imbalance:.0%} more than the mean {decided.mean:.0f} "
+            f"(maxImbalance {spec.max_imbalance:.0%})"
+        )
+        kopf.info(body, reason="Rebalancing", message=message)
+        log.info("rebalancing", extra={"pool": key, "sheds": decided.sheds})
+        ctx.sheds.rebalancing.add(key)
+    elif decided.reason == "balanced" and key in ctx.sheds.rebalancing:
+        ctx.sheds.rebalancing.discard(key)
+        message = (
+            f"within maxImbalance {spec.max_imbalance:.0%}: the busiest pod carries "
+            f"{decided.imbalance:.0%} more than the mean {decided.mean:.0f}"
+        )
+        kopf.info(body, reason="Rebalanced", message=message)
+    return Balance(decided.imbalance, decided.sheds, reported)

@@ -17,6 +17,7 @@ from switchboard_operator.backbone import OperatorBackbone
 from switchboard_operator.drains import DrainLedger
 from switchboard_operator.handlers import Context, register
 from switchboard_operator.kube import KubeApi
+from switchboard_operator.kube import preload as preload_kube
 from switchboard_operator.metrics import exposition, registry_for
 from switchboard_operator.settings import PEERING_PRIORITY_MAX, OperatorSettings
 
@@ -87,10 +88,23 @@ async def serve(settings: OperatorSettings, stop: asyncio.Event | None = None) -
     registry = kopf.OperatorRegistry()
     register(registry, ctx)
 
+    async def stop_sheds(pod: str) -> None:
+        """Drains keep the reconnect budget: the pool's running sheds stop first."""
+        owner = ctx.ledger.pool_of(pod)
+        if owner is None:
+            return
+        pool, pods = owner
+        stats = backbone.edge_stats()
+        running = {p for p in pods if p in stats and stats[p].shed_pending} | ctx.sheds.take(pool)
+        for other in sorted(running - {pod}):
+            await backbone.send_shed(other, 0, 1.0)
+            log.info("shed stopped for a drain", extra={"pod": other, "draining": pod})
+
     async def grant(pod: str, connections: int) -> float | None:
         decision = ctx.ledger.grant(pod, time.monotonic())
         if decision is None:
             return None
+        await stop_sheds(pod)
         for other, rate in decision.repaced.items():  # slow the others before it starts
             await backbone.send_rate(other, rate)
             ctx.metrics.last_grant[other] = rate
@@ -133,5 +147,6 @@ async def serve(settings: OperatorSettings, stop: asyncio.Event | None = None) -
 
 
 def run_operator(settings: OperatorSettings) -> int:
+    preload_kube()
     asyncio.run(serve(settings))
     return 0

@@ -26,6 +26,9 @@ class OperatorMetrics:
     scalings: int = 0
     cost_patches: int = 0
     drain_grants: int = 0
+    shed_requests: int = 0  # pods asked to shed
+    shed_connections: int = 0  # connections they were asked to move
+    pool_imbalance: dict[str, float] = field(default_factory=dict)
     pool_connections: dict[str, int] = field(default_factory=dict)
     pool_desired: dict[str, int] = field(default_factory=dict)
     pool_pods: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -42,7 +45,12 @@ class OperatorMetrics:
 
     def forget_pool(self, pool: str) -> None:
         """The EdgePool was deleted: its series go."""
-        for table in (self.pool_connections, self.pool_desired, self.pool_pods):
+        for table in (
+            self.pool_connections,
+            self.pool_desired,
+            self.pool_pods,
+            self.pool_imbalance,
+        ):
             table.pop(pool, None)
         self._forget_gone_pods()
 
@@ -66,12 +74,20 @@ class OperatorCollector(Collector):
             ("scalings", m.scalings, "Deployment scale changes."),
             ("deletion_cost_patches", m.cost_patches, "pod-deletion-cost patches."),
             ("drain_grants", m.drain_grants, "Drain pace grants answered."),
+            ("shed_requests", m.shed_requests, "Sheds asked of hot pods (rebalancing)."),
+            ("shed_connections", m.shed_connections, "Connections hot pods were asked to move."),
         ):
             yield CounterMetricFamily(PREFIX + name, doc, value=count)
         gauges: tuple[tuple[str, str, Mapping[str, float], str], ...] = (
             ("pool_connections", "pool", m.pool_connections, "Live connections per EdgePool."),
             ("pool_desired_replicas", "pool", m.pool_desired, "Desired replicas per EdgePool."),
             ("drain_grant", "pod", m.last_grant, "Last pace granted to a draining pod."),
+            (
+                "pool_imbalance",
+                "pool",
+                m.pool_imbalance,
+                "Busiest pod's connections over the pool's mean, minus 1.",
+            ),
         )
         for name, label, values, doc in gauges:
             family = GaugeMetricFamily(PREFIX + name, doc, labels=[label])

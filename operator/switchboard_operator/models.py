@@ -23,6 +23,7 @@ __all__ = [
     "DrainSpec",
     "EdgePoolSpec",
     "EdgePoolStatus",
+    "RebalanceSpec",
 ]
 
 
@@ -42,6 +43,29 @@ class DrainSpec(_Model):
         ge=0,
         alias="timeoutSeconds",
         description="A draining pod closes whatever is left at this deadline.",
+    )
+
+
+class RebalanceSpec(_Model):
+    enabled: bool = Field(
+        False,
+        description="Move live connections from the busiest pods to the others once they "
+        "are uneven (after a scale-up); off: only new connections spread.",
+    )
+    max_imbalance: float = Field(
+        0.2,
+        gt=0,
+        le=10,
+        alias="maxImbalance",
+        description="Rebalance when the busiest pod carries more than (1 + this) times the "
+        "mean; pods above that shed down to the mean.",
+    )
+    reconnects_per_second: int = Field(
+        50,
+        ge=1,
+        alias="reconnectsPerSecond",
+        description="Reconnect budget of all sheds together (never above "
+        "drain.reconnectsPerSecond; nothing is shed while a pod drains).",
     )
 
 
@@ -68,6 +92,10 @@ class EdgePoolSpec(_Model):
         description="Scale down only to the highest recommendation of this window.",
     )
     drain: DrainSpec = Field(default_factory=DrainSpec, description="How pods are drained.")
+    rebalance: RebalanceSpec = Field(
+        default_factory=RebalanceSpec,
+        description="Moving connections from hot pods to cold ones (shed).",
+    )
 
     @model_validator(mode="after")
     def _min_le_max(self) -> EdgePoolSpec:
@@ -101,4 +129,14 @@ class EdgePoolStatus(_Model):
         default_factory=list, alias="drainingPods", description="Which pods are draining."
     )
     last_scale_time: str | None = Field(None, alias="lastScaleTime")
+    imbalance: float = Field(
+        0.0,
+        description="The busiest pod's connections over the mean, minus 1 (0: even).",
+    )
+    shedding_pods: list[str] = Field(
+        default_factory=list,
+        alias="sheddingPods",
+        description="Pods moving connections away to rebalance the pool.",
+    )
+    last_rebalance_time: str | None = Field(None, alias="lastRebalanceTime")
     conditions: list[Condition] = Field(default_factory=list)

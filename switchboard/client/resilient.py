@@ -100,6 +100,7 @@ class ResilientClient:
         self.client: Client | None = None
         self.connections = 0  # how many times a connection was made
         self.resumed = 0  # of which with a resume token
+        self.duplicates = 0  # events dropped as already seen (by offset): none, normally
         self.stopped_with: int | None = None
         self.stop_reason: str | None = None
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -267,6 +268,7 @@ class ResilientClient:
                     channel = msg["payload"]["channel"]
                     self._recovered(channel, msg["payload"], self.positions.get(channel))
                 if msg.get("type") == "event" and self._seen_before(msg["payload"]):
+                    self.duplicates += 1
                     continue
                 self._events.put_nowait(msg)
         except Closed:

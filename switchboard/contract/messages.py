@@ -7,6 +7,7 @@
 | `DrainGrant`   | the reply to a `DrainRequest`              | operator → edge                |
 | `DrainCommand` | `<prefix>.edge.<pod>.ctl`                  | operator → edge: drain now     |
 | `RateCommand`  | `<prefix>.edge.<pod>.ctl`                  | operator → edge: re-pace       |
+| `ShedCommand`  | `<prefix>.edge.<pod>.ctl`                  | operator → edge: move N away   |
 | `ControlReply` | the reply on the control subject           | edge → operator                |
 
 Each is JSON on the wire; `encode()` writes it and `decode(bytes)` reads it back,
@@ -139,6 +140,10 @@ class EdgeStats:
     accepting: bool = True
     ts: int = 0  # when it was taken, ms since the epoch
     channels: Mapping[str, ChannelUsage] = field(default_factory=dict)  # by Channel name
+    shed_pending: int = 0  # connections a running shed (rebalancing) still has to move
+    # a shed runs, or its moved clients may still be on their way back (its reconnect
+    # jitter after the last move): their counts have not settled anywhere yet
+    shedding: bool = False
 
     def usage(self, channel: str) -> ChannelUsage:
         """This edge's numbers for one Channel resource (zero when it has none)."""
@@ -153,6 +158,8 @@ class EdgeStats:
                 "draining": self.draining,
                 "accepting": self.accepting,
                 "ts": self.ts,
+                "shedding": self.shedding,
+                "shed_pending": self.shed_pending,
                 "channels": {
                     name: {"subscribers": u.subscribers, "published": u.published}
                     for name, u in self.channels.items()
@@ -182,6 +189,8 @@ class EdgeStats:
             accepting=_flag(raw, what, "accepting", True),
             ts=_count(raw, what, "ts", 0),
             channels=usage,
+            shed_pending=_count(raw, what, "shed_pending", 0),
+            shedding=_flag(raw, what, "shedding", False),
         )
 
 
@@ -259,7 +268,32 @@ class RateCommand(DrainGrant):
         return _dump({"command": "rate", **self._fields()})
 
 
-ControlCommand = DrainCommand | RateCommand
+@dataclass(frozen=True, slots=True)
+class ShedCommand:
+    """Move `connections` clients away at `reconnects_per_second`, as a drain moves
+    them (`reconnect` with a resume token, then 1001), while still accepting new
+    connections and staying Ready: how the operator rebalances a pool after a
+    scale-up. A newer shed replaces a running one; `connections: 0` stops it. The
+    edge answers with how many it will move. `seq` orders it like a pace."""
+
+    connections: int
+    reconnects_per_second: float
+    seq: int | None = None
+    reason: str = "rebalance"
+
+    def encode(self) -> bytes:
+        out: dict[str, Any] = {
+            "command": "shed",
+            "connections": self.connections,
+            "reconnects_per_second": self.reconnects_per_second,
+            "reason": self.reason,
+        }
+        if self.seq is not None:
+            out["seq"] = self.seq
+        return _dump(out)
+
+
+ControlCommand = DrainCommand | RateCommand | ShedCommand
 
 
 def decode_command(data: bytes | str) -> ControlCommand:
@@ -271,13 +305,17 @@ def decode_command(data: bytes | str) -> ControlCommand:
         return DrainCommand(_text(raw, what, "reason", "operator"))
     if kind == "rate":
         return RateCommand(*_pace(raw, what))
+    if kind == "shed":
+        rate, seq = _pace(raw, what)
+        connections = _count(raw, what, "connections")
+        return ShedCommand(connections, rate, seq, _text(raw, what, "reason", "rebalance"))
     raise MessageError(f"{what}: unknown command {kind!r:.80}")
 
 
 @dataclass(frozen=True, slots=True)
 class ControlReply:
-    """An edge's answer to a command: done (with its connections for a drain), or
-    refused and why."""
+    """An edge's answer to a command: done (with its connections for a drain, or how
+    many it will move for a shed), or refused and why."""
 
     ok: bool
     connections: int | None = None

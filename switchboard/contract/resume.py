@@ -8,6 +8,7 @@ accept `?resume=` in place of a token and restore the subscriptions from there.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -23,6 +24,16 @@ from switchboard.contract.tokens import (
 AUDIENCE = RESUME_AUDIENCE
 
 
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What a resume token says: who, which subscriptions from where, and whether a
+    shed (rebalancing) moved the client, whom no other shedding pod takes back."""
+
+    claims: Claims
+    subscriptions: list[dict[str, Any]]
+    shed: bool = False
+
+
 def mint_resume(
     secret: str,
     claims: Claims,
@@ -30,6 +41,7 @@ def mint_resume(
     *,
     ttl_s: float,
     now: float | None = None,
+    shed: bool = False,
 ) -> str:
     issued = time.time() if now is None else now
     body = claims.to_jwt_claims() | {
@@ -38,6 +50,8 @@ def mint_resume(
         "token_exp": claims.exp,
         "subs": subscriptions,
     }
+    if shed:
+        body["shed"] = True
     return jwt.encode(body, secret, algorithm="HS256")
 
 
@@ -45,6 +59,12 @@ def read_resume(
     secret: str, token: str, now: float | None = None
 ) -> tuple[Claims, list[dict[str, Any]]]:
     """The claims to connect with and the subscriptions to restore, or TokenError."""
+    resume = read_resume_token(secret, token, now)
+    return resume.claims, resume.subscriptions
+
+
+def read_resume_token(secret: str, token: str, now: float | None = None) -> Resume:
+    """The whole token (`read_resume` plus how the client was moved), or TokenError."""
     try:
         body = jwt.decode(
             token,
@@ -71,4 +91,4 @@ def read_resume(
         channels=None if body.get("channels") is None else tuple(body["channels"]),
         publish=None if body.get("publish") is None else tuple(body["publish"]),
     )
-    return claims, subs
+    return Resume(claims, subs, body.get("shed") is True)

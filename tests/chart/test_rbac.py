@@ -129,62 +129,58 @@ def test_the_peering_object_exists_for_the_operators_peering_name(name: str, kin
 
 
 KUBE = ROOT / "operator" / "switchboard_operator" / "kube.py"
-_VERBS = {"PATCH": "patch", "PUT": "update", "POST": "create", "DELETE": "delete"}
-
-
-def _template(node: ast.expr) -> str:
-    """An f-string's text with each {expression} as `{}`."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return node.value
-    if isinstance(node, ast.JoinedStr):
-        return "".join(_template(v) if isinstance(v, ast.Constant) else "{}" for v in node.values)
-    return ""
+# The official client's API classes kube.py uses, by their API group ("{}": ours).
+_API_GROUPS = {"AppsV1Api": "apps", "CoreV1Api": "", "CustomObjectsApi": "{}"}
+_CLIENT_VERBS = {"read": "get", "list": "list", "patch": "patch", "delete": "delete"}
+_CLIENT_VERBS |= {"create": "create", "replace": "update"}
 
 
 def _kube_calls() -> list[tuple[str, str]]:
-    """(HTTP method, path template) of every call switchboard_operator.kube makes."""
+    """(API class, client method) of every call switchboard_operator.kube makes: the
+    typed methods (`api.list_namespaced_pod`) it hands to `_call` or `_json`."""
     calls = []
     for function in ast.walk(ast.parse(KUBE.read_text())):
         if not isinstance(function, ast.AsyncFunctionDef | ast.FunctionDef):
             continue
-        paths = [
-            _template(node.value)
+        classes = [
+            node.func.attr
             for node in ast.walk(function)
-            if isinstance(node, ast.Assign) and _template(node.value).startswith("/api")
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr.endswith("Api")
         ]
         methods = [
-            str(call.args[0].value)
+            call.args[1].attr
             for call in ast.walk(function)
             if isinstance(call, ast.Call)
             and isinstance(call.func, ast.Attribute)
-            and call.func.attr == "_call"
-            and call.args
-            and isinstance(call.args[0], ast.Constant)
+            and call.func.attr in ("_call", "_json")
+            and len(call.args) > 1
+            and isinstance(call.args[1], ast.Attribute)
         ]
-        if paths:
-            assert len(paths) == len(methods) == 1, f"{function.name}: teach this test its calls"
-            calls.append((methods[0], paths[0]))
+        if classes or methods:
+            assert len(classes) == len(methods) == 1, f"{function.name}: teach this test its calls"
+            calls.append((classes[0], methods[0]))
     return calls
 
 
-def _permissions(method: str, path: str) -> set[Grant]:
-    """The RBAC (group, resource, verb) grants a request needs. A `{}` group is the
-    operator's own; a `{}` resource, any of the kinds `switchboard cleanup` handles."""
-    parts = path.strip("/").split("/")
-    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
-    assert rest[:2] == ["namespaces", "{}"], path  # the operator works in namespaces
-    resources = CLEANUP_KINDS if rest[2] == "{}" else (rest[2],)
-    suffix = f"/{rest[4]}" if len(rest) > 4 else ""
-    named = len(rest) > 3
-    verb = ("get" if named else "list") if method == "GET" else _VERBS[method]
-    group = GROUP if group == "{}" else group
-    return {(group, resource + suffix, verb) for resource in resources}
+def _permissions(api: str, method: str) -> set[Grant]:
+    """The RBAC (group, resource, verb) grants a client method needs, by the client's
+    naming (`<verb>_namespaced_<kind>[_<subresource>]`). A custom object is any of
+    the kinds `switchboard cleanup` handles."""
+    verb, _, rest = method.partition("_namespaced_")
+    kind, _, subresource = rest.partition("_")
+    resources = CLEANUP_KINDS if rest == "custom_object" else (f"{kind}s",)
+    suffix = f"/{subresource}" if subresource and rest != "custom_object" else ""
+    group = GROUP if _API_GROUPS[api] == "{}" else _API_GROUPS[api]
+    return {(group, resource + suffix, _CLIENT_VERBS[verb]) for resource in resources}
 
 
 def test_the_operators_own_api_calls_are_granted() -> None:
     calls = _kube_calls()
     assert len(calls) >= 4, calls  # deployment, scale, pods, annotate
-    needed = set().union(*(_permissions(method, path) for method, path in calls))
+    needed = set().union(*(_permissions(api, method) for api, method in calls))
+    assert ("", "pods", "list") in needed and ("apps", "deployments", "get") in needed
     assert ("apps", "deployments/scale", "patch") in needed
     assert (GROUP, "edgepools", "delete") in needed
     assert needed <= _required(), sorted(needed - _required())

@@ -1,10 +1,12 @@
 """The operator's Kubernetes module against the real API server: the credential forms
 users' kubeconfigs carry (kind, minikube and k3d write client certificates inline;
-in a pod the operator has a ServiceAccount token), and `switchboard cleanup`.
+EKS, GKE and AKS an exec plugin; in a pod the operator has a ServiceAccount token),
+kopf's login from the same configuration, and `switchboard cleanup`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -13,10 +15,16 @@ import pytest
 import yaml
 
 from switchboard_operator.cleanup import cleanup
-from switchboard_operator.kube import KubeApi, KubeError
+from switchboard_operator.kube import (
+    KubeApi,
+    KubeError,
+    NoCredentials,
+    connection_info,
+    load_configuration,
+)
 from switchboard_operator.models import GROUP, VERSION
 from tests.controlplane.cluster import ControlPlane
-from tests.e2e.kubeconfig import api_client
+from tests.e2e.kubeconfig import api_client, exec_plugin_kubeconfig
 from tests.operator.harness import ApiClient, channel_path, edgepool_path, eventually
 
 CRDS = Path(__file__).resolve().parents[2] / "charts" / "switchboard" / "crds"
@@ -25,10 +33,8 @@ CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 async def _login(kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> KubeApi:
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
-    assert info is not None
     api = KubeApi()
-    await api.use(info)
+    await api.use(await asyncio.to_thread(load_configuration))
     return api
 
 
@@ -60,6 +66,36 @@ async def test_service_account_token_is_refused_outside_its_role(
         assert refused.value.status == 403
     finally:
         await api.close()
+
+
+async def test_exec_plugin_credentials_for_our_calls_and_for_kopf(
+    control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A kubeconfig whose user is an exec plugin (EKS, GKE, AKS): the plugin runs, its
+    token is the identity of our calls (the `default` ServiceAccount, refused by name)
+    and of kopf's login."""
+    token_kubeconfig = control_plane.kubeconfig_for_service_account("default", "default")
+    kubeconfig, runs = exec_plugin_kubeconfig(token_kubeconfig, tmp_path)
+    api = await _login(kubeconfig, monkeypatch)
+    try:
+        assert runs.read_text() == "ran\n"
+        with pytest.raises(KubeError, match="system:serviceaccount:default:default") as refused:
+            await api.pods("default", {"app": "x"})
+        assert refused.value.status == 403
+    finally:
+        await api.close()
+    configuration = await asyncio.to_thread(load_configuration)
+    info = connection_info(configuration, kopf.OperatorSettings())
+    token = json.loads(token_kubeconfig.read_text())["users"][0]["user"]["token"]
+    assert (info.scheme, info.token) == ("Bearer", token)
+    assert info.server == control_plane.server and info.ca_path
+
+
+async def test_no_credentials_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(NoCredentials, match=r"not in a pod .* no usable kubeconfig"):
+        load_configuration()
 
 
 async def test_cleanup_deletes_only_the_labelled_and_says_what_stays(
