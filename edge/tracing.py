@@ -104,11 +104,12 @@ def failed(span: Span | None, code: str) -> None:
 
 def start_delivery(subject: str, headers: Mapping[str, str] | None, pod: str) -> Span | None:
     """The CONSUMER span of one message's delivery on this edge, for traced messages only."""
-    if not telemetry.enabled():
+    if not telemetry.enabled() or not headers:
         return None
+    traceparent = headers.get("traceparent")
+    if traceparent is None or (traceparent.endswith("-00") and telemetry.parent_based()):
+        return None  # nothing to continue, or a parent that was not sampled: no span at all
     parent = telemetry.extract(headers)
-    if parent is None:
-        return None
     return tracer().start_span(
         f"process {subject}",
         context=parent,

@@ -45,12 +45,19 @@ _SAMPLERS = (
     "parentbased_traceidratio",
 )
 
-_state: dict[str, Any] = {"enabled": False, "provider": None}
+_state: dict[str, Any] = {"enabled": False, "provider": None, "parent_based": False}
+_tracers: dict[str, Tracer] = {}  # the SDK builds a new Tracer per get_tracer call
 
 
 def enabled() -> bool:
     """True once an exporter is installed: the hot paths' one check when tracing is off."""
     return bool(_state["enabled"])
+
+
+def parent_based() -> bool:
+    """True when the sampler follows a remote parent's decision (the default): a message
+    whose `traceparent` says "not sampled" then needs no span at all."""
+    return bool(_state["parent_based"])
 
 
 def requested(env: Mapping[str, str] | None = None) -> bool:
@@ -138,8 +145,12 @@ def configure(default_service: str, instance_id: str | None = None) -> bool:
 def use(provider: TracerProvider) -> None:
     """Install a provider made elsewhere (an application embedding the edge, a test
     with the SDK's in-memory exporter) and turn the spans on."""
+    from opentelemetry.sdk.trace.sampling import ParentBased
+
     trace.set_tracer_provider(provider)
-    _state.update(enabled=True, provider=provider)
+    _tracers.clear()
+    sampler = getattr(provider, "sampler", None)
+    _state.update(enabled=True, provider=provider, parent_based=isinstance(sampler, ParentBased))
     logs.add_context(log_context)
 
 
@@ -148,7 +159,8 @@ def shutdown() -> None:
     provider = _state["provider"]
     if provider is not None:
         provider.shutdown()
-    _state.update(enabled=False, provider=None)
+    _tracers.clear()
+    _state.update(enabled=False, provider=None, parent_based=False)
 
 
 @contextlib.contextmanager
@@ -176,7 +188,11 @@ def log_context() -> dict[str, str]:
 
 
 def tracer(name: str) -> Tracer:
-    return trace.get_tracer(name)
+    """The tracer called `name`, made once per provider (hot paths ask per message)."""
+    found = _tracers.get(name)
+    if found is None:
+        found = _tracers[name] = trace.get_tracer(name)
+    return found
 
 
 def inject(headers: dict[str, str], span: Span | None = None) -> None:

@@ -19,8 +19,8 @@ from edge.server import EdgeServer
 from edge.settings import load_edge_settings
 from switchboard import telemetry
 from switchboard.cli.natsserver import NatsServer
-from switchboard.contract.channels import channel_subject
 from switchboard.client import Client
+from switchboard.contract.channels import channel_subject
 from tests.conftest import SECRET, token
 from tests.integration.helpers import next_event
 
