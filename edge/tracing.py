@@ -220,16 +220,16 @@ def drain_span(pod: str, reason: str, connections: int) -> Span | None:
 
 __all__ = [
     "SpanKind",
+    "answered",
     "configure_from_env",
     "drain_span",
     "end_delivery",
-    "answered",
     "end_server",
     "inject",
     "publish_span",
-    "rpc_span",
-    "start_delivery",
     "request_span",
+    "rpc_span",
     "server_span",
+    "start_delivery",
     "tracer",
 ]
