@@ -153,7 +153,8 @@ async def test_upgrades_are_http_server_spans_with_their_status(
             websockets.Subprotocol("switchboard.v1"),
             websockets.Subprotocol(f"bearer.{token('carol')}"),
         ],
-        additional_headers={"traceparent": caller, "User-Agent": "trace-test/1"},
+        additional_headers={"traceparent": caller},
+        user_agent_header="trace-test/1",
     ):
         pass
     with pytest.raises(websockets.InvalidStatus) as refused:
@@ -227,7 +228,7 @@ async def test_an_rpc_through_the_edge_to_the_backend_and_its_publish_are_one_tr
         for watcher in watchers:
             await watcher.subscribe("orders")
         answer = await caller.rpc("orders.create", {"item": 7})
-        assert answer["data"] == {"order": 42, "item": 7}
+        assert answer == {"order": 42, "item": 7}
         for watcher in watchers:
             assert (await next_event(watcher))["payload"]["data"] == {"order": 42, "item": 7}
     finally:
