@@ -12,6 +12,7 @@ from edge.backbone import NatsBackbone
 from edge.jwks import JwksKeys
 from edge.server import EdgeServer
 from edge.settings import EdgeSettings
+from switchboard import telemetry
 from switchboard.contract.natsauth import connect_options
 from switchboard.contract.tokens import TokenVerifier
 
@@ -64,8 +65,7 @@ def make_verifier(settings: EdgeSettings) -> TokenVerifier:
 
 
 async def run_edge(settings: EdgeSettings, ready: asyncio.Event | None = None) -> None:
-    if tracing.configure_from_env(settings.pod_name):
-        log.info("tracing to OTLP", extra={"pod": settings.pod_name})
+    tracing.configure_from_env(settings.pod_name)
     backbone = await connect_backbone(settings)
     server = EdgeServer(settings, backbone, make_verifier(settings))
     backbone.on_state_change = server.on_backbone_state
@@ -96,3 +96,4 @@ async def run_edge(settings: EdgeSettings, ready: asyncio.Event | None = None) -
     await server.shutdown()
     await backbone.flush()
     await backbone.close()
+    telemetry.shutdown()  # the last spans (the drain's) go out before the process ends

@@ -10,7 +10,9 @@ import math
 import time
 from collections import deque
 
-from edge import protocol
+from opentelemetry.trace import Span
+
+from edge import protocol, tracing
 from edge.drain import DrainPace, next_move_at, reconnect_after_ms
 from edge.node import Member, Node
 from edge.ports import Delivery, NoResponders, RequestTimeout, SubscriptionHandle, Unavailable
@@ -94,7 +96,10 @@ class Control:
         node.accepting = False
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self.offer_pace(await self._ask_drain_grant(reason))
+        span = tracing.drain_span(node.settings.pod_name, reason, len(node.members))
+        self.offer_pace(await self._ask_drain_grant(reason, span))
+        if span is not None:
+            span.set_attribute("switchboard.drain.rate", self._pace.rate)
         log.info(
             "draining",
             extra={
@@ -129,6 +134,8 @@ class Control:
             "drained",
             extra={"pod": node.settings.pod_name, "seconds": round(loop.time() - started, 3)},
         )
+        if span is not None:
+            span.end()
 
     async def _move(self, member: Member, reason: str, *, shed: bool = False) -> None:
         after_ms = reconnect_after_ms(self.node.settings.reconnect_jitter_ms)
@@ -256,15 +263,17 @@ class Control:
         finally:
             order.extend(busy)
 
-    async def _ask_drain_grant(self, reason: str) -> DrainGrant | None:
+    async def _ask_drain_grant(self, reason: str, span: Span | None) -> DrainGrant | None:
         """Request `sb.operator.drain`; None when no operator answers (the default pace
         stays)."""
         settings = self.node.settings
         body = DrainRequest(settings.pod_name, len(self.node.members), reason).encode()
         subject = drain_subject(settings.subject_prefix)
+        headers: dict[str, str] = {}
+        tracing.inject(headers, span)  # the operator's grant links to this drain
         try:
             answer = await self.node.backbone.request(
-                subject, body, {}, settings.drain_grant_timeout_s
+                subject, body, headers, settings.drain_grant_timeout_s
             )
             return DrainGrant.decode(answer.data)
         except (NoResponders, RequestTimeout, Unavailable):

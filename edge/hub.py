@@ -331,8 +331,8 @@ class Hub:
             reason = "not utf-8" if isinstance(exc, UnicodeDecodeError) else "not encodable"
             log.warning("dropped a message: %s", reason, extra={"subject": delivery.subject})
             if span is not None:
-                span.set_attribute("sb.error", reason)
-                span.end()
+                span.set_attribute("error.type", reason)
+                tracing.end_delivery(span, len(delivery.data), 0)
             return
         if delivery.offset is None:
             for member in tuple(topic.members):
@@ -345,8 +345,7 @@ class Hub:
         if self._on_latency is not None and delivery.headers:
             self._latency(delivery.headers.get(HEADER_TS_US))
         if span is not None:
-            span.set_attribute("sb.recipients", len(topic.members))
-            span.end()
+            tracing.end_delivery(span, len(delivery.data), len(topic.members))
 
     def _disconnect(self, topic: _Topic, delivery: Delivery) -> None:
         """Close every member of a user's subject with the code a backend asked for."""

@@ -14,6 +14,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+from opentelemetry.trace import Span
+
 from edge import protocol, tracing
 from edge.directory import ChannelDirectory
 from edge.hub import HEADER_FROM, Hub, decode_data, stamp_headers
@@ -34,7 +36,6 @@ from edge.session import (
     Unsubscribe,
 )
 from edge.settings import EdgeSettings
-from edge.tracing import SpanKind
 from switchboard.contract.channels import channel_subject, rpc_subject
 from switchboard.contract.codes import ErrorCode
 from switchboard.contract.resume import mint_resume
@@ -338,8 +339,9 @@ class Member:
         if action.msg_id is not None:
             headers["Nats-Msg-Id"] = action.msg_id
         subject = channel_subject(node.settings.subject_prefix, action.channel)
-        with tracing.tracer().start_as_current_span(
-            "sb.publish", kind=SpanKind.PRODUCER, attributes=self._span_attributes(subject)
+        pod = node.settings.pod_name
+        with tracing.publish_span(
+            subject, len(action.body), self.session.user, self.id, pod
         ) as span:
             tracing.inject(headers, span)
             ack: dict[str, Any] = {"channel": action.channel}
@@ -353,32 +355,26 @@ class Member:
                     )
                     ack["epoch"] = await node.hub.epoch(stream)
             except Unavailable as exc:
-                span.set_attribute("sb.error", "unavailable")
+                tracing.failed(span, ErrorCode.UNAVAILABLE)
                 self._error(action.request_id, ErrorCode.UNAVAILABLE, f"not accepted: {exc}")
                 return
         node.metrics.publishes += 1
         node.directory.count_publish(action.channel)
         self.send(protocol.ack(action.request_id, ack))
 
-    def _span_attributes(self, subject: str) -> dict[str, str]:
-        return {
-            "messaging.system": "nats",
-            "messaging.destination.name": subject,
-            "enduser.id": self.session.user,
-            "sb.conn": self.id,
-            "sb.pod": self.node.settings.pod_name,
-        }
-
     async def _rpc(self, action: Rpc) -> None:
         subject = rpc_subject(self.node.settings.subject_prefix, action.method)
         headers = {HEADER_FROM: self.session.user, "Sb-Conn": self.id}
-        with tracing.tracer().start_as_current_span(
-            "sb.rpc", kind=SpanKind.CLIENT, attributes=self._span_attributes(subject)
+        settings = self.node.settings
+        with tracing.rpc_span(
+            subject, action.method, len(action.body), self.session.user, self.id, settings.pod_name
         ) as span:
             tracing.inject(headers, span)
-            await self._rpc_request(action, subject, headers)
+            await self._rpc_request(action, subject, headers, span)
 
-    async def _rpc_request(self, action: Rpc, subject: str, headers: dict[str, str]) -> None:
+    async def _rpc_request(
+        self, action: Rpc, subject: str, headers: dict[str, str], span: Span | None
+    ) -> None:
         try:
             reply = await self.node.backbone.request(
                 subject, action.body, headers, action.timeout_s
@@ -386,18 +382,23 @@ class Member:
             error_code = (reply.headers or {}).get("Sb-Error")
             if error_code:
                 self.node.record_error(error_code)
+                tracing.failed(span, error_code)
                 message = reply.data.decode(errors="replace")
                 self.send(protocol.backend_error(action.request_id, error_code, message))
             else:
                 data = decode_data(reply.data) if reply.data else None
                 self.send(protocol.frame("rpc_response", {"data": data}, action.request_id))
         except NoResponders:
+            tracing.failed(span, ErrorCode.NOT_FOUND)
             self._error(action.request_id, ErrorCode.NOT_FOUND, f"no backend for '{action.method}'")
         except RequestTimeout:
+            tracing.failed(span, ErrorCode.TIMEOUT)
             self._error(action.request_id, ErrorCode.TIMEOUT, f"'{action.method}' timed out")
         except Unavailable as exc:
+            tracing.failed(span, ErrorCode.UNAVAILABLE)
             self._error(action.request_id, ErrorCode.UNAVAILABLE, str(exc))
         except UnicodeDecodeError:
+            tracing.failed(span, ErrorCode.INTERNAL)
             self._error(action.request_id, ErrorCode.INTERNAL, "backend reply is not UTF-8")
         finally:
             self.session.rpc_finished()

@@ -42,7 +42,6 @@ from edge.sse import (
     stream_head,
     subscriptions_for,
 )
-from edge.tracing import SpanKind
 from edge.transport import ClientPort, ClientSocket
 from edge.upgrade import SUBPROTOCOL, Refusal, route
 from switchboard.contract.localdrain import remove_secret, secret_path, write_secret
@@ -87,8 +86,6 @@ class EdgeServer:
         self._answering: set[asyncio.Task[None]] = set()  # HTTP routes, ticket redemptions
         self._server: asyncio.Server | None = None
         self._emptied: asyncio.Event | None = None  # set when the last connection is gone
-        # A proxy until tracing is configured, then the real tracer: safe to keep.
-        self._tracer = tracing.tracer()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -179,8 +176,12 @@ class EdgeServer:
             self._in_task(self._answer(sock, request, path))
             return
         started = time.perf_counter()
-        span = self._tracer.start_span(
-            "sb.upgrade", kind=SpanKind.SERVER, attributes={"sb.pod": self.settings.pod_name}
+        span = (
+            tracing.server_span(
+                "GET", WS_PATH, request.path, request.headers, self.port, sock.remote_address
+            )
+            if tracing.enabled()
+            else None
         )
         decision = self.admission.check(request)
         if isinstance(decision, Pending):
@@ -211,13 +212,13 @@ class EdgeServer:
         sock: ClientSocket,
         request: HttpRequest,
         pending: Pending,
-        span: Span,
+        span: Span | None,
         started: float,
     ) -> None:
         try:
             decision = await self.admission.settle(pending)
         except BaseException:
-            span.end()
+            tracing.end_server(span, 500, None)
             raise
         self._upgrade(sock, request, decision, span, started)
 
@@ -226,21 +227,16 @@ class EdgeServer:
         sock: ClientSocket,
         request: HttpRequest,
         decision: Admitted | Refusal,
-        span: Span,
+        span: Span | None,
         started: float,
     ) -> None:
         """Answer an upgrade once admission has decided: 101 and a connection, a
         refusal in band (101, then the close) or an HTTP refusal."""
-        try:
-            refusal = decision if isinstance(decision, Refusal) else None
-            in_band = refusal is not None and self.admission.in_band(refusal, request)
-            if span.is_recording():
-                status = 101 if refusal is None or in_band else refusal.status
-                span.set_attribute("http.response.status_code", status)
-                if refusal is not None and in_band:
-                    span.set_attribute("sb.refusal.close_code", refusal.close_code)
-        finally:
-            span.end()
+        refusal = decision if isinstance(decision, Refusal) else None
+        in_band = refusal is not None and self.admission.in_band(refusal, request)
+        if span is not None:
+            status = 101 if refusal is None or in_band else refusal.status
+            tracing.end_server(span, status, refusal.close_code if refusal and in_band else None)
         self.node.metrics.handshakes["accepted" if refusal is None else "refused"].observe(
             time.perf_counter() - started
         )
@@ -294,11 +290,11 @@ class EdgeServer:
     async def _post(self, request: HttpRequest) -> Response:
         if not self.admission.origin_ok(request):
             return refusal_answer(ORIGIN_REFUSAL)
-        with self._tracer.start_as_current_span(
-            "sb.post", kind=SpanKind.SERVER, attributes={"sb.pod": self.settings.pod_name}
+        with tracing.request_span(
+            "POST", MESSAGES_PATH, request.path, request.headers, self.port
         ) as span:
             answer = await self.poster.answer(request)
-            span.set_attribute("http.response.status_code", answer.status_code)
+            tracing.answered(span, answer.status_code)
         return answer
 
     def _open_stream(self, sock: ClientSocket, request: HttpRequest) -> None:
@@ -318,8 +314,12 @@ class EdgeServer:
         if isinstance(wanted, Refusal):  # before a ticket is spent
             self._refuse_stream(sock, request, wanted)
             return
-        span = self._tracer.start_span(
-            "sb.sse", kind=SpanKind.SERVER, attributes={"sb.pod": self.settings.pod_name}
+        span = (
+            tracing.server_span(
+                "GET", SSE_PATH, request.path, request.headers, self.port, sock.remote_address
+            )
+            if tracing.enabled()
+            else None
         )
         decision = self.admission.check(request)
         if isinstance(decision, Pending):
@@ -333,13 +333,13 @@ class EdgeServer:
         request: HttpRequest,
         wanted: StreamRequest,
         pending: Pending,
-        span: Span,
+        span: Span | None,
         started: float,
     ) -> None:
         try:
             decision = await self.admission.settle(pending)
         except BaseException:
-            span.end()
+            tracing.end_server(span, 500)
             raise
         self._start_stream(sock, request, wanted, decision, span, started)
 
@@ -349,7 +349,7 @@ class EdgeServer:
         request: HttpRequest,
         wanted: StreamRequest,
         decision: Admitted | Refusal,
-        span: Span,
+        span: Span | None,
         started: float,
     ) -> None:
         node = self.node
@@ -358,12 +358,7 @@ class EdgeServer:
         if isinstance(decision, Admitted):
             subscriptions = subscriptions_for(wanted, decision.resume)
             refusal = channel_refusal(node, decision.claims, [s["channel"] for s in subscriptions])
-        try:
-            span.set_attribute(
-                "http.response.status_code", 200 if refusal is None else refusal.status
-            )
-        finally:
-            span.end()
+        tracing.end_server(span, 200 if refusal is None else refusal.status)
         node.metrics.handshakes["accepted" if refusal is None else "refused"].observe(
             time.perf_counter() - started
         )

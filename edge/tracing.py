@@ -1,77 +1,235 @@
-"""OpenTelemetry traces: spans for the upgrade, client requests, NATS publish and delivery.
+"""The edge's spans, named and attributed by the OpenTelemetry semantic conventions.
 
-W3C `traceparent` travels in NATS headers, so a publish on one edge and its
-delivery on another are one trace. The SDK and its OTLP exporter are set up
-only when the standard `OTEL_*` variables ask for an exporter; otherwise the
-API's no-op tracer costs next to nothing on the hot path.
+- `GET /v1/ws`, `GET /v1/sse`, `POST /v1/messages` (SERVER): the upgrade, an SSE
+  stream's opening, a message posted, with `http.response.status_code`; a client's
+  `traceparent` on the request continues its trace.
+- `publish <subject>` (PRODUCER, `messaging.operation.type=send`): a client's publish
+  into NATS; `traceparent` goes into the NATS headers.
+- `process <subject>` (CONSUMER, `process`): one per edge per traced message, with the
+  number of connections it went to (never one span per connection).
+- `<subject>` (CLIENT) for an RPC: the backend answering `sb.rpc.<method>` continues
+  it as the SERVER side from the `traceparent` in the request's headers.
+- `drain` (INTERNAL): a drain from start to the last connection moved; the request
+  for a grant carries its context, and the operator's grant links to it.
+
+When no exporter is configured (`telemetry.enabled()` false) none of this runs: the
+hot paths pay one boolean test per message.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import Protocol
 
-from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Tracer
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.util.types import AttributeValue
+
+from switchboard import telemetry
 
 TRACER_NAME = "switchboard.edge"
-_EXPORTER_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+DEFAULT_SERVICE = "switchboard-edge"
 
+_NO_SPAN: nullcontext[None] = nullcontext(None)
 
-def tracing_requested(env: Mapping[str, str] | None = None) -> bool:
-    env = os.environ if env is None else env
-    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return False
-    if env.get("OTEL_TRACES_EXPORTER", "").lower() == "none":
-        return False
-    return any(env.get(name) for name in _EXPORTER_VARS) or "OTEL_TRACES_EXPORTER" in env
+enabled = telemetry.enabled
 
 
 def configure_from_env(pod: str) -> bool:
-    """Install the SDK with an OTLP/HTTP exporter when OTEL_* asks for one."""
-    if not tracing_requested():
-        return False
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    resource = Resource.create({"service.name": "switchboard-edge", "service.instance.id": pod})
-    provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
-    return True
+    """Install the SDK when `OTEL_*` asks for an exporter (service `switchboard-edge`)."""
+    return telemetry.configure(DEFAULT_SERVICE, pod)
 
 
 def tracer() -> Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    return telemetry.tracer(TRACER_NAME)
 
 
-def inject(headers: dict[str, str], span: Span) -> None:
+def inject(headers: dict[str, str], span: Span | None) -> None:
     """Add `traceparent` for `span` to outgoing NATS headers."""
-    if span.get_span_context().is_valid:
-        propagate.inject(headers, context=trace.set_span_in_context(span))
+    if span is not None:
+        telemetry.inject(headers, span)
 
 
-def extract(headers: Mapping[str, str] | None) -> Context | None:
-    """The remote parent carried by a NATS message, if any."""
-    if not headers or "traceparent" not in headers:
-        return None
-    return propagate.extract(dict(headers))
+def _messaging(
+    subject: str, operation: str, kind: str, size: int, client: str
+) -> dict[str, AttributeValue]:
+    return {
+        "messaging.system": "nats",
+        "messaging.destination.name": subject,
+        "messaging.operation.name": operation,
+        "messaging.operation.type": kind,
+        "messaging.message.body.size": size,
+        "messaging.client.id": client,
+    }
 
 
-def start_delivery(subject: str, headers: Mapping[str, str] | None, pod: str) -> Span | None:
-    """A CONSUMER span for one delivery on this edge, only for traced messages."""
-    parent = extract(headers)
-    if parent is None:
-        return None
-    return tracer().start_span(
-        "sb.deliver",
-        context=parent,
-        kind=SpanKind.CONSUMER,
-        attributes={"messaging.destination.name": subject, "sb.pod": pod},
+def publish_span(
+    subject: str, size: int, user: str, conn: str, pod: str
+) -> AbstractContextManager[Span | None]:
+    """The PRODUCER span of a client's publish (a null context when tracing is off)."""
+    if not telemetry.enabled():
+        return _NO_SPAN
+    attributes = _messaging(subject, "publish", "send", size, f"sb-edge:{pod}")
+    attributes.update({"enduser.id": user, "switchboard.connection.id": conn})
+    return tracer().start_as_current_span(
+        f"publish {subject}", kind=SpanKind.PRODUCER, attributes=attributes
     )
 
 
-__all__ = ["SpanKind", "configure_from_env", "inject", "start_delivery", "tracer"]
+def rpc_span(
+    subject: str, method: str, size: int, user: str, conn: str, pod: str
+) -> AbstractContextManager[Span | None]:
+    """The CLIENT side of an RPC (request-reply over NATS) to a backend."""
+    if not telemetry.enabled():
+        return _NO_SPAN
+    attributes = _messaging(subject, "request", "send", size, f"sb-edge:{pod}")
+    attributes.update(
+        {
+            "rpc.system": "switchboard",
+            "rpc.method": method,
+            "enduser.id": user,
+            "switchboard.connection.id": conn,
+        }
+    )
+    return tracer().start_as_current_span(subject, kind=SpanKind.CLIENT, attributes=attributes)
+
+
+def failed(span: Span | None, code: str) -> None:
+    """Mark a span failed with the client-visible error code."""
+    if span is not None:
+        span.set_attribute("error.type", code)
+        span.set_status(Status(StatusCode.ERROR, code))
+
+
+def start_delivery(subject: str, headers: Mapping[str, str] | None, pod: str) -> Span | None:
+    """The CONSUMER span of one message's delivery on this edge, for traced messages only."""
+    if not telemetry.enabled() or not headers:
+        return None
+    traceparent = headers.get("traceparent")
+    if traceparent is None or (traceparent.endswith("-00") and telemetry.parent_based()):
+        return None  # nothing to continue, or a parent that was not sampled: no span at all
+    parent = telemetry.extract(headers)
+    return tracer().start_span(
+        f"process {subject}",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes=_messaging(subject, "process", "process", 0, f"sb-edge:{pod}"),
+    )
+
+
+def end_delivery(span: Span, size: int, connections: int) -> None:
+    """Close a delivery span with the body size and how many connections it reached."""
+    span.set_attribute("messaging.message.body.size", size)
+    span.set_attribute("switchboard.delivery.connections", connections)
+    span.end()
+
+
+class _Headers(Protocol):
+    def get(self, name: str) -> str | None: ...
+
+
+def _server_attributes(
+    method: str, route: str, path: str, headers: _Headers, port: int, peer: tuple[str, int] | None
+) -> dict[str, AttributeValue]:
+    attributes: dict[str, AttributeValue] = {
+        "http.request.method": method,
+        "http.route": route,
+        "url.path": path.partition("?")[0],  # never the query: it may hold a ticket
+        "url.scheme": "http",
+        "server.port": port,
+        "network.protocol.version": "1.1",
+        "user_agent.original": headers.get("user-agent") or "",
+    }
+    if peer is not None:
+        attributes["client.address"], attributes["client.port"] = peer
+    return attributes
+
+
+def _caller(headers: _Headers) -> Context | None:
+    carrier = {k: v for k in ("traceparent", "tracestate") if (v := headers.get(k)) is not None}
+    return telemetry.extract(carrier)
+
+
+def server_span(
+    method: str,
+    route: str,
+    path: str,
+    headers: _Headers,
+    port: int,
+    peer: tuple[str, int] | None,
+) -> Span | None:
+    """The SERVER span of a WebSocket upgrade or an SSE stream's opening, ended by
+    `end_server` once admission has decided; a caller's `traceparent` is its parent."""
+    if not telemetry.enabled():
+        return None
+    return tracer().start_span(
+        f"{method} {route}",
+        context=_caller(headers),
+        kind=SpanKind.SERVER,
+        attributes=_server_attributes(method, route, path, headers, port, peer),
+    )
+
+
+def request_span(
+    method: str, route: str, path: str, headers: _Headers, port: int
+) -> AbstractContextManager[Span | None]:
+    """The SERVER span of one HTTP request answered in place (`POST /v1/messages`),
+    current while it runs, so its publish or RPC is a child."""
+    if not telemetry.enabled():
+        return _NO_SPAN
+    return tracer().start_as_current_span(
+        f"{method} {route}",
+        context=_caller(headers),
+        kind=SpanKind.SERVER,
+        attributes=_server_attributes(method, route, path, headers, port, None),
+    )
+
+
+def answered(span: Span | None, status: int) -> None:
+    """The status of a request span (an error status for a 5xx, as the conventions say)."""
+    if span is not None:
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR, str(status)))
+
+
+def end_server(span: Span | None, status: int, close_code: int | None = None) -> None:
+    if span is None:
+        return
+    answered(span, status)
+    if close_code is not None:
+        span.set_attribute("switchboard.close_code", close_code)
+    span.end()
+
+
+def drain_span(pod: str, reason: str, connections: int) -> Span | None:
+    """The edge's drain, from the stop of admissions to the last connection moved."""
+    if not telemetry.enabled():
+        return None
+    return tracer().start_span(
+        "drain",
+        kind=SpanKind.INTERNAL,
+        attributes={
+            "switchboard.pod": pod,
+            "switchboard.drain.reason": reason,
+            "switchboard.drain.connections": connections,
+        },
+    )
+
+
+__all__ = [
+    "SpanKind",
+    "answered",
+    "configure_from_env",
+    "drain_span",
+    "end_delivery",
+    "end_server",
+    "inject",
+    "publish_span",
+    "request_span",
+    "rpc_span",
+    "server_span",
+    "start_delivery",
+    "tracer",
+]

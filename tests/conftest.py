@@ -16,7 +16,11 @@ from switchboard.contract.tokens import mint_token
 # from Go modules during collection when a collected test asks for `control_plane`.
 from tests.controlplane.fixtures import build_control_plane_if_needed, control_plane
 
-__all__ = ["control_plane"]
+# A real Jaeger v2 (tests/tracing), built from Go modules during collection when a
+# collected test asks for `jaeger`.
+from tests.tracing.fixtures import build_jaeger_if_needed, jaeger
+
+__all__ = ["control_plane", "jaeger"]
 
 # Each test is marked with its tier, its folder under tests/ (registered in
 # pyproject.toml, so `--strict-markers` catches a folder nobody declared):
@@ -35,6 +39,7 @@ TIERS = frozenset(
         "controlplane",
         "e2e",
         "bench",
+        "tracing",
     ]
 )
 
@@ -47,6 +52,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(f"{item.nodeid}: tests/{tier} is not a declared tier")
         item.add_marker(getattr(pytest.mark, tier))
     build_control_plane_if_needed(items)
+    build_jaeger_if_needed(items)
 
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"

@@ -33,7 +33,7 @@ from switchboard.contract.messages import (
 from switchboard.contract.names import EDGES_BUCKET, control_subject, drain_subject, stream_epoch
 from switchboard.contract.natsauth import redact
 from switchboard.contract.settings import ReplicasSetting
-from switchboard_operator import channelstore
+from switchboard_operator import channelstore, tracing
 
 log = logging.getLogger("switchboard.operator.backbone")
 
@@ -187,9 +187,10 @@ class OperatorBackbone:
             except MessageError as exc:
                 log.warning("ignored a malformed drain request: %s", exc)
                 return
-            rate = await grant(request.pod, request.connections)
-            if rate is not None and msg.reply:
-                await msg.respond(DrainGrant(rate, self._next_seq()).encode())
+            with tracing.grant_span(msg.headers, request.pod, request.connections):
+                rate = await grant(request.pod, request.connections)
+                if rate is not None and msg.reply:
+                    await msg.respond(DrainGrant(rate, self._next_seq()).encode())
 
         await self.client.subscribe(drain_subject(self._prefix), cb=on_request)
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from switchboard.contract.errors import ReplicasRefused, Unavailable
 from switchboard.contract.messages import EdgeStats
+from switchboard_operator import tracing
 from switchboard_operator.backbone import OperatorBackbone
 from switchboard_operator.drains import DrainLedger
 from switchboard_operator.kube import (
@@ -119,6 +120,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     @kopf.on.resume(*channels, registry=registry)
     @kopf.on.create(*channels, registry=registry)
     @kopf.on.update(*channels, registry=registry, field="spec")
+    @tracing.reconciling("Channel")
     async def apply_channel(
         name: str, spec: Any, status: Any, body: Any, patch: kopf.Patch, **_: Any
     ) -> None:
@@ -149,6 +151,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         kopf.info(body, reason="Applied", message=message)
 
     @kopf.on.delete(*channels, registry=registry)
+    @tracing.reconciling("Channel")
     async def delete_channel(name: str, body: Any, **_: Any) -> None:
         try:
             await ctx.backbone.remove_channel(name)
@@ -198,6 +201,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         ctx.metrics.forget_pool(f"{namespace}/{name}")
 
     @kopf.timer(*pools, registry=registry, interval=ctx.settings.scale_interval_s)
+    @tracing.reconciling("EdgePool")
     async def reconcile_pool(
         namespace: str | None,
         name: str,
@@ -245,6 +249,15 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         )
         decision = decide(now, connections, replicas, limits, memo.get("history"), len(draining))
         memo["history"] = decision.history
+        tracing.scaling_decision(
+            key,
+            connections=connections,
+            replicas=replicas,
+            desired=decision.replicas,
+            reason=decision.reason,
+            draining=len(draining),
+            limits=limits_attributes(limits),
+        )
         last_scale = status.get("lastScaleTime")
         if decision.changes(replicas):
             await ctx.kube.scale(namespace, pool.deployment, decision.replicas)
@@ -281,6 +294,15 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         if any(status.get(k) != v for k, v in fresh.items()) or not _same_ready(status, condition):
             patch.status.update(fresh)
             patch.status["conditions"] = [condition]
+
+
+def limits_attributes(limits: Limits) -> dict[str, float]:
+    return {
+        "min_replicas": limits.min_replicas,
+        "max_replicas": limits.max_replicas,
+        "target_connections_per_pod": limits.target_per_pod,
+        "stabilization_seconds": limits.stabilization_s,
+    }
 
 
 def _same_ready(status: Any, ready: dict[str, Any]) -> bool:

@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 import kopf
 from aiohttp import web
 
+from switchboard import telemetry
 from switchboard.contract.natsauth import connect_options
+from switchboard_operator import tracing
 from switchboard_operator.backbone import OperatorBackbone
 from switchboard_operator.drains import DrainLedger
 from switchboard_operator.handlers import Context, register
@@ -104,6 +106,7 @@ async def serve(settings: OperatorSettings, stop: asyncio.Event | None = None) -
         decision = ctx.ledger.grant(pod, time.monotonic())
         if decision is None:
             return None
+        tracing.granted(decision.rate, len(decision.repaced))
         await stop_sheds(pod)
         for other, rate in decision.repaced.items():  # slow the others before it starts
             await backbone.send_rate(other, rate)
@@ -148,5 +151,9 @@ async def serve(settings: OperatorSettings, stop: asyncio.Event | None = None) -
 
 def run_operator(settings: OperatorSettings) -> int:
     preload_kube()
-    asyncio.run(serve(settings))
+    tracing.configure_from_env()
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        telemetry.shutdown()
     return 0

@@ -134,11 +134,15 @@ def _auth() -> JSON:
 def _otel() -> JSON:
     """The `otel` values."""
     return _obj(
-        "OpenTelemetry traces, passed to edge and operator as the standard OTEL_* "
-        "variables (OTLP over HTTP).",
+        "OpenTelemetry traces, passed to edges, operator and the cleanup hook as the "
+        "standard OTEL_* variables.",
         {
             "enabled": _bool("Export traces."),
-            "endpoint": _str("OTLP/HTTP endpoint, e.g. http://otel-collector:4318."),
+            "endpoint": _str("OTLP endpoint, e.g. http://otel-collector:4318 (gRPC: :4317)."),
+            "protocol": {
+                "enum": ["http/protobuf", "grpc"],
+                "description": "OTEL_EXPORTER_OTLP_PROTOCOL.",
+            },
             "sampler": {
                 "enum": [
                     "always_on",

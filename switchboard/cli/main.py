@@ -244,21 +244,29 @@ def main(argv: list[str] | None = None) -> int:
             logs.configure(op_settings.log_level)
             return run_operator(op_settings)
         if args.command == "cleanup":
+            from switchboard import telemetry
             from switchboard.contract import logs
             from switchboard_operator.cleanup import cleanup
 
             logs.configure("INFO")
-            return asyncio.run(cleanup(args.namespace, args.selector, args.timeout))
+            with telemetry.command(
+                "switchboard-cleanup",
+                "switchboard cleanup",
+                **{"k8s.namespace.name": args.namespace},
+            ):
+                return asyncio.run(cleanup(args.namespace, args.selector, args.timeout))
         if args.command == "drain":
             from switchboard.contract.localdrain import secret_path, start_local_drain
 
             return start_local_drain(args.port, secret_path(args.port, args.secret_file))
         if args.command == "probe":
+            from switchboard import telemetry
             from switchboard.cli.probe import probe
 
-            return asyncio.run(
-                probe(args.url, args.token, args.secret, args.timeout, args.nats_url)
-            )
+            with telemetry.command("switchboard-cli", "switchboard probe"):
+                return asyncio.run(
+                    probe(args.url, args.token, args.secret, args.timeout, args.nats_url)
+                )
         if args.command == "crds":
             return _crds(args.out)
         if args.command in ("chart-schema", "nats-authorization"):
@@ -289,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run_edge(settings))
             return 0
         if args.command == "channel":
-            return _channel(args)
+            from switchboard import telemetry
+
+            with telemetry.command("switchboard-cli", f"switchboard channel {args.action}"):
+                return _channel(args)
         if args.command == "settings":
             from switchboard.cli.settings_doc import markdown
 

@@ -244,7 +244,7 @@ def container_env(
     docs: list[Doc], container: Doc, secrets: dict[tuple[str, str], str] | None = None
 ) -> dict[str, str]:
     """The environment a container would see: its ConfigMaps (envFrom), then env;
-    Secret references resolved from `secrets`, the pod name as `pod-0`."""
+    Secret references resolved from `secrets`, the pod name as `pod-0`, its node `node-0`."""
     env: dict[str, str] = {}
     rendered = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
     for source in container.get("envFrom", []):
@@ -257,8 +257,9 @@ def container_env(
             continue
         ref = item["valueFrom"]
         if "fieldRef" in ref:
-            assert ref["fieldRef"]["fieldPath"] == "metadata.name"
-            env[item["name"]] = "pod-0"
+            field = ref["fieldRef"]["fieldPath"]
+            assert field in ("metadata.name", "spec.nodeName"), field
+            env[item["name"]] = "pod-0" if field == "metadata.name" else "node-0"
         elif "secretKeyRef" in ref:
             key = (ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"])
             env[item["name"]] = (secrets or {}).get(key, "s" * 40)

@@ -402,9 +402,29 @@ def test_otel_settings_are_the_standard_variables() -> None:
     assert env["OTEL_SERVICE_NAME"] == "switchboard-edge"
     attributes = dict(a.split("=", 1) for a in env["OTEL_RESOURCE_ATTRIBUTES"].split(","))
     assert attributes["k8s.pod.name"] == "$(SB_EDGE_POD_NAME)"
+    assert attributes["k8s.node.name"] == "$(K8S_NODE_NAME)"
+    assert attributes["k8s.namespace.name"] == NAMESPACE
     assert attributes["deployment.environment"] == "test"
+    assert env["K8S_NODE_NAME"] == "node-0"  # the downward API's spec.nodeName
     names = [e["name"] for e in edge["env"]]
+    # $(VAR) expands only variables defined before it
     assert names.index("SB_EDGE_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+    assert names.index("K8S_NODE_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+    # the operator and the cleanup hook, each under its own service name
+    operator = find(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
+    assert container_env(docs, operator)["OTEL_SERVICE_NAME"] == "switchboard-operator"
+    hook = find(docs, "Job", "-operator-cleanup")["spec"]["template"]["spec"]["containers"][0]
+    hook_env = container_env(docs, hook)
+    assert hook_env["OTEL_SERVICE_NAME"] == "switchboard-cleanup"
+    assert hook_env["OTEL_EXPORTER_OTLP_ENDPOINT"] == env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert "k8s.node.name=$(K8S_NODE_NAME)" in hook_env["OTEL_RESOURCE_ATTRIBUTES"]
+    hook_names = [e["name"] for e in hook["env"]]
+    assert hook_names.index("POD_NAME") < hook_names.index("OTEL_RESOURCE_ATTRIBUTES")
+    grpc = parse(
+        render({"otel": {"enabled": True, "endpoint": "http://c:4317", "protocol": "grpc"}})
+    )
+    _, grpc_edge = _edge(grpc)
+    assert container_env(grpc, grpc_edge)["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
     _, quiet = _edge(docs_of("default"))
     assert not any(k.startswith("OTEL_") for k in container_env(docs_of("default"), quiet))
 

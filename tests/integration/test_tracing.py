@@ -1,8 +1,8 @@
-"""One trace from a publish on edge 1 to its delivery on edge 2.
+"""One trace from a publish on edge 1 to its delivery on edge 2, in one process.
 
-The two edges run in this test's process (real EdgeServer, real websockets,
-real nats-server) so that the SDK's in-memory exporter sees both sides; the
-in-memory exporter stands in for an OTLP collector, which nothing here runs.
+The two edges run in this test's process (real EdgeServer, real sockets, real
+nats-server) so that the SDK's in-memory exporter sees both sides at once. The same
+paths as processes exporting OTLP to a real Jaeger are in tests/tracing.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -18,8 +17,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from edge.app import connect_backbone, make_verifier
 from edge.server import EdgeServer
 from edge.settings import load_edge_settings
+from switchboard import telemetry
 from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client
+from switchboard.contract.channels import channel_subject
 from tests.conftest import SECRET, token
 from tests.integration.helpers import next_event
 
@@ -30,7 +31,7 @@ EXPORTER = InMemorySpanExporter()
 async def traced_edges(nats_server: NatsServer) -> AsyncIterator[list[EdgeServer]]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
-    trace.set_tracer_provider(provider)
+    telemetry.use(provider)
     servers = []
     for pod in ("trace-1", "trace-2"):
         settings = load_edge_settings(
@@ -48,6 +49,7 @@ async def traced_edges(nats_server: NatsServer) -> AsyncIterator[list[EdgeServer
     for server in servers:
         await server.shutdown()
         await server.backbone.close()  # type: ignore[attr-defined]
+    telemetry.shutdown()  # the tests after this one run untraced again
 
 
 async def test_publish_and_remote_delivery_are_one_trace(traced_edges: list[EdgeServer]) -> None:
@@ -62,18 +64,21 @@ async def test_publish_and_remote_delivery_are_one_trace(traced_edges: list[Edge
     await pub.close()
 
     spans = EXPORTER.get_finished_spans()
-    publish = next(s for s in spans if s.name == "sb.publish")
-    deliveries = [s for s in spans if s.name == "sb.deliver"]
-    assert publish.attributes is not None and publish.attributes["sb.pod"] == "trace-1"
+    subject = channel_subject("sb", "traced:room")
+    publish = next(s for s in spans if s.name == f"publish {subject}")
+    deliveries = [s for s in spans if s.name == f"process {subject}"]
+    assert publish.attributes is not None
+    assert publish.attributes["messaging.client.id"] == "sb-edge:trace-1"
     assert len(deliveries) == 1
     delivery = deliveries[0]
-    assert delivery.attributes is not None and delivery.attributes["sb.pod"] == "trace-2"
+    assert delivery.attributes is not None
+    assert delivery.attributes["messaging.client.id"] == "sb-edge:trace-2"
     assert delivery.context is not None and publish.context is not None
     assert delivery.context.trace_id == publish.context.trace_id
     assert delivery.parent is not None
     assert delivery.parent.span_id == publish.context.span_id
-    assert delivery.attributes["sb.recipients"] == 1
-    upgrades = [s for s in spans if s.name == "sb.upgrade"]
+    assert delivery.attributes["switchboard.delivery.connections"] == 1
+    upgrades = [s for s in spans if s.name == "GET /v1/ws"]
     assert upgrades == []  # connections were made before clear(); upgrades traced below
 
     EXPORTER.clear()
@@ -81,6 +86,6 @@ async def test_publish_and_remote_delivery_are_one_trace(traced_edges: list[Edge
     statuses = [
         s.attributes["http.response.status_code"]
         for s in EXPORTER.get_finished_spans()
-        if s.name == "sb.upgrade" and s.attributes
+        if s.name == "GET /v1/ws" and s.attributes
     ]
     assert statuses == [101]

@@ -161,7 +161,7 @@ OTEL_SERVICE_NAME: {{ $.service | quote }}
 OTEL_TRACES_EXPORTER: "otlp"
 OTEL_METRICS_EXPORTER: "none"
 OTEL_LOGS_EXPORTER: "none"
-OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf"
+OTEL_EXPORTER_OTLP_PROTOCOL: {{ .protocol | default "http/protobuf" | quote }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ .endpoint | quote }}
 OTEL_TRACES_SAMPLER: {{ .sampler | quote }}
 OTEL_TRACES_SAMPLER_ARG: {{ toJson .samplerArg | quote }}
@@ -169,15 +169,35 @@ OTEL_TRACES_SAMPLER_ARG: {{ toJson .samplerArg | quote }}
 {{- end }}
 {{- end }}
 
-{{/* OTEL_RESOURCE_ATTRIBUTES (env list: it names the pod). (dict "ctx" $ "podVar" "SB_EDGE_POD_NAME") */}}
+{{/* OTEL_RESOURCE_ATTRIBUTES (env list: it names the pod and its node, from the downward
+API). (dict "ctx" $ "podVar" "SB_EDGE_POD_NAME") */}}
 {{- define "switchboard.otelResourceEnv" -}}
 {{- if .ctx.Values.otel.enabled }}
-{{- $attrs := list (printf "k8s.namespace.name=%s" .ctx.Release.Namespace) (printf "k8s.pod.name=$(%s)" .podVar) (printf "service.instance.id=$(%s)" .podVar) }}
+{{- $attrs := list (printf "k8s.namespace.name=%s" .ctx.Release.Namespace) (printf "k8s.pod.name=$(%s)" .podVar) "k8s.node.name=$(K8S_NODE_NAME)" (printf "service.instance.id=$(%s)" .podVar) }}
 {{- range $k, $v := .ctx.Values.otel.resourceAttributes }}
 {{- $attrs = append $attrs (printf "%s=%s" $k $v) }}
 {{- end }}
+- name: K8S_NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
 - name: OTEL_RESOURCE_ATTRIBUTES
   value: {{ join "," $attrs | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The cleanup hook's OTEL_* (env list: the hook has no ConfigMap of its own). */}}
+{{- define "switchboard.otelHookEnv" -}}
+{{- if .ctx.Values.otel.enabled }}
+{{- range $k, $v := (include "switchboard.otelEnv" (dict "ctx" .ctx "service" "switchboard-cleanup") | fromYaml) }}
+- name: {{ $k }}
+  value: {{ $v | quote }}
+{{- end }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{ include "switchboard.otelResourceEnv" (dict "ctx" .ctx "podVar" "POD_NAME") }}
 {{- end }}
 {{- end }}
 
