@@ -82,22 +82,13 @@ class _Handle:
             await self._sub.unsubscribe()
 
 
-_SUBJECT_SPACE = re.compile(r"[ \t\r\n]")
+# What nats-py's subscribe accepts: no whitespace (CR LF would inject protocol
+# commands), no empty token, `>` only as the whole last token.
+_SUBJECT = re.compile(r"(?:[^. \t\r\n>]+\.)*(?:[^. \t\r\n>]+|>)")
 
 
 def _check_subject(subject: str) -> None:
-    """What nats-py's subscribe checks: no whitespace (CR LF would inject protocol
-    commands), no empty token, `>` only as the last token."""
-    tokens = subject.split(".")
-    if (
-        not subject
-        or _SUBJECT_SPACE.search(subject)
-        or not all(tokens)
-        or any(
-            ">" in token and (token != ">" or i != len(tokens) - 1)
-            for i, token in enumerate(tokens)
-        )
-    ):
+    if _SUBJECT.fullmatch(subject) is None:
         raise nats.errors.BadSubjectError
 
 

@@ -122,7 +122,8 @@ async def test_a_failing_handler_is_logged_and_the_connection_stays(
 
 
 @pytest.mark.parametrize(
-    "subject", ["", "sb.user.a b", "sb.user.a\r\nPUB x 1", "sb..x", "sb.>.x", "sb.a>"]
+    "subject",
+    ["", "sb.user.a b", "sb.user.a\r\nPUB x 1", "sb..x", "sb.x.", ".sb", "sb.>.x", "sb.a>"],
 )
 async def test_a_malformed_subject_is_refused(backbone: NatsBackbone, subject: str) -> None:
     with pytest.raises(nats.errors.BadSubjectError):
