@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import nats
 from nats.aio.client import Client
@@ -79,6 +80,89 @@ class _Handle:
     async def unsubscribe(self) -> None:
         with contextlib.suppress(ConnectionClosedError, nats.errors.BadSubscriptionError):
             await self._sub.unsubscribe()
+
+
+# What nats-py's subscribe accepts: no whitespace (CR LF would inject protocol
+# commands), no empty token, `>` only as the whole last token.
+_SUBJECT = re.compile(r"(?:[^. \t\r\n>]+\.)*(?:[^. \t\r\n>]+|>)")
+
+
+def _check_subject(subject: str) -> None:
+    if _SUBJECT.fullmatch(subject) is None:
+        raise nats.errors.BadSubjectError
+
+
+class _Inline:
+    """Stands in for a nats-py subscription's pending queue: `put_nowait` (called by
+    nats-py's reader for each message) hands the message to the handler at once."""
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: Callable[[Delivery], None]) -> None:
+        self._handler = handler
+
+    def put_nowait(self, msg: Msg) -> None:
+        try:
+            self._handler(Delivery(msg.subject, msg.data, msg.headers, msg.reply or None))
+        except Exception:  # never into nats-py's reader: it would drop the connection
+            log.exception("handler failed", extra={"subject": msg.subject})
+
+    def empty(self) -> bool:
+        return True
+
+    def qsize(self) -> int:
+        return 0
+
+    def task_done(self) -> None:
+        pass
+
+    async def join(self) -> None:
+        pass
+
+
+class _DirectSubscription(Subscription):
+    """A core NATS subscription whose messages are handled inside nats-py's reader,
+    with no queue and no task of its own.
+
+    nats-py gives every subscription with a callback an `asyncio.Queue` (three deques
+    and an Event) and a task reading it, ~4 KiB; an edge holds one subscription per
+    connected user (`sb.user.<id>`) and per channel in use. Handlers here are plain
+    functions that hand frames to outboxes, so nothing is gained by the hop through a
+    queue and a task. Made and registered as `Client.subscribe` does; nats-py uses
+    the attributes set here (reconnect replays `_subject`/`_queue`, drain and close
+    look for the task and iterators), tests/integration/test_backbone.py holds it to
+    the installed nats-py with a real nats-server.
+    """
+
+    def __init__(
+        self, conn: Client, sid: int, subject: str, handler: Callable[[Delivery], None]
+    ) -> None:
+        # Subscription.__init__ is not called: it makes the queue and its Event.
+        self._conn = conn
+        self._id = sid
+        self._subject = subject
+        self._queue = ""
+        self._max_msgs = 0
+        self._received = 0
+        self._cb = None
+        self._future = None
+        self._closed = False
+        self._pending_msgs_limit = 0
+        self._pending_bytes_limit = 0  # 0: nats-py's slow consumer check is off
+        self._pending_queue = cast("asyncio.Queue[Msg]", _Inline(handler))
+        self._pending_next_msgs_calls = None  # type: ignore[assignment]
+        self._wait_for_msgs_task = None
+        self._message_iterator = None
+        self._jsi = None
+
+    @property
+    def _pending_size(self) -> int:
+        """Bytes waiting: none (nats-py adds each message's size; nothing waits)."""
+        return 0
+
+    @_pending_size.setter
+    def _pending_size(self, value: int) -> None:
+        pass
 
 
 class _Cursor:
@@ -191,13 +275,16 @@ class NatsBackbone:
     async def subscribe(
         self, subject: str, handler: Callable[[Delivery], None], *, confirm: bool = True
     ) -> _Handle:
-        async def on_msg(msg: Msg) -> None:
-            handler(Delivery(msg.subject, msg.data, msg.headers, msg.reply or None))
-
-        # pending limits are generous: the hub hands messages to bounded outboxes at once.
-        sub = await self.client.subscribe(
-            subject, cb=on_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=256 << 20
-        )
+        nc = self.client
+        _check_subject(subject)
+        if nc.is_closed:
+            raise ConnectionClosedError
+        if nc.is_draining:
+            raise nats.errors.ConnectionDrainingError
+        nc._sid += 1
+        sub = _DirectSubscription(nc, nc._sid, subject, handler)
+        nc._subs[sub._id] = sub
+        await nc._send_subscribe(sub)  # SUB goes out with the next flush of nats-py
         # Round trip so the server has the interest before the client hears "subscribed":
         # a publish the client triggers right after its ack must reach it.
         if confirm and self.connected:
