@@ -20,11 +20,11 @@ from tests.controlplane.fixtures import build_control_plane_if_needed, control_p
 # collected test asks for `jaeger`.
 from tests.tracing.fixtures import build_jaeger_if_needed, jaeger
 
-# The real-node tier's images (podman, tests/realnode), built during collection when a
-# collected test asks for `images`.
-from tests.realnode.fixtures import build_images_if_needed, images, podman
+# The real-node tier's images (podman) and node (containerd, kubelet...), tests/realnode:
+# built during collection when a collected test asks for `images` or `node`.
+from tests.realnode.fixtures import build_images_if_needed, images, node, podman
 
-__all__ = ["control_plane", "jaeger", "images", "podman"]
+__all__ = ["control_plane", "jaeger", "images", "node", "podman"]
 
 # Each test is marked with its tier, its folder under tests/ (registered in
 # pyproject.toml, so `--strict-markers` catches a folder nobody declared):

@@ -8,21 +8,32 @@ tests' error with the full command and output: never as a skip.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from tests.controlplane.build import BuildError, ensure_binaries
+from tests.realnode.build import ensure_node_binaries
 from tests.realnode.images import ImageError, Images, Podman, ensure_images
+from tests.realnode.node import Node, running_node
 
-_build_error: ImageError | None = None
+_build_error: ImageError | BuildError | None = None
 
 
 def build_images_if_needed(items: list[pytest.Item]) -> None:
-    """Build (or find) the images before any test starts, if a test needs them."""
+    """Build (or find) the images, and the node's binaries, if a collected test needs them."""
     global _build_error
-    if any("images" in getattr(item, "fixturenames", ()) for item in items):
-        try:
+    names = [set(getattr(item, "fixturenames", ())) for item in items]
+    try:
+        if any("node" in n for n in names):
+            ensure_binaries()
+            ensure_node_binaries()
+        if any("images" in n or "node" in n for n in names):
             ensure_images()
-        except ImageError as e:
-            _build_error = e
+    except (ImageError, BuildError) as e:
+        _build_error = e
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +42,22 @@ def images() -> Images:
     if _build_error is not None:
         raise _build_error
     return ensure_images()
+
+
+@pytest.fixture(scope="session")
+def node(images: Images) -> Iterator[Node]:
+    """One real node for the session (tests/realnode/node.py); its teardown fails if a
+    host change it made is left behind. SB_REALNODE_KEEP=<dir> keeps its logs there."""
+    if _build_error is not None:
+        raise _build_error
+    with running_node(ensure_binaries(), ensure_node_binaries(), images) as started:
+        try:
+            yield started
+        finally:
+            print(f"\nreal node timings: {started.timings}")
+            keep = os.environ.get("SB_REALNODE_KEEP")
+            if keep and started.workdir is not None:
+                started.keep_logs(Path(keep))
 
 
 @pytest.fixture(scope="session")

@@ -318,7 +318,18 @@ def ensure_switchboard(podman: Podman, base_fingerprint: str) -> str:
         timeout=900,
     )
     _record("switchboard", time.monotonic() - started)
+    _prune(podman, "localhost/switchboard:src-", keep=ref)
     return ref
+
+
+def _prune(podman: Podman, prefix: str, keep: str) -> None:
+    """Remove earlier builds' tags (and their now unused layers): the cache only grows
+    otherwise, by an image per source change."""
+    listed = podman.run("images", "--format={{.Repository}}:{{.Tag}}", check=False).stdout
+    old = [ref for ref in listed.split() if ref.startswith(prefix) and ref != keep]
+    if old:
+        podman.run("rmi", *old, check=False)
+        podman.run("image", "prune", "--force", check=False)
 
 
 def _scratch_image(podman: Podman, ref: str, files: dict[str, Path], containerfile: str) -> None:
