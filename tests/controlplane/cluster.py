@@ -224,13 +224,14 @@ class ControlPlane:
         controllers: tuple[str, ...] = CONTROLLERS,
         keep_under: Path | None = None,
         address: str = "127.0.0.1",
+        apiserver_args: tuple[str, ...] = (),
     ) -> None:
         """``binaries`` maps etcd, kube-apiserver and kube-controller-manager to paths.
 
         ``address`` is where the apiserver listens and what it advertises. On loopback
         (the default) the ``kubernetes`` Service has no endpoints; on an address pods can
         route to (tests/realnode's bridge), the apiserver keeps them, so in-cluster
-        clients reach it through the Service.
+        clients reach it through the Service. ``apiserver_args`` go after the defaults.
 
         State (keys, kubeconfigs, etcd data, logs) goes to a fresh temporary directory that
         ``stop()`` deletes, or, with ``keep_under``, to a new directory inside it that is
@@ -243,6 +244,7 @@ class ControlPlane:
         self.controllers = controllers
         self._keep_under = keep_under
         self.address = address
+        self.apiserver_args = apiserver_args
         self._pki: _Pki | None = None
         self.workdir: Path | None = None
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -552,6 +554,7 @@ class ControlPlane:
                 "--endpoint-reconciler-type="
                 + ("none" if ipaddress.ip_address(self.address).is_loopback else "lease"),
                 "--profiling=false",
+                *self.apiserver_args,
             ],
         )
 

@@ -298,7 +298,8 @@ class Node:
             self.cp_binaries,
             controllers=NODE_CONTROLLERS,
             address=GATEWAY,
-            keep_under=None,
+            # Logs and exec go to the kubelet at its node's address (no DNS for nodes).
+            apiserver_args=("--kubelet-preferred-address-types=InternalIP",),
         )
         self.control_plane.start()
         self._start_containerd()
@@ -318,10 +319,12 @@ class Node:
         atexit.unregister(self.stop)
         began = time.monotonic()
         problems: list[str] = []
+        # No scheduler: the pods controllers recreate stay Pending, off the node.
+        self._stop_process("kube-scheduler")
         if self.control_plane is not None and "kubelet" in self.processes:
             with contextlib.suppress(Exception):
                 self._delete_all_pods(timeout_s=60)
-        for name in ("kubelet", "kube-proxy", "kube-scheduler", "coredns"):
+        for name in ("kubelet", "kube-proxy", "coredns"):
             self._stop_process(name)
         if "containerd" in self.processes:
             self._remove_all_containers()
@@ -689,10 +692,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             raise NodeError(f"{e}\n{self.log_tail('kubelet')}") from e
 
     def _delete_all_pods(self, timeout_s: float) -> None:
-        """Every pod deleted through the API, and gone, so the kubelet tears down its
-        sandbox (CNI DEL: veth, IP, portmap rules) while everything still runs."""
-        pods = self.api.request("GET", "/api/v1/pods")["items"]
-        for pod in pods:
+        """Every pod on the node deleted through the API, and gone, so the kubelet tears
+        down its sandbox (CNI DEL: veth, IP, portmap rules) while everything still runs."""
+        on_node = f"/api/v1/pods?fieldSelector=spec.nodeName={NODE_NAME}"
+        for pod in self.api.request("GET", on_node)["items"]:
             meta = pod["metadata"]
             with contextlib.suppress(urllib.error.HTTPError):
                 self.api.request(
@@ -702,7 +705,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not self.api.request("GET", "/api/v1/pods")["items"] and not self._tasks(True):
+            if not self.api.request("GET", on_node)["items"] and not self._tasks(True):
                 return
             time.sleep(0.2)
 

@@ -1,0 +1,348 @@
+"""The unchanged chart, installed by Helm's engine on the real node, as a user would.
+
+Real: the node of tests/realnode/node.py (kubelet, containerd, kube-proxy, CoreDNS, local
+PersistentVolumes), the chart installed by helm-python-sdk (Helm's Go engine) with only the
+image references overridden (no registry here: the images are built locally), the
+operator (two replicas, kopf peering), the edges (their probes and preStop), NATS x3 as a
+StatefulSet with JetStream, ``helm test``, and WebSocket clients from the host through the
+edge Service's ClusterIP (kube-proxy).
+
+Not real: nothing enforces the chart's NetworkPolicies (the bridge CNI has no policy
+engine), and the host stands in for "outside the cluster".
+
+The tests share one release and run in file order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import nats
+import nats.js.errors
+import pytest
+
+from switchboard.client import Client
+from switchboard.client.resilient import ResilientClient
+from switchboard.contract.tokens import mint_token
+from tests.e2e.kubelet import peak_rate
+from tests.realnode.images import Images
+from tests.realnode.node import Node
+
+pytestmark = pytest.mark.timeout(600)
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "switchboard"
+NS = "switchboard"
+RELEASE = "sb"
+EDGE_SERVICE = "sb-switchboard-edge"
+AUTH_SECRET = "sb-switchboard-auth"
+INSTANCE = "app.kubernetes.io/instance=sb"
+
+
+def image_values(images: Images) -> dict[str, Any]:
+    """The only values given to the chart: where the locally built images are."""
+    repository, tag = images.switchboard.rsplit(":", 1)
+    nats_repository, nats_tag = images.nats.rsplit(":", 1)
+    return {
+        "image": {"repository": repository, "tag": tag},
+        "nats": {"image": {"repository": nats_repository, "tag": nats_tag}},
+    }
+
+
+@dataclass
+class Release:
+    node: Node
+    helm: helm.Config
+    installed_at: float
+    values: dict[str, Any]
+
+    def pods(self, selector: str = INSTANCE) -> list[dict[str, Any]]:
+        path = f"/api/v1/namespaces/{NS}/pods?labelSelector={selector}"
+        items: list[dict[str, Any]] = self.node.api.request("GET", path)["items"]
+        return items
+
+    def component(self, name: str) -> list[dict[str, Any]]:
+        return self.pods(f"{INSTANCE},app.kubernetes.io/component={name}")
+
+    def secret(self, name: str, key: str) -> str:
+        secret = self.node.api.request("GET", f"/api/v1/namespaces/{NS}/secrets/{name}")
+        return base64.b64decode(secret["data"][key]).decode()
+
+    def token(self, user: str) -> str:
+        return mint_token(self.secret(AUTH_SECRET, "jwt-secret"), user)
+
+    def edge_url(self) -> str:
+        service = self.node.api.request("GET", f"/api/v1/namespaces/{NS}/services/{EDGE_SERVICE}")
+        port = service["spec"]["ports"][0]["port"]
+        return f"ws://{service['spec']['clusterIP']}:{port}/v1/ws"
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    if pod["metadata"].get("deletionTimestamp"):
+        return False
+    conditions = pod.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def describe(release: Release) -> str:
+    """Every pod's phase and container states, for failure messages."""
+    lines = []
+    for pod in release.pods(""):
+        status = pod.get("status", {})
+        states = {c["name"]: c.get("state") for c in status.get("containerStatuses", [])}
+        lines.append(f"{pod['metadata']['name']}: {status.get('phase')} {json.dumps(states)}")
+    return "\n".join(lines)
+
+
+def wait_until(release: Release, check: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        release.node.check_alive()
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout_s}s\n{describe(release)}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def release(node: Node, images: Images) -> Iterator[Release]:
+    config = helm.Config(kubeconfig_path=node.kubeconfig(), namespace=NS)
+    values = image_values(images)
+    started = time.monotonic()
+    try:
+        config.install(CHART, RELEASE, values, namespace=NS, create_namespace=True, timeout=300)
+        yield Release(node, config, started, values)
+    finally:
+        config.close()
+
+
+def test_every_pod_becomes_ready(release: Release) -> None:
+    """Edges (probes on the admin port), two operators, three NATS servers with their
+    claims bound to the node's local volumes."""
+
+    def all_ready() -> bool:
+        counts = {c: len(release.component(c)) for c in ("edge", "operator", "nats")}
+        pods = release.pods()
+        return counts == {"edge": 2, "operator": 2, "nats": 3} and all(map(is_ready, pods))
+
+    wait_until(release, all_ready, 300, "Ready pods of the release")
+    took = time.monotonic() - release.installed_at
+    print(f"helm install -> every pod Ready: {took:.1f}s")
+
+
+def test_nats_forms_a_jetstream_cluster(release: Release) -> None:
+    """The three servers route to each other by their headless-Service DNS names and
+    elect a JetStream meta leader."""
+    ips = [p["status"]["podIP"] for p in release.component("nats")]
+
+    def meta() -> dict[str, Any] | None:
+        with urllib.request.urlopen(f"http://{ips[0]}:8222/jsz", timeout=3) as resp:
+            info: dict[str, Any] = json.load(resp)
+        cluster = info.get("meta_cluster", {})
+        return info if cluster.get("leader") and cluster.get("cluster_size") == 3 else None
+
+    info = wait_until(release, meta, 60, "JetStream meta leader of 3")
+    assert info["meta_cluster"]["cluster_size"] == 3
+
+
+def test_helm_test_passes(release: Release) -> None:
+    """The chart's test pod: a round trip through the Service, and from a backend on NATS."""
+    # A failing test pod raises HelmReleaseError; the logs show what it did.
+    result = release.helm.test(RELEASE, timeout=180, logs=True)
+    assert "ok: round trip" in result["logs"], result["logs"]
+    assert "from a backend on NATS" in result["logs"], result["logs"]
+
+
+async def test_client_through_the_service_from_outside(release: Release) -> None:
+    token = release.token("alice")
+    client = await Client.connect(release.edge_url(), token=token)
+    try:
+        await client.subscribe("chat:realnode")
+        await client.publish("chat:realnode", {"via": "kube-proxy"})
+        async with asyncio.timeout(10):
+            async for msg in client.events():
+                if msg.get("type") == "event":
+                    assert msg["payload"]["data"] == {"via": "kube-proxy"}
+                    break
+    finally:
+        await client.close()
+
+
+# -- 4a: a rolling upgrade under load ---------------------------------------------------
+
+NATS_SERVICE = "sb-switchboard-nats"
+NATS_SECRET = "sb-switchboard-nats-credentials"
+CHANNELS = "/apis/switchboard.dev/v1alpha1/namespaces/{ns}/channels"
+EDGEPOOL = "/apis/switchboard.dev/v1alpha1/namespaces/{ns}/edgepools"
+END = "end"
+CLIENTS = 30
+JITTER_MS = 3000  # the edge's default reconnect_jitter_ms: clients wait 0..this
+
+
+class TimedClient(ResilientClient):
+    """A ResilientClient that notes when each WebSocket session was accepted."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.accepted: list[float] = []
+
+    async def _connect(self, token: str, resume: str | None) -> Client:
+        client = await super()._connect(token, resume)
+        self.accepted.append(time.monotonic())
+        return client
+
+
+def nats_url(release: Release, role: str) -> str:
+    """The bundled NATS through its Service, as ``role`` (credentials from the chart's
+    generated Secret)."""
+    service = release.node.api.request("GET", f"/api/v1/namespaces/{NS}/services/{NATS_SERVICE}")
+    password = release.secret(NATS_SECRET, f"{role}-password")
+    return f"nats://sb-{role}:{password}@{service['spec']['clusterIP']}:4222"
+
+
+async def collect(client: ResilientClient, moves: list[float]) -> list[Any]:
+    got: list[Any] = []
+    async for msg in client.events():
+        if msg["type"] == "reconnect":
+            moves.append(time.monotonic())
+        elif msg["type"] == "event":
+            if msg["payload"]["data"] == END:
+                break
+            got.append(msg["payload"]["data"])
+    return got
+
+
+def test_history_channel_gets_an_r3_stream(release: Release) -> None:
+    """A Channel with history (applied as a user would): the operator makes its stream,
+    with three copies on the three NATS servers."""
+    release.node.api.request(
+        "POST",
+        CHANNELS.format(ns=NS),
+        {
+            "apiVersion": "switchboard.dev/v1alpha1",
+            "kind": "Channel",
+            "metadata": {"name": "flow"},
+            "spec": {"history": {"size": 5000, "ttl": "10m"}},
+        },
+    )
+
+    async def replicas() -> int | None:
+        nc = await nats.connect(nats_url(release, "operator"))
+        try:
+            info = await nc.jetstream().stream_info("SB_CH_flow")
+            return info.config.num_replicas if info.cluster and info.cluster.leader else None
+        except nats.js.errors.NotFoundError:
+            return None
+        finally:
+            await nc.close()
+
+    assert wait_until(release, lambda: asyncio.run(replicas()), 60, "SB_CH_flow stream") == 3
+
+
+def edge_pods(release: Release) -> dict[str, dict[str, Any]]:
+    return {p["metadata"]["name"]: p for p in release.component("edge")}
+
+
+async def test_upgrade_rolls_the_edges_under_load(release: Release) -> None:
+    """``helm upgrade`` with a changed pod template: 30 clients on a history channel get
+    every message a backend publishes at 40/s, exactly once, in order; the old pods
+    drain (1001) and are gone within their grace period; new sessions per second stay
+    within the EdgePool's reconnect budget (plus the clients' jitter)."""
+    pool = release.node.api.request("GET", EDGEPOOL.format(ns=NS))["items"][0]
+    budget = pool["spec"]["drain"]["reconnectsPerSecond"]
+    old = edge_pods(release)
+    assert len(old) == 2 and all(map(is_ready, old.values()))
+    url = release.edge_url()
+    clients = []
+    for i in range(CLIENTS):
+        token = release.token(f"listener-{i}")
+
+        async def source(token: str = token) -> str:
+            return token
+
+        client = TimedClient([url], source)
+        await client.start()
+        await client.subscribe("flow:room")
+        clients.append(client)
+    moves: list[float] = []
+    collectors = [asyncio.create_task(collect(c, moves)) for c in clients]
+    publisher = await nats.connect(nats_url(release, "backend"))
+    published = 0
+    rolled = asyncio.Event()
+
+    async def publish() -> None:
+        nonlocal published
+        tail = 25  # keep publishing a little after the rollout ends
+        while tail:
+            await publisher.publish("sb.ch.flow.room", json.dumps(published).encode())
+            published += 1
+            tail -= rolled.is_set()
+            await asyncio.sleep(1 / 40)
+        await publisher.publish("sb.ch.flow.room", json.dumps(END).encode())
+
+    publishing = asyncio.create_task(publish())
+    await asyncio.sleep(1)
+    started = time.monotonic()
+    values = {**release.values, "edge": {"podAnnotations": {"realnode/rollout": "2"}}}
+    await asyncio.to_thread(release.helm.upgrade, CHART, RELEASE, values, timeout=300)
+
+    deleting: dict[str, float] = {}  # old pod -> when it was first seen terminating
+    gone: dict[str, float] = {}
+    exit_codes: dict[str, int] = {}
+
+    def rolled_over() -> bool:
+        now = time.monotonic()
+        pods = edge_pods(release)
+        for name in old:
+            current = pods.get(name)
+            if current is None:
+                gone.setdefault(name, now)
+                continue
+            if current["metadata"].get("deletionTimestamp"):
+                deleting.setdefault(name, now)
+            for status in current.get("status", {}).get("containerStatuses", []):
+                terminated = (status.get("state") or {}).get("terminated")
+                if terminated:
+                    exit_codes[name] = terminated["exitCode"]
+        new = [p for n, p in pods.items() if n not in old]
+        return len(gone) == len(old) and len(new) == 2 and all(map(is_ready, new))
+
+    while not rolled_over():
+        if time.monotonic() - started > 400:
+            pytest.fail(f"the rollout did not finish in 400s\n{describe(release)}")
+        await asyncio.sleep(0.2)
+    rolled.set()
+    duration = time.monotonic() - started
+    await publishing
+    await publisher.close()
+    received = await asyncio.wait_for(asyncio.gather(*collectors), 60)
+    for client in clients:
+        await client.close()
+
+    for got in received:
+        assert got == list(range(published))  # all, exactly once, in order
+    assert all(c.connections > 1 for c in clients)  # every client moved
+    assert not any(exit_codes.values()), exit_codes
+    grace = old[next(iter(old))]["spec"]["terminationGracePeriodSeconds"]
+    for name in old:
+        assert gone[name] - deleting.get(name, started) < grace, (name, gone, deleting)
+    accepted = [t for c in clients for t in c.accepted if t >= started]
+    peak = peak_rate(accepted)
+    print(
+        f"\nrollout of {len(old)} edge pods in {duration:.1f}s, {published} messages to "
+        f"{CLIENTS} clients, {len(moves)} moves; peak new sessions {peak:.0f}/s "
+        f"(budget {budget}/s + {JITTER_MS} ms jitter); old pods gone "
+        f"{[round(gone[n] - deleting.get(n, started), 1) for n in old]}s after deletion "
+        f"(grace {grace}s)"
+    )
+    assert peak <= budget * (1 + JITTER_MS / 1000) + 1, peak
