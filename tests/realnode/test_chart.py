@@ -346,3 +346,249 @@ async def test_upgrade_rolls_the_edges_under_load(release: Release) -> None:
         f"(grace {grace}s)"
     )
     assert peak <= budget * (1 + JITTER_MS / 1000) + 1, peak
+
+
+# -- 4c: a NATS server deleted under load -----------------------------------------------
+
+
+def stream_leader(url: str, stream: str) -> tuple[str | None, int]:
+    """The stream's leader and how many of its replicas are current."""
+
+    async def ask() -> tuple[str | None, int]:
+        nc = await nats.connect(url)
+        try:
+            info = await nc.jetstream().stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return None, 0
+        finally:
+            await nc.close()
+        cluster = info.cluster
+        if cluster is None:
+            return None, 0
+        current = 1 + sum(1 for r in cluster.replicas or [] if r.current and not r.offline)
+        return cluster.leader, current if cluster.leader else 0
+
+    return asyncio.run(ask())
+
+
+async def test_nats_pod_deleted_under_load_loses_nothing(release: Release) -> None:
+    """The history stream's leader pod is deleted (lame duck, then gone) while a backend
+    publishes with JetStream acks: the StatefulSet brings the server back on its claim,
+    every acknowledged message reaches every client once, in order, and the clients'
+    sessions never end (their edges move to the other servers)."""
+    operator_url = nats_url(release, "operator")
+    leader, _ = await asyncio.to_thread(stream_leader, operator_url, "SB_CH_flow")
+    assert leader is not None
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in release.component("nats")}
+    assert leader in before, (leader, before)
+    edges = {p["metadata"]["name"] for p in release.component("edge")}
+    url = release.edge_url()
+    clients = []
+    for i in range(20):
+        token = release.token(f"nats-loss-{i}")
+
+        async def source(token: str = token) -> str:
+            return token
+
+        client = TimedClient([url], source)
+        await client.start()
+        await client.subscribe("flow:natsloss")
+        clients.append(client)
+    moves: list[float] = []
+    collectors = [asyncio.create_task(collect(c, moves)) for c in clients]
+    publisher = await nats.connect(nats_url(release, "backend"), max_reconnect_attempts=-1)
+    js = publisher.jetstream()
+    acked = 0
+    back = asyncio.Event()
+    retries = 0
+
+    async def publish(data: Any) -> None:
+        nonlocal retries
+        payload = json.dumps(data).encode()
+        msg_id = f"natsloss-{data}"  # a retried message is stored once (dedupe window)
+        while True:
+            try:
+                await js.publish(
+                    "sb.ch.flow.natsloss", payload, timeout=2, headers={"Nats-Msg-Id": msg_id}
+                )
+                return
+            except Exception:  # timeouts and no-responders while a leader is elected
+                retries += 1
+                await asyncio.sleep(0.1)
+
+    async def publishing() -> None:
+        nonlocal acked
+        tail = 40
+        while tail:
+            await publish(acked)
+            acked += 1
+            tail -= back.is_set()
+            await asyncio.sleep(1 / 40)
+        await publish(END)
+
+    task = asyncio.create_task(publishing())
+    await asyncio.sleep(2)
+    started = time.monotonic()
+    release.node.api.request("DELETE", f"/api/v1/namespaces/{NS}/pods/{leader}")
+
+    def returned() -> bool:
+        pods = {p["metadata"]["name"]: p for p in release.component("nats")}
+        pod = pods.get(leader)
+        replaced = pod is not None and pod["metadata"]["uid"] != before[leader]
+        if not (replaced and len(pods) == 3 and all(map(is_ready, pods.values()))):
+            return False
+        new_leader, current = stream_leader(operator_url, "SB_CH_flow")
+        return new_leader is not None and current == 3
+
+    while not await asyncio.to_thread(returned):
+        if time.monotonic() - started > 300:
+            pytest.fail(f"{leader} not back with its stream in 300s\n{describe(release)}")
+        await asyncio.sleep(1)
+    back.set()
+    took = time.monotonic() - started
+    await task
+    await publisher.close()
+    received = await asyncio.wait_for(asyncio.gather(*collectors), 60)
+    for client in clients:
+        await client.close()
+
+    for got in received:
+        assert got == list(range(acked))  # every acknowledged message, once, in order
+    assert [c.connections for c in clients] == [1] * len(clients)  # no session ended
+    assert {p["metadata"]["name"] for p in release.component("edge")} == edges
+    restarts = [
+        s["restartCount"]
+        for p in release.component("edge")
+        for s in p["status"].get("containerStatuses", [])
+    ]
+    assert not any(restarts), restarts
+    print(
+        f"\nNATS {leader} (stream leader) deleted: back with 3 current replicas after "
+        f"{took:.1f}s; {acked} acked messages to {len(clients)} clients, "
+        f"{retries} publish retries, 0 sessions ended"
+    )
+
+
+# -- 4d: the active operator deleted ----------------------------------------------------
+
+PEERINGS = "/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings"
+
+
+def active_operator(release: Release) -> str | None:
+    """The operator pod whose kopf peer has the highest priority (the one that acts)."""
+    pods: list[str] = [p["metadata"]["name"] for p in release.component("operator") if is_ready(p)]
+    peerings = release.node.api.request("GET", PEERINGS.format(ns=NS))["items"]
+    peers = peerings[0].get("status", {}) if peerings else {}
+    ranked = sorted(peers.items(), key=lambda kv: -int(kv[1].get("priority", 0)))
+    for peer_id, _ in ranked:
+        for pod in pods:
+            if pod in peer_id:
+                return pod
+    return None
+
+
+def test_deleting_the_active_operator_hands_over(release: Release) -> None:
+    """The other replica takes over (kopf peering) and reconciles a new Channel; the
+    Deployment brings a second replica back."""
+    active: str = wait_until(release, lambda: active_operator(release), 60, "active operator")
+    started = time.monotonic()
+    release.node.api.request("DELETE", f"/api/v1/namespaces/{NS}/pods/{active}")
+
+    def other_active() -> str | None:
+        now = active_operator(release)
+        return now if now and now != active else None
+
+    successor = wait_until(release, other_active, 120, "operator taking over")
+    release.node.api.request(
+        "POST",
+        CHANNELS.format(ns=NS),
+        {
+            "apiVersion": "switchboard.dev/v1alpha1",
+            "kind": "Channel",
+            "metadata": {"name": "handover"},
+            "spec": {"history": {"size": 100, "ttl": "10m"}},
+        },
+    )
+    operator_url = nats_url(release, "operator")
+    wait_until(
+        release,
+        lambda: stream_leader(operator_url, "SB_CH_handover")[1] == 3,
+        60,
+        "SB_CH_handover stream from the new active operator",
+    )
+    took = time.monotonic() - started
+
+    def two_ready() -> bool:
+        pods = release.component("operator")
+        return len(pods) == 2 and all(map(is_ready, pods))
+
+    wait_until(release, two_ready, 120, "two Ready operator replicas")
+    print(f"\noperator {active} deleted: {successor} active and reconciling in {took:.1f}s")
+
+
+# -- 4e: helm uninstall -----------------------------------------------------------------
+
+RELEASE_KINDS = (
+    "/api/v1/namespaces/{ns}/pods",
+    "/api/v1/namespaces/{ns}/services",
+    "/api/v1/namespaces/{ns}/configmaps",
+    "/api/v1/namespaces/{ns}/secrets",
+    "/api/v1/namespaces/{ns}/serviceaccounts",
+    "/api/v1/namespaces/{ns}/persistentvolumeclaims",
+    "/apis/apps/v1/namespaces/{ns}/deployments",
+    "/apis/apps/v1/namespaces/{ns}/statefulsets",
+    "/apis/apps/v1/namespaces/{ns}/replicasets",
+    "/apis/batch/v1/namespaces/{ns}/jobs",
+    "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+    "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+    "/apis/switchboard.dev/v1alpha1/namespaces/{ns}/edgepools",
+    "/apis/switchboard.dev/v1alpha1/namespaces/{ns}/channels",
+    "/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings",
+    "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+)
+
+
+def left_behind(release: Release) -> list[str]:
+    """Every object still labelled with the release, as kind-path/name."""
+    found = []
+    for kind in RELEASE_KINDS:
+        path = kind.format(ns=NS)
+        for item in release.node.api.request("GET", f"{path}?labelSelector={INSTANCE}")["items"]:
+            found.append(f"{path.rsplit('/', 1)[-1]}/{item['metadata']['name']}")
+    return sorted(found)
+
+
+def test_helm_uninstall_leaves_nothing(release: Release) -> None:
+    """Last. The user's own Channels are deleted first, while the operator runs (as
+    docs/kubernetes.md says); then ``helm uninstall`` runs the pre-delete hook as a real
+    Job, and nothing of the release is left but NATS's volumes, which Kubernetes keeps
+    by design; deleting those as documented leaves nothing at all."""
+    for name in ("flow", "handover"):
+        release.node.api.request("DELETE", f"{CHANNELS.format(ns=NS)}/{name}")
+
+    def channels_gone() -> bool:
+        return not release.node.api.request("GET", CHANNELS.format(ns=NS))["items"]
+
+    wait_until(release, channels_gone, 60, "finished Channels")
+    started = time.monotonic()
+    release.helm.uninstall(RELEASE, timeout=300)
+    claims = [f"persistentvolumeclaims/data-sb-switchboard-nats-{i}" for i in range(3)]
+
+    def only_volumes_left() -> list[str] | None:
+        left = left_behind(release)
+        return left if left == claims else None
+
+    wait_until(release, only_volumes_left, 120, f"nothing left but {claims}")
+    took = time.monotonic() - started
+    pods = release.node.api.request("GET", f"/api/v1/namespaces/{NS}/pods")["items"]
+    assert not pods, [p["metadata"]["name"] for p in pods]
+    release.node.api.request(
+        "DELETE",
+        f"/api/v1/namespaces/{NS}/persistentvolumeclaims?labelSelector="
+        f"{INSTANCE},app.kubernetes.io/component=nats",
+    )
+    wait_until(release, lambda: not left_behind(release), 60, "claims deleted")
+    print(f"\nhelm uninstall: only NATS's volumes left after {took:.1f}s; none after deleting them")
