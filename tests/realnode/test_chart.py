@@ -295,6 +295,7 @@ async def test_upgrade_rolls_the_edges_under_load(release: Release) -> None:
     started = time.monotonic()
     values = {**release.values, "edge": {"podAnnotations": {"realnode/rollout": "2"}}}
     await asyncio.to_thread(release.helm.upgrade, CHART, RELEASE, values, timeout=300)
+    release.values = values
 
     deleting: dict[str, float] = {}  # old pod -> when it was first seen terminating
     gone: dict[str, float] = {}
@@ -526,6 +527,90 @@ def test_deleting_the_active_operator_hands_over(release: Release) -> None:
     print(f"\noperator {active} deleted: {successor} active and reconciling in {took:.1f}s")
 
 
+# -- 4b: scale-down removes the emptiest pod -------------------------------------------
+
+COST = "controller.kubernetes.io/pod-deletion-cost"
+
+
+def settled_edges(release: Release, count: int) -> list[str] | None:
+    """The edge pods, oldest first, once exactly ``count`` exist, all Ready."""
+    pods = sorted(release.component("edge"), key=lambda p: p["metadata"]["creationTimestamp"])
+    if len(pods) == count and all(map(is_ready, pods)):
+        return [p["metadata"]["name"] for p in pods]
+    return None
+
+
+async def open_on(release: Release, pod: str, count: int) -> list[Client]:
+    """``count`` clients straight to one edge pod (its IP, from the host)."""
+    ip = edge_pods(release)[pod]["status"]["podIP"]
+    return [
+        await Client.connect(f"ws://{ip}:8080/v1/ws", token=release.token(f"{pod}-{i}"))
+        for i in range(count)
+    ]
+
+
+async def test_scale_down_removes_the_emptiest_pod(release: Release) -> None:
+    """A user's ``helm upgrade`` to a target of 10 connections per pod (and quicker
+    operator and edge timings); 25 connections make the operator scale to 3; then
+    1 / 10 / 5 want 2 pods, and the real ReplicaSet controller removes the oldest pod,
+    the emptiest, because of the pod-deletion-cost the operator keeps (its own
+    tie-breaker would remove the newest)."""
+    values = {
+        **release.values,
+        "edge": {**release.values.get("edge", {}), "config": {"stats_interval_s": 0.5}},
+        "edgePool": {"targetConnectionsPerPod": 10, "scaleDownStabilizationSeconds": 8},
+        "operator": {
+            "config": {
+                "scale_interval_s": 0.5,
+                "deletion_cost_min_change": 1,
+                "deletion_cost_min_interval_s": 1,
+            }
+        },
+    }
+    before = set(edge_pods(release))
+    release.helm.upgrade(CHART, RELEASE, values, timeout=300)
+    release.values = values
+
+    def rolled() -> list[str] | None:
+        names = settled_edges(release, 2)
+        operators = release.component("operator")
+        ok = len(operators) == 2 and all(map(is_ready, operators))
+        return names if names and not set(names) & before and ok else None
+
+    first, second = wait_until(release, rolled, 300, "edges and operators rolled")
+    held: dict[str, list[Client]] = {first: [], second: []}
+    held[first] += await open_on(release, first, 1)
+    held[second] += await open_on(release, second, 24)
+    names = await asyncio.to_thread(
+        wait_until, release, lambda: settled_edges(release, 3), 120, "a third edge"
+    )
+    third = next(n for n in names if n not in held)
+    held[third] = await open_on(release, third, 5)
+    for client in held[second][10:]:
+        await client.close()
+    uneven = time.monotonic()
+    want = {first: "1", second: "10", third: "5"}
+
+    def costs() -> bool:
+        pods = edge_pods(release)
+        return all(
+            (pods[n]["metadata"].get("annotations") or {}).get(COST) == c
+            for n, c in want.items()
+            if n in pods
+        )
+
+    await asyncio.to_thread(wait_until, release, costs, 60, f"deletion costs {want}")
+    survivors = await asyncio.to_thread(
+        wait_until, release, lambda: settled_edges(release, 2), 120, "scale-down to 2"
+    )
+    took = time.monotonic() - uneven
+    assert sorted(survivors) == sorted([second, third])
+    assert [await c.wait_closed(timeout=30) for c in held[first]] == [1001]  # it drained
+    print(f"\nscale-down 3 -> 2 removed the emptiest (oldest) pod {took:.1f}s after 1/10/5")
+    for client in held[second][:10] + held[third]:
+        await client.close()
+
+
 # -- 4e: helm uninstall -----------------------------------------------------------------
 
 RELEASE_KINDS = (
@@ -570,7 +655,11 @@ def test_helm_uninstall_leaves_nothing(release: Release) -> None:
         release.node.api.request("DELETE", f"{CHANNELS.format(ns=NS)}/{name}")
 
     def channels_gone() -> bool:
-        return not release.node.api.request("GET", CHANNELS.format(ns=NS))["items"]
+        names = {
+            c["metadata"]["name"]
+            for c in release.node.api.request("GET", CHANNELS.format(ns=NS))["items"]
+        }
+        return not names & {"flow", "handover"}  # chat and news are the release's
 
     wait_until(release, channels_gone, 60, "finished Channels")
     started = time.monotonic()
