@@ -221,6 +221,42 @@ def _restore_iptables(table: str, before: set[str]) -> list[str]:
     return problems
 
 
+def clean_stale() -> None:
+    """Undo what a node killed with SIGKILL left (no ``stop()`` ran): its containers
+    (runc), shims, mounts and scratch directories, the bridge, the Kubernetes and CNI
+    iptables chains and the kubepods cgroups. Only this tier runs a node here (the
+    node lock), so those names are its own."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if b"/sb-realnode-" in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+    runc_root = Path("/run/containerd/runc/k8s.io")
+    if runc_root.is_dir() and shutil.which("runc"):
+        for container in runc_root.iterdir():
+            subprocess.run(
+                ["runc", "--root", str(runc_root), "delete", "--force", container.name],
+                capture_output=True,
+                check=False,
+            )
+    for scratch in Path(tempfile.gettempdir()).glob("sb-realnode-*"):
+        _unmount_under(scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
+    for path in HOST_PATHS:
+        if path.startswith("/run/") and os.path.isdir(path):
+            _unmount_under(Path(path))
+            shutil.rmtree(path, ignore_errors=True)
+    subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
+    for table in IPTABLES_TABLES:
+        ours = {
+            rule
+            for rule in _iptables_rules(table)
+            if any(f"{mark}" in rule for mark in (" KUBE-", " CNI-", "-N KUBE-", "-N CNI-"))
+        }
+        _restore_iptables(table, set(_iptables_rules(table)) - ours)
+    _remove_cgroups(set())
+
+
 def _die_with_parent() -> None:
     import ctypes
 
@@ -291,6 +327,8 @@ class Node:
 
     def _start(self, timeout_s: float) -> None:
         began = time.monotonic()
+        if Path(f"/sys/class/net/{BRIDGE}").exists():
+            clean_stale()
         self.host = HostState()
         self.workdir = Path(tempfile.mkdtemp(prefix="sb-realnode-"))
         self._network()
