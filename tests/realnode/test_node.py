@@ -20,6 +20,9 @@ from tests.realnode.node import NODE_NAME, Node
 
 NS = "default"
 
+# The node starts in the first test's setup: 10-35 s, over a minute on a loaded machine.
+pytestmark = pytest.mark.timeout(300)
+
 
 def wait_for(node: Node, check: Callable[[], Any], timeout_s: float, what: str) -> Any:
     """Poll ``check`` until it returns something truthy; fail with the kubelet's log."""
