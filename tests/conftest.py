@@ -16,11 +16,15 @@ from switchboard.contract.tokens import mint_token
 # from Go modules during collection when a collected test asks for `control_plane`.
 from tests.controlplane.fixtures import build_control_plane_if_needed, control_plane
 
+# The real-node tier's images (podman) and node (containerd, kubelet...), tests/realnode:
+# built during collection when a collected test asks for `images` or `node`.
+from tests.realnode.fixtures import build_images_if_needed, images, node, podman
+
 # A real Jaeger v2 (tests/tracing), built from Go modules during collection when a
 # collected test asks for `jaeger`.
 from tests.tracing.fixtures import build_jaeger_if_needed, jaeger
 
-__all__ = ["control_plane", "jaeger"]
+__all__ = ["control_plane", "images", "jaeger", "node", "podman"]
 
 # Each test is marked with its tier, its folder under tests/ (registered in
 # pyproject.toml, so `--strict-markers` catches a folder nobody declared):
@@ -40,6 +44,7 @@ TIERS = frozenset(
         "e2e",
         "bench",
         "tracing",
+        "realnode",
     ]
 )
 
@@ -53,6 +58,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(getattr(pytest.mark, tier))
     build_control_plane_if_needed(items)
     build_jaeger_if_needed(items)
+    build_images_if_needed(items)
 
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"

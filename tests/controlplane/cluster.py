@@ -223,8 +223,15 @@ class ControlPlane:
         *,
         controllers: tuple[str, ...] = CONTROLLERS,
         keep_under: Path | None = None,
+        address: str = "127.0.0.1",
+        apiserver_args: tuple[str, ...] = (),
     ) -> None:
         """``binaries`` maps etcd, kube-apiserver and kube-controller-manager to paths.
+
+        ``address`` is where the apiserver listens and what it advertises. On loopback
+        (the default) the ``kubernetes`` Service has no endpoints; on an address pods can
+        route to (tests/realnode's bridge), the apiserver keeps them, so in-cluster
+        clients reach it through the Service. ``apiserver_args`` go after the defaults.
 
         State (keys, kubeconfigs, etcd data, logs) goes to a fresh temporary directory that
         ``stop()`` deletes, or, with ``keep_under``, to a new directory inside it that is
@@ -236,6 +243,9 @@ class ControlPlane:
                 raise ControlPlaneError(f"no binary given for {name}")
         self.controllers = controllers
         self._keep_under = keep_under
+        self.address = address
+        self.apiserver_args = apiserver_args
+        self._pki: _Pki | None = None
         self.workdir: Path | None = None
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.etcd_port = 0
@@ -248,7 +258,7 @@ class ControlPlane:
     @property
     def server(self) -> str:
         """The apiserver's URL."""
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.address}:{self.apiserver_port}"
 
     def _path(self, name: str) -> Path:
         if self.workdir is None:
@@ -370,6 +380,20 @@ class ControlPlane:
         path = self._path(f"sa-{namespace}-{name}.kubeconfig")
         return _write_private(path, json.dumps(config, indent=2).encode())
 
+    def client_kubeconfig(
+        self, filename: str, common_name: str, organizations: tuple[str, ...] = ()
+    ) -> Path:
+        """A kubeconfig for a client certificate (a node's kubelet, the scheduler...)."""
+        if self._pki is None:
+            raise ControlPlaneError("the control plane is not started")
+        cert, key = self._pki.issue(common_name, organizations=organizations)
+        user = {
+            "client-certificate-data": base64.b64encode(cert).decode(),
+            "client-key-data": base64.b64encode(key).decode(),
+        }
+        config = _kubeconfig(self.server, self._ca_pem, user)
+        return _write_private(self._path(filename), json.dumps(config, indent=2).encode())
+
     def request(
         self, method: str, path: str, body: Mapping[str, Any] | None = None, timeout: float = 10
     ) -> dict[str, Any]:
@@ -408,7 +432,7 @@ class ControlPlane:
     # -- internals ------------------------------------------------------------------
 
     def _write_credentials(self) -> None:
-        pki = _Pki()
+        pki = self._pki = _Pki()
         self._ca_pem = _pem_cert(pki.ca_cert)
         self._path("ca.crt").write_bytes(self._ca_pem)
         cert, key = pki.issue(
@@ -421,7 +445,7 @@ class ControlPlane:
                 "kubernetes.default.svc.cluster.local",
             ),
             # 10.0.0.1 is the `kubernetes` Service's ClusterIP in SERVICE_CIDR.
-            server_ips=("127.0.0.1", "10.0.0.1"),
+            server_ips=tuple(dict.fromkeys(("127.0.0.1", "10.0.0.1", self.address))),
         )
         self._path("apiserver.crt").write_bytes(cert)
         _write_private(self._path("apiserver.key"), key)
@@ -512,8 +536,8 @@ class ControlPlane:
             "kube-apiserver",
             [
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={self._path('apiserver-certs')}",
                 f"--tls-cert-file={self._path('apiserver.crt')}",
@@ -526,9 +550,11 @@ class ControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
                 # The `kubernetes` Service cannot point at 127.0.0.1 (loopback endpoints
-                # are invalid), and nothing in this cluster runs Pods that would use it.
-                "--endpoint-reconciler-type=none",
+                # are invalid): there, nothing runs Pods that would use it.
+                "--endpoint-reconciler-type="
+                + ("none" if ipaddress.ip_address(self.address).is_loopback else "lease"),
                 "--profiling=false",
+                *self.apiserver_args,
             ],
         )
 
