@@ -167,6 +167,14 @@ class EdgeServer:
 
     # -- requests -------------------------------------------------------------
 
+    def _server_span(self, sock: ClientSocket, request: HttpRequest, path: str) -> Span | None:
+        """The HTTP server span of a GET that opens a connection (none when tracing is off)."""
+        if not tracing.enabled():
+            return None
+        return tracing.server_span(
+            "GET", path, request.path, request.headers, self.port, sock.remote_address
+        )
+
     def handle_request(self, sock: ClientSocket, request: HttpRequest) -> None:
         path = route(request.path)
         if path == SSE_PATH:
@@ -176,13 +184,7 @@ class EdgeServer:
             self._in_task(self._answer(sock, request, path))
             return
         started = time.perf_counter()
-        span = (
-            tracing.server_span(
-                "GET", WS_PATH, request.path, request.headers, self.port, sock.remote_address
-            )
-            if tracing.enabled()
-            else None
-        )
+        span = self._server_span(sock, request, WS_PATH)
         decision = self.admission.check(request)
         if isinstance(decision, Pending):
             self._in_task(self._settle(sock, request, decision, span, started))
@@ -314,13 +316,7 @@ class EdgeServer:
         if isinstance(wanted, Refusal):  # before a ticket is spent
             self._refuse_stream(sock, request, wanted)
             return
-        span = (
-            tracing.server_span(
-                "GET", SSE_PATH, request.path, request.headers, self.port, sock.remote_address
-            )
-            if tracing.enabled()
-            else None
-        )
+        span = self._server_span(sock, request, SSE_PATH)
         decision = self.admission.check(request)
         if isinstance(decision, Pending):
             self._in_task(self._settle_stream(sock, request, wanted, decision, span, started))
