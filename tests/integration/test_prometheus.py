@@ -350,7 +350,8 @@ MESSAGES = 40
 
 async def _traffic(edges: list[Edge], nats_server: NatsServer, api: ApiClient) -> None:
     """Publishes across the two edges (latency), RPC errors, refusals, normal closes,
-    a Channel applied and deleted by the operator. Every series then has samples."""
+    an SSE refusal and a posted message, a Channel applied and deleted by the operator.
+    Every series then has samples."""
     await api.create(
         channel_path(NS),
         {
@@ -397,6 +398,18 @@ async def _traffic(edges: list[Edge], nats_server: NatsServer, api: ApiClient) -
         for headers in ({}, {"Origin": "http://evil.example"}):
             with pytest.raises(websockets.InvalidStatus):
                 await websockets.connect(edge.ws_url, additional_headers=headers)
+    # the SSE fallback: a stream refused (no credentials) and a message posted
+    publish = {"type": "publish", "payload": {"channel": "chat:prom", "data": "posted"}}
+    async with aiohttp.ClientSession() as http:
+        for edge in edges:
+            async with http.get(f"{edge.http_url}/v1/sse?channel=chat:prom") as refused:
+                assert refused.status == 401
+            async with http.post(
+                f"{edge.http_url}/v1/messages",
+                json=publish,
+                headers={"Authorization": f"Bearer {token('alice')}"},
+            ) as posted:
+                assert posted.status == 200, await posted.text()
     await eventually(lambda: _channel_ready(api))
     await api.delete(channel_path(NS, "promnews"))
     await eventually(lambda: _gone(api, channel_path(NS, "promnews")))
