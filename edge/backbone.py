@@ -82,6 +82,28 @@ class _Handle:
             await self._sub.unsubscribe()
 
 
+class _Interest:
+    """A core subscription made and dropped without awaiting anything
+    (`NatsBackbone.subscribe_now`): its SUB and UNSUB join nats-py's pending
+    commands and leave with the backbone's next flush."""
+
+    __slots__ = ("_backbone", "_sub")
+
+    def __init__(self, backbone: NatsBackbone, sub: _DirectSubscription) -> None:
+        self._backbone = backbone
+        self._sub = sub
+
+    def drop(self) -> None:
+        sub = self._sub
+        nc = sub._conn
+        if sub._closed or nc.is_closed:
+            return
+        sub._closed = True
+        nc._remove_sub(sub._id)
+        if not nc.is_reconnecting:  # (a reconnect subscribes again only what is in _subs)
+            self._backbone._command(f"UNSUB {sub._id}\r\n".encode())
+
+
 # What nats-py's subscribe accepts: no whitespace (CR LF would inject protocol
 # commands), no empty token, `>` only as the whole last token.
 _SUBJECT = re.compile(r"(?:[^. \t\r\n>]+\.)*(?:[^. \t\r\n>]+|>)")
@@ -214,6 +236,7 @@ class NatsBackbone:
         self._followers: set[_Follower] = set()
         self._follow_checker: asyncio.Task[None] | None = None
         self._probes: dict[str, asyncio.Future[bool]] = {}  # stream -> a rebuild asking it
+        self._flush_asked = False  # a flush of buffered SUB/UNSUB commands is on its way
         self.on_state_change: Callable[[bool], None] = lambda connected: None
 
     async def connect(self) -> None:
@@ -293,6 +316,40 @@ class NatsBackbone:
             except (NatsTimeout, ConnectionClosedError):
                 log.warning("subscription to %s not confirmed yet", subject)
         return _Handle(sub)
+
+    def subscribe_now(self, subject: str, handler: Callable[[Delivery], None]) -> _Interest:
+        """Subscribe without waiting for anything: the SUB goes out with the next flush,
+        unconfirmed. What every handshake does for its user's subject, so it costs no
+        task, no future and no round trip."""
+        nc = self.client
+        _check_subject(subject)
+        if nc.is_closed:
+            raise ConnectionClosedError
+        if nc.is_draining:
+            raise nats.errors.ConnectionDrainingError
+        nc._sid += 1
+        sub = _DirectSubscription(nc, nc._sid, subject, handler)
+        nc._subs[sub._id] = sub
+        self._command(f"SUB {subject}  {sub._id}\r\n".encode())  # (as nats-py writes it)
+        return _Interest(self, sub)
+
+    def _command(self, command: bytes) -> None:
+        """Buffer a protocol command as nats-py's `_send_command` does; one flush is
+        asked of nats-py's flusher per event-loop turn, however many were buffered."""
+        nc = self.client
+        nc._pending.append(command)
+        nc._pending_data_size += len(command)
+        if not self._flush_asked:
+            self._flush_asked = True
+            asyncio.get_running_loop().call_soon(self._ask_flush)
+
+    def _ask_flush(self) -> None:
+        self._flush_asked = False
+        nc = self._nc
+        queue = None if nc is None else nc._flush_queue
+        if nc is None or queue is None or not nc.is_connected or queue.full():
+            return  # (not connected: nats-py writes its pending commands on reconnect)
+        queue.put_nowait(asyncio.get_running_loop().create_future())
 
     async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         if not self.connected:

@@ -153,13 +153,22 @@ class Connection:
         self._on_done = on_done
 
     def open(self, head: bytes) -> None:
-        """Send the 101 and the `welcome` in one write, then join the user's subject."""
+        """Send the 101 and the `welcome` in one write, then join the user's subject
+        (at once; a resume token's subscriptions are restored by the worker)."""
         settings = self.node.settings
         welcome = self.session.welcome(self.id, settings.pod_name, settings.ping_interval_s)
         sock = self.sock
         assert isinstance(sock, ClientSocket)
         sock.accept_websocket(head, self, first_text=welcome.text.encode())
-        self._kick()
+        if self._resume or self._lost:
+            self._kick()
+            return
+        self._started = True
+        try:
+            self.member.join()
+        except Exception:
+            self.log.exception("connection failed")
+            self.abandon(CloseCode.INTERNAL_ERROR, "internal error")
 
     # -- Link -----------------------------------------------------------------
 
@@ -238,6 +247,8 @@ class Connection:
         self.closing = True
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
+        if self._worker is None and self._started and self._finish_now():
+            return
         self._kick()
 
     def _receive(self, message: str | bytes) -> None:
@@ -286,18 +297,34 @@ class Connection:
 
     async def _finish(self) -> None:
         """The socket is gone: leave every channel and the user's subject, once."""
-        self.closing = True
-        for task in tuple(self._tasks or ()):
-            task.cancel()
+        self._stop_tasks()
         on_done, self._on_done = self._on_done, None
         try:
             await self.member.finish()
         finally:
-            if on_done is not None:
-                on_done(self)
-            # The member and this link point at each other: unlinked, both go by
-            # reference counting as soon as nothing else holds them.
-            self.member.link = _GONE
+            self._done(on_done)
+
+    def _finish_now(self) -> bool:
+        """`_finish` without a task, when nothing needs awaiting (no channel joined:
+        most connections of a reconnect storm); False if the worker must do it."""
+        if self._on_done is None or not self.member.finish_now():
+            return False
+        self._stop_tasks()
+        on_done, self._on_done = self._on_done, None
+        self._done(on_done)
+        return True
+
+    def _stop_tasks(self) -> None:
+        self.closing = True
+        for task in tuple(self._tasks or ()):
+            task.cancel()
+
+    def _done(self, on_done: Callable[[Connection], None] | None) -> None:
+        if on_done is not None:
+            on_done(self)
+        # The member and this link point at each other: unlinked, both go by
+        # reference counting as soon as nothing else holds them.
+        self.member.link = _GONE
 
     # -- the sweep: slow consumer, keepalive, expiry ----------------------------
 

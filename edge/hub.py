@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from edge import protocol, tracing
-from edge.ports import Backbone, Delivery, Member, SubscriptionHandle, Unavailable
+from edge.ports import Backbone, Delivery, Interest, Member, SubscriptionHandle, Unavailable
 from edge.presence import feed_subject
 from switchboard.contract.channels import (
     PERSONAL_PREFIX,
@@ -36,7 +36,16 @@ STREAM_RETRY_S = 0.2  # between attempts to check a history stream after a recon
 
 
 class _Topic:
-    __slots__ = ("channel", "delivered", "epoch", "handle", "last_offset", "members", "stream")
+    __slots__ = (
+        "channel",
+        "delivered",
+        "epoch",
+        "handle",
+        "interest",
+        "last_offset",
+        "members",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -55,6 +64,7 @@ class _Topic:
         # starts after it, and anything at or below it is a repeat
         self.delivered = delivered
         self.members: set[Member] = set()
+        self.interest: Interest | None = None  # a user's subject (`Hub.join_user`)
 
 
 def decode_data(data: bytes) -> Any:
@@ -127,7 +137,7 @@ class Hub:
         """Join; for a channel with history, its epoch."""
         subject = channel_subject(self._prefix, channel)
         stream = self._stream_for(channel)
-        await self._join(subject, channel, member, confirm=True, stream=stream)
+        await self._join(subject, channel, member, stream=stream)
         return self._topics[subject].epoch
 
     def note_offset(self, channel: str, offset: int) -> None:
@@ -166,21 +176,37 @@ class Hub:
     async def leave_channel(self, channel: str, member: Member) -> None:
         await self._leave(channel_subject(self._prefix, channel), member)
 
-    async def join_user(self, user: str, member: Member) -> None:
-        # Not confirmed: nothing the client does depends on it being in place already,
-        # and it would cost every handshake two round trips to NATS.
-        await self._join(
-            user_subject(self._prefix, user), personal_channel(user), member, confirm=False
-        )
+    def join_user(self, user: str, member: Member) -> None:
+        """Join the user's personal subject, at once and unconfirmed: nothing the client
+        does depends on it being in place already, and waiting would cost every
+        handshake a task and a round trip to NATS. No lock: only this and `leave_user`
+        touch user subjects, and neither awaits."""
+        subject = user_subject(self._prefix, user)
+        topic = self._topics.get(subject)
+        if topic is None:
+            channel = personal_channel(user)
+            interest = self._backbone.subscribe_now(
+                subject, lambda d: self._deliver(channel, subject, d)
+            )
+            topic = _Topic(channel, None, None)
+            topic.interest = interest
+            self._topics[subject] = topic
+        topic.members.add(member)
 
-    async def leave_user(self, user: str, member: Member) -> None:
-        await self._leave(user_subject(self._prefix, user), member)
+    def leave_user(self, user: str, member: Member) -> None:
+        subject = user_subject(self._prefix, user)
+        topic = self._topics.get(subject)
+        if topic is None:
+            return
+        topic.members.discard(member)
+        if not topic.members:
+            del self._topics[subject]
+            if topic.interest is not None:
+                topic.interest.drop()
 
     async def join_presence_feed(self, channel: str, member: Member) -> None:
         """`join`/`leave` frames of a presence channel (edges publish them ready-made)."""
-        await self._join(
-            feed_subject(self._prefix, channel), channel, member, confirm=True, raw=True
-        )
+        await self._join(feed_subject(self._prefix, channel), channel, member, raw=True)
 
     async def leave_presence_feed(self, channel: str, member: Member) -> None:
         await self._leave(feed_subject(self._prefix, channel), member)
@@ -191,7 +217,6 @@ class Hub:
         channel: str,
         member: Member,
         *,
-        confirm: bool,
         raw: bool = False,
         stream: str | None = None,
     ) -> None:
@@ -208,7 +233,7 @@ class Hub:
                     )
                 else:
                     handle = await self._backbone.subscribe(
-                        subject, lambda d: deliver(channel, subject, d), confirm=confirm
+                        subject, lambda d: deliver(channel, subject, d)
                     )
                     topic = _Topic(channel, handle, None)
                 self._topics[subject] = topic

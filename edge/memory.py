@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from edge.ports import (
     Delivery,
+    Interest,
     NoResponders,
     Reply,
     RequestTimeout,
@@ -52,6 +53,9 @@ class _Handle:
         self._subs, self._sub = subs, sub
 
     async def unsubscribe(self) -> None:
+        self.drop()
+
+    def drop(self) -> None:
         if self._sub in self._subs:
             self._subs.remove(self._sub)
 
@@ -153,6 +157,11 @@ class MemoryBackbone:
         self, subject: str, handler: Callable[[Delivery], None], *, confirm: bool = True
     ) -> SubscriptionHandle:
         self._up()
+        sub = _Sub(subject, handler)
+        self._subs.append(sub)
+        return _Handle(self._subs, sub)
+
+    def subscribe_now(self, subject: str, handler: Callable[[Delivery], None]) -> Interest:
         sub = _Sub(subject, handler)
         self._subs.append(sub)
         return _Handle(self._subs, sub)

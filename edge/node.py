@@ -200,10 +200,14 @@ class Member:
 
     # -- lifecycle ------------------------------------------------------------
 
+    def join(self) -> None:
+        """Join the user's personal subject (at once: `Hub.join_user`)."""
+        self.node.hub.join_user(self.session.user, self)
+        self._joined_user = True
+
     async def start(self, resume: list[dict[str, Any]]) -> None:
         """Join the user's personal subject, then restore what a resume token lists."""
-        await self.node.hub.join_user(self.session.user, self)
-        self._joined_user = True
+        self.join()
         await self._restore(resume)
 
     async def _restore(self, subscriptions: list[dict[str, Any]]) -> None:
@@ -223,8 +227,21 @@ class Member:
         for channel in tuple(self.session.subscriptions):
             await self._leave_channel(channel)
         self.session.subscriptions.clear()
+        self._leave_user()
+
+    def finish_now(self) -> bool:
+        """`finish` without awaiting, possible when no channel is left to leave (a
+        connection that only came and went); False if `finish` must run."""
+        if self.session.subscriptions:
+            return False
+        self.recovery.cancel_all()
+        self._leave_user()
+        return True
+
+    def _leave_user(self) -> None:
         if self._joined_user:
-            await self.node.hub.leave_user(self.session.user, self)
+            self._joined_user = False
+            self.node.hub.leave_user(self.session.user, self)
 
     # -- actions --------------------------------------------------------------
 

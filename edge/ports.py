@@ -33,6 +33,13 @@ class SubscriptionHandle(Protocol):
     async def unsubscribe(self) -> None: ...
 
 
+class Interest(Protocol):
+    """A core subscription made without waiting (`Bus.subscribe_now`)."""
+
+    def drop(self) -> None:
+        """Unsubscribe without waiting: the interest ends with the backbone's next flush."""
+
+
 class StreamCursor(Protocol):
     """A position in a history stream, read forward a batch at a time."""
 
@@ -53,6 +60,11 @@ class Bus(Protocol):
         self, subject: str, handler: Callable[[Delivery], None], *, confirm: bool = True
     ) -> SubscriptionHandle:
         """Subscribe; with `confirm`, return only once the server has the interest."""
+        ...
+
+    def subscribe_now(self, subject: str, handler: Callable[[Delivery], None]) -> Interest:
+        """Subscribe at once, unconfirmed: the interest reaches the server with the
+        backbone's next flush (a handshake's personal subject: nothing waits on it)."""
         ...
 
     async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None: ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import nats
 import pytest
@@ -154,3 +154,70 @@ async def test_close_drains_direct_subscriptions(backbone: NatsBackbone) -> None
     await backbone.subscribe("sb.user.drained", lambda d: None)
     await asyncio.wait_for(backbone.close(), 10)
     assert not backbone.connected
+
+
+async def test_subscribe_now_sends_sub_and_unsub_without_awaiting(
+    backbone: NatsBackbone, own_nats: NatsServer
+) -> None:
+    """What every handshake does for its user's subject: no task, no future, no round
+    trip; the SUBs of one event-loop turn leave together and reach the server."""
+    got: dict[str, list[bytes]] = {f"sb.user.now{i}": [] for i in range(300)}
+    tasks_before = len(asyncio.all_tasks())
+
+    def keep(subject: str) -> Callable[[Delivery], None]:
+        return lambda delivery: got[subject].append(delivery.data)
+
+    interests = {subject: backbone.subscribe_now(subject, keep(subject)) for subject in got}
+    assert len(asyncio.all_tasks()) == tasks_before
+    await wait_until(lambda: len(server_subjects(own_nats, "test-backbone")) >= 300)
+    assert server_subjects(own_nats, "test-backbone").count("sb.user.now5") == 1
+
+    publisher = await nats.connect(own_nats.address)
+    try:
+        await publisher.publish("sb.user.now5", b"hello")
+        await publisher.flush()
+        await wait_until(lambda: got["sb.user.now5"] == [b"hello"])
+
+        for subject in list(got)[:200]:
+            interests[subject].drop()
+        interests["sb.user.now5"].drop()  # twice: nothing more happens
+        await wait_until(lambda: len(server_subjects(own_nats, "test-backbone")) == 100)
+        assert "sb.user.now5" not in server_subjects(own_nats, "test-backbone")
+        await publisher.publish("sb.user.now5", b"late")
+        await publisher.publish("sb.user.now250", b"marker")
+        await publisher.flush()
+        await wait_until(lambda: got["sb.user.now250"] == [b"marker"])
+        assert got["sb.user.now5"] == [b"hello"]
+    finally:
+        await publisher.close()
+
+
+async def test_subscribe_now_while_disconnected_holds_after_the_reconnect(
+    backbone: NatsBackbone, own_nats: NatsServer
+) -> None:
+    """An interest made or dropped while the backbone is away is what the server has
+    once it is back: made ones subscribed once, dropped ones not at all."""
+    kept = backbone.subscribe_now("sb.user.before", lambda d: None)
+    gone = backbone.subscribe_now("sb.user.dropped", lambda d: None)
+    own_nats.stop(keep_store=True)
+    await wait_until(lambda: not backbone.connected)
+    got: list[bytes] = []
+    backbone.subscribe_now("sb.user.during", lambda d: got.append(d.data))
+    gone.drop()
+    own_nats.start()  # same port
+    await wait_until(lambda: backbone.connected, 20)
+    await backbone.flush()
+    subjects = server_subjects(own_nats, "test-backbone")
+    assert subjects.count("sb.user.during") == 1
+    assert subjects.count("sb.user.before") == 1
+    assert "sb.user.dropped" not in subjects
+    publisher = await nats.connect(own_nats.address)
+    try:
+        await publisher.publish("sb.user.during", b"after")
+        await publisher.flush()
+        await wait_until(lambda: got == [b"after"])
+    finally:
+        await publisher.close()
+    kept.drop()
+    await backbone.flush()
+    assert "sb.user.before" not in server_subjects(own_nats, "test-backbone")
