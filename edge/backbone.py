@@ -69,6 +69,10 @@ FOLLOW_ORPHAN_S = 5.0  # the server drops a consumer nobody listens to after thi
 REBUILD_BUDGET_S = 20.0  # a rebuild asks on this long (Raft elections: 4-9 s, or twice)
 REBUILD_ASK_S = 0.1  # and this often: one follower per stream asks (see _in_turn)
 UNANSWERED = (NatsTimeout, TimeoutError, NoRespondersError, ServiceUnavailableError)
+# SUB and UNSUB of personal subjects (`subscribe_now`) are written together once per
+# window: a write to NATS costs the edge a system call, and an unconfirmed interest
+# 5 ms later changes nothing a client can tell.
+COMMAND_WINDOW_S = 0.005
 
 
 class _Handle:
@@ -237,6 +241,7 @@ class NatsBackbone:
         self._follow_checker: asyncio.Task[None] | None = None
         self._probes: dict[str, asyncio.Future[bool]] = {}  # stream -> a rebuild asking it
         self._flush_asked = False  # a flush of buffered SUB/UNSUB commands is on its way
+        self._chunk: bytearray | None = None  # SUB/UNSUB commands joined, not written yet
         self.on_state_change: Callable[[bool], None] = lambda connected: None
 
     async def connect(self) -> None:
@@ -319,8 +324,8 @@ class NatsBackbone:
 
     def subscribe_now(self, subject: str, handler: Callable[[Delivery], None]) -> _Interest:
         """Subscribe without waiting for anything: the SUB goes out with the next flush,
-        unconfirmed. What every handshake does for its user's subject, so it costs no
-        task, no future and no round trip."""
+        unconfirmed (within `COMMAND_WINDOW_S`). What every handshake does for its user's
+        subject, so it costs no task, no future and no round trip."""
         nc = self.client
         _check_subject(subject)
         if nc.is_closed:
@@ -334,14 +339,24 @@ class NatsBackbone:
         return _Interest(self, sub)
 
     def _command(self, command: bytes) -> None:
-        """Buffer a protocol command as nats-py's `_send_command` does; one flush is
-        asked of nats-py's flusher per event-loop turn, however many were buffered."""
+        """Buffer a protocol command in nats-py's pending commands, as its
+        `_send_command` does, but joined to the previous one if that was ours too:
+        nats-py writes each pending item with its own `write` (a system call each,
+        with uvloop), and a reconnect storm buffers thousands of SUBs and UNSUBs.
+        One flush is asked of nats-py's flusher per `COMMAND_WINDOW_S`: a storm's
+        subscriptions leave in a few writes, not two per handshake."""
         nc = self.client
-        nc._pending.append(command)
+        pending = cast("list[bytes | bytearray]", nc._pending)
+        chunk = self._chunk
+        if chunk is not None and pending and pending[-1] is chunk:
+            chunk += command  # (nats-py replaces its list when it writes: never mutated after)
+        else:
+            self._chunk = bytearray(command)
+            pending.append(self._chunk)
         nc._pending_data_size += len(command)
         if not self._flush_asked:
             self._flush_asked = True
-            asyncio.get_running_loop().call_soon(self._ask_flush)
+            asyncio.get_running_loop().call_later(COMMAND_WINDOW_S, self._ask_flush)
 
     def _ask_flush(self) -> None:
         self._flush_asked = False
