@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any
 
 from switchboard.contract.channels import is_valid_channel, is_valid_method
@@ -29,6 +30,12 @@ _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 
 def encode(obj: Any) -> str:
     return _encoder.encode(obj)
+
+
+def encode_string(text: str) -> str:
+    """A JSON string exactly as `encode` writes one (only `"`, `\\` and control
+    characters escaped: `ensure_ascii=False`)."""
+    return encode_basestring(text)
 
 
 def _no_constant(name: str) -> Any:

@@ -8,6 +8,7 @@ is tested without either (see tests/edge/test_session.py).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +94,48 @@ class Limits:
     rpc_max_timeout_ms: int = 30000
 
 
+def welcome_frame(
+    session_id: str, node: str, user: str, ping_interval_s: float, expires_at: int, limits: Limits
+) -> str:
+    """The `welcome` frame (docs/protocol.md): its definition, which `Session.welcome`
+    reproduces byte for byte."""
+    return protocol.frame(
+        "welcome",
+        {
+            "session": session_id,
+            "node": node,
+            "user": user,
+            "ping_interval_s": ping_interval_s,
+            "expires_at": expires_at,
+            "limits": {
+                "max_message_bytes": limits.max_message_bytes,
+                "rate_per_s": limits.rate_per_s,
+                "burst": limits.rate_burst,
+                "max_subscriptions": limits.max_subscriptions,
+            },
+        },
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _welcome_parts(
+    node: str, ping_interval_s: float, limits: Limits
+) -> tuple[str, tuple[str, str]]:
+    """The parts of `welcome_frame` all connections of an edge share, encoded once:
+    what goes between session and user, the ping interval, and what follows the
+    expiry (tests/edge/test_session.py holds the assembly to `welcome_frame`)."""
+    limits_json = protocol.encode(
+        {
+            "max_message_bytes": limits.max_message_bytes,
+            "rate_per_s": limits.rate_per_s,
+            "burst": limits.rate_burst,
+            "max_subscriptions": limits.max_subscriptions,
+        }
+    )
+    node_part = ',"node":' + protocol.encode_string(node) + ',"user":'
+    return node_part, (protocol.encode(ping_interval_s), ',"limits":' + limits_json + "}}")
+
+
 class Session:
     """Protocol state of one client connection."""
 
@@ -122,22 +165,23 @@ class Session:
         return self.claims.sub
 
     def welcome(self, session_id: str, node: str, ping_interval_s: float) -> Send:
+        """The first frame of every connection: what `welcome_frame` makes, assembled
+        around the parts every connection of this edge shares (encoded once)."""
+        node_part, tail = _welcome_parts(node, ping_interval_s, self.limits)
+        claims = self.claims
         return Send(
-            protocol.frame(
-                "welcome",
-                {
-                    "session": session_id,
-                    "node": node,
-                    "user": self.claims.sub,
-                    "ping_interval_s": ping_interval_s,
-                    "expires_at": int(self.claims.exp),
-                    "limits": {
-                        "max_message_bytes": self.limits.max_message_bytes,
-                        "rate_per_s": self.limits.rate_per_s,
-                        "burst": self.limits.rate_burst,
-                        "max_subscriptions": self.limits.max_subscriptions,
-                    },
-                },
+            "".join(
+                (
+                    '{"type":"welcome","payload":{"session":',
+                    protocol.encode_string(session_id),
+                    node_part,
+                    protocol.encode_string(claims.sub),
+                    ',"ping_interval_s":',
+                    tail[0],
+                    ',"expires_at":',
+                    str(int(claims.exp)),
+                    tail[1],
+                )
             )
         )
 

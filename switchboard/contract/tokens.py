@@ -154,6 +154,10 @@ class TokenVerifier:
         # token before its `exp`.
         self._verified: OrderedDict[str, tuple[Claims, str | None]] = OrderedDict()
         self._cache_size = cache_size
+        # Decoded token headers by their encoded segment: every token an issuer signs
+        # has the same few headers ({"alg":"HS256","typ":"JWT"}, a `kid`), so a
+        # handshake decodes only its payload. Cleared when full (junk headers).
+        self._headers: dict[bytes, dict[str, Any]] = {}
 
     def verify(self, token: str, now: float | None = None) -> Claims:
         """The token's claims, or TokenError; signatures are checked once per token."""
@@ -202,7 +206,12 @@ class TokenVerifier:
         header_segment, dot2, payload_segment = signing_input.partition(b".")
         if not dot or not dot2:
             raise _invalid()
-        header = _json_object(_b64url(header_segment))
+        header = self._headers.get(header_segment)
+        if header is None:
+            header = _json_object(_b64url(header_segment))
+            if len(self._headers) >= MAX_HEADERS_KEPT:
+                self._headers.clear()
+            self._headers[header_segment] = header  # (only read from here on)
         detached = header.get("b64", True) is False  # RFC 7797: never ours (refused below)
         if detached and payload_segment:
             raise _invalid()
@@ -282,6 +291,7 @@ def _invalid() -> TokenError:
     return TokenError("invalid token")
 
 
+MAX_HEADERS_KEPT = 64
 _B64URL = re.compile(rb"[A-Za-z0-9_-]*")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")

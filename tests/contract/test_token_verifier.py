@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from switchboard.contract.channels import is_valid_user_id
 from switchboard.contract.tokens import (
+    MAX_HEADERS_KEPT,
     RESUME_AUDIENCE,
     Claims,
     TokenError,
@@ -509,3 +510,21 @@ def test_keys_that_fit_no_accepted_algorithm_are_refused_at_start(tmp_path: Path
     path.write_bytes(pem(EC_KEY))
     with pytest.raises(ValueError, match="fits none of the accepted algorithms"):
         TokenVerifier(public_key_file=path, algorithms=["RS256"])
+
+
+def test_decoded_headers_are_kept_but_decide_nothing_alone() -> None:
+    """Headers are decoded once per distinct segment (edge handshakes share a few);
+    a kept header never lets a bad signature or payload through, and a flood of
+    distinct headers neither grows the cache without bound nor breaks verification."""
+    verifier = TokenVerifier(secret=SECRET, cache_size=0)  # no verified-token cache
+    good = jwt.encode(claims(), SECRET, algorithm="HS256")
+    assert verifier.verify(good).sub == "alice"
+    forged = jwt.encode(claims(), "another-secret-that-is-long-enough", algorithm="HS256")
+    assert forged.split(".")[0] == good.split(".")[0]  # the kept header is reused
+    with pytest.raises(TokenError, match="invalid token"):
+        verifier.verify(forged)
+    for i in range(3 * MAX_HEADERS_KEPT):
+        token = jwt.encode(claims(), SECRET, algorithm="HS256", headers={"n": i})
+        assert verifier.verify(token).sub == "alice"
+        assert len(verifier._headers) <= MAX_HEADERS_KEPT
+    assert verifier.verify(good).sub == "alice"

@@ -18,6 +18,7 @@ from edge.session import (
     Session,
     Subscribe,
     Unsubscribe,
+    welcome_frame,
 )
 from switchboard.contract.codes import ErrorCode
 from switchboard.contract.settings import ChannelPolicy
@@ -431,3 +432,30 @@ def test_a_lone_surrogate_handed_in_as_text_is_malformed() -> None:
     """websockets never yields one, but the session must not trust its caller for it."""
     text = publish_text('"\ud800"')
     assert only_error(make_session().receive(text, NOW))["payload"]["message"] == "malformed JSON"
+
+
+@pytest.mark.parametrize(
+    ("session_id", "node", "user", "ping", "exp", "limits"),
+    [
+        ("s1", "edge-1", "alice", 30, NOW + 3600, Limits()),
+        (
+            "0123456789ab",
+            "edge-7f9c-x",
+            "bob@example.com",
+            12.5,
+            1.5e9 + 0.9,
+            Limits(rate_per_s=7.25),
+        ),
+        ("s", 'pod "quoted" \\ é ü\n\t', "u=+_-", 0.001, 2**40, Limits(max_message_bytes=1)),
+    ],
+)
+def test_welcome_is_the_frame_its_definition_makes(
+    session_id: str, node: str, user: str, ping: float, exp: float, limits: Limits
+) -> None:
+    """`Session.welcome` assembles the frame from parts cached per edge: byte for byte
+    what `welcome_frame` (protocol.frame) writes, for any node name and limits."""
+    session = make_session(Claims(sub=user, exp=exp), limits=limits)
+    for _ in range(2):  # the second time from the cached parts
+        text = session.welcome(session_id, node, ping).text
+        assert text == welcome_frame(session_id, node, user, ping, int(exp), limits)
+    assert json.loads(text)["payload"]["node"] == node
