@@ -104,8 +104,10 @@ class _Interest:
             return
         sub._closed = True
         nc._remove_sub(sub._id)
-        if not nc.is_reconnecting:  # (a reconnect subscribes again only what is in _subs)
-            self._backbone._command(f"UNSUB {sub._id}\r\n".encode())
+        # Also while reconnecting (nats-py would not): its SUB may still be among the
+        # pending commands nats-py writes once reconnected; the UNSUB follows it. (A
+        # server that never saw the SUB ignores the UNSUB.)
+        self._backbone._command(f"UNSUB {sub._id}\r\n".encode())
 
 
 # What nats-py's subscribe accepts: no whitespace (CR LF would inject protocol
