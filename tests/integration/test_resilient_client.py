@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 import nats
@@ -178,3 +179,39 @@ async def test_a_refused_edge_is_skipped_and_the_next_url_used(
     await client.close()
     await hog.close()
     full.stop()
+
+
+@pytest.mark.parametrize("in_band", ["never", "always"])
+async def test_the_edges_retry_after_is_the_delay_before_the_next_attempt(
+    edge_factory: EdgeFactory, edge2: Edge, in_band: str
+) -> None:
+    """A drained edge refuses with 503 + `Retry-After: 1` (or, in band, 1013 `retry
+    after 1000`): the next attempt waits that, stretched by U(1, 1.5), not the first
+    backoff step (at most 0.5 s)."""
+    name = f"edge-drained-{in_band}"
+    drained = edge_factory.start(name, in_band_refusals=in_band)
+    nc = await nats.connect(edge_factory.nats.url_for("operator"))  # playing the operator
+    reply = await nc.request(f"sb.edge.{name}.ctl", b'{"command": "drain"}', timeout=5)
+    assert json.loads(reply.data) == {"ok": True, "connections": 0}
+    await nc.close()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(seconds)
+
+    async def grace() -> str:
+        return token("grace")
+
+    loop = asyncio.get_running_loop()
+    client = ResilientClient([drained.ws_url, edge2.ws_url], grace, sleep=sleep)
+    began = loop.time()
+    await client.start()
+    took = loop.time() - began
+    assert client.client is not None
+    assert client.client.welcome["node"] == "edge-2"
+    assert client.failures == (["HTTP 503"] if in_band == "never" else ["retry after 1000"])
+    assert len(waits) == 1 and 1.0 <= waits[0] <= 1.5
+    assert 1.0 <= took < waits[0] + 1.0  # the refusal and the next connection: quick
+    await client.close()
+    drained.stop()
