@@ -186,10 +186,10 @@ class ResilientClient:
             try:
                 if token is None:
                     token = await self._token()
-                client = await self._connect(token, resume)
+                client, resumed = await self._connect(token, resume)
                 self.client = client
                 self.connections += 1
-                if resume is not None:
+                if resumed:
                     self.resumed += 1
                 else:  # with a resume token the edge restores the subscriptions itself
                     await self._resubscribe(client)
@@ -227,18 +227,21 @@ class ResilientClient:
                 attempt += 1
                 await self._sleep(delay)
 
-    async def _connect(self, token: str, resume: str | None) -> Client:
+    async def _connect(self, token: str, resume: str | None) -> tuple[Client, bool]:
+        """A connection to the next URL, and whether the resume token was taken (if not,
+        the edge restored nothing: the caller subscribes again)."""
         url = next(self._urls)
         if resume is not None:
             try:
-                return await Client.connect(url, resume=resume, open_timeout=self._timeout_s)
+                client = await Client.connect(url, resume=resume, open_timeout=self._timeout_s)
+                return client, True
             except (InvalidStatus, Closed) as exc:
                 failure = _failure(exc)
                 if failure.advice is not ReconnectAdvice.NEW_TOKEN:
                     raise
                 # expired or refused: the plain token and `since` instead
                 log.info("resume token refused (%s); subscribing from offsets", failure.reason)
-        return await Client.connect(url, token=token, open_timeout=self._timeout_s)
+        return await Client.connect(url, token=token, open_timeout=self._timeout_s), False
 
     async def _resubscribe(self, client: Client) -> None:
         for channel in self.channels:

@@ -265,3 +265,41 @@ spec:
     await publisher.close()
     await client.close()
     await asyncio.to_thread(channel_cli, nats_server, "delete", "twice")
+
+
+async def test_a_resume_token_expired_on_the_way_falls_back_to_resubscribing(
+    edge_factory: EdgeFactory, edge2: Edge
+) -> None:
+    """A drain's resume token that expired while the client was refused elsewhere is
+    answered 401; the client connects with its token instead and must then subscribe
+    again itself (the edge restored nothing)."""
+    mover = edge_factory.start("edge-ttl", resume_ttl_s="1", reconnect_jitter_ms="0")
+    drained = edge_factory.start("edge-ttl-drained")
+    operator = await nats.connect(edge_factory.nats.url_for("operator"))
+    reply = await operator.request("sb.edge.edge-ttl-drained.ctl", b'{"command": "drain"}')
+    assert json.loads(reply.data)["ok"] is True
+
+    async def kim() -> str:
+        return token("kim")
+
+    client = ResilientClient([mover.ws_url, drained.ws_url, edge2.ws_url], kim)
+    await client.start()
+    await client.subscribe("ttl:room")
+    publisher = await Client.connect(edge2.ws_url, token=token("lee"))
+    await publisher.publish("ttl:room", "before")
+    assert await next_data(client) == "before"
+    # drained: after 0 ms to the drained edge (503, Retry-After: 1), then, 1-1.5 s
+    # later, to edge-2 with a token that lived 1 s: 401, then the plain token
+    await operator.request("sb.edge.edge-ttl.ctl", b'{"command": "drain"}')
+    async with asyncio.timeout(10):
+        while client.connections < 2:
+            await asyncio.sleep(0.02)
+    assert client.client is not None and client.client.welcome["node"] == "edge-2"
+    assert client.failures[-1] == "HTTP 503" and client.resumed == 0
+    await publisher.publish("ttl:room", "after")
+    assert await next_data(client) == "after"  # subscribed again
+    await publisher.close()
+    await client.close()
+    await operator.close()
+    mover.stop()
+    drained.stop()
