@@ -100,7 +100,8 @@ class Admin:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        ready = self.node.ready
+        # and the Channels were read once: before, channels may get the default policy
+        ready = self.node.ready and self.node.directory.complete
         return web.Response(
             status=200 if ready else 503, text="ready\n" if ready else "not ready\n"
         )

@@ -619,8 +619,12 @@ class NatsBackbone:
         with self._store("presence store"):
             await op(await self._bucket(PRESENCE_BUCKET, self._presence_ttl_s))
 
-    async def watch_channels(self, on_change: Callable[[str, bytes | None], None]) -> None:
-        """Feed every `sb_channels` entry, then each change, to `on_change` (None: deleted).
+    async def watch_channels(
+        self, on_change: Callable[[str, bytes | None], None], on_complete: Callable[[], None]
+    ) -> None:
+        """Feed every `sb_channels` entry, then each change, to `on_change` (None: deleted),
+        and call `on_complete` once the entries up to the bucket's last sequence when the
+        watch began are given (that message is the newest of its key, so it comes).
 
         Runs until cancelled. Read like every followed stream (not with nats-py's KV
         watch, which has no heartbeat and so never notices its server died): rebuilt
@@ -633,7 +637,11 @@ class NatsBackbone:
             operation = (delivery.headers or {}).get("KV-Operation")
             deleted = operation in ("DEL", "PURGE")
             on_change(delivery.subject.removeprefix(prefix), None if deleted else delivery.data)
+            if upto and (delivery.offset or 0) >= upto[0]:
+                upto.clear()
+                on_complete()
 
+        upto: list[int] = []  # the bucket's last sequence at the start, until it is given
         follower = _Follower(
             self, kv_stream(CHANNELS_BUCKET), f"{prefix}>", entry, after=None, restart=True
         )
@@ -641,7 +649,11 @@ class NatsBackbone:
             while True:
                 try:
                     await self._bucket(CHANNELS_BUCKET, 0)  # dev mode: the first user makes it
+                    state = (await self._stream_info(kv_stream(CHANNELS_BUCKET))).state
+                    upto[:] = [state.last_seq] if state.messages else []
                     await follower.start()
+                    if not state.messages:
+                        on_complete()
                     break
                 except (nats.errors.Error, TimeoutError, Unavailable) as exc:
                     log.warning("channel config watch not started yet: %s", exc)

@@ -22,6 +22,9 @@ class ChannelDirectory:
         self._policies: dict[str, ChannelPolicy] = {}
         self.specs: dict[str, ChannelSpec] = {}
         self.published: Counter[str] = Counter()  # per governing Channel, since start
+        # set once every entry the bucket held when the watch began is applied: before,
+        # a channel's policy may still be the default (no history, no recovery)
+        self.complete = False
 
     def apply(self, name: str, value: bytes | None) -> None:
         """An update from the KV bucket: a spec, or None when the Channel is gone."""
@@ -40,6 +43,12 @@ class ChannelDirectory:
         self.specs[name] = spec
         self._policies[name] = spec.policy()
         log.info("channel config applied", extra={"channel": name})
+
+    def mark_complete(self) -> None:
+        """The bucket's entries at the start of the watch have all been applied."""
+        if not self.complete:
+            self.complete = True
+            log.info("channel config read", extra={"channels": len(self.specs)})
 
     def policy_for(self, channel: str) -> ChannelPolicy:
         return governing(channel, self._policies) or self._default

@@ -301,9 +301,12 @@ class MemoryBackbone:
         self._up()
         return sorted(k for k in self.presence if subject_matches(pattern, k))
 
-    async def watch_channels(self, on_change: Callable[[str, bytes | None], None]) -> None:
+    async def watch_channels(
+        self, on_change: Callable[[str, bytes | None], None], on_complete: Callable[[], None]
+    ) -> None:
         for name, value in tuple(self.channels.items()):
             on_change(name, value)
+        on_complete()
         self._channel_watchers.append(on_change)
         try:
             await asyncio.Event().wait()  # runs until cancelled, like the NATS watch

@@ -123,8 +123,11 @@ class Stores(Protocol):
 
     async def presence_keys(self, pattern: str) -> list[str]: ...
 
-    async def watch_channels(self, on_change: Callable[[str, bytes | None], None]) -> None:
-        """Every channel config, then each change (None: deleted); runs until cancelled."""
+    async def watch_channels(
+        self, on_change: Callable[[str, bytes | None], None], on_complete: Callable[[], None]
+    ) -> None:
+        """Every channel config, then each change (None: deleted); runs until cancelled.
+        `on_complete` once the configs stored when the watch began have all been given."""
         ...
 
 

@@ -94,6 +94,16 @@ class EdgeServer:
         keys = self.admission.keys
         if keys is not None and not await keys.load():  # bounded by its timeout
             log.warning("no JWKS yet: not ready, tokens refused until it is read")
+        node = self.node
+        read = asyncio.Event()
+
+        def complete() -> None:
+            node.directory.mark_complete()
+            read.set()
+
+        channels = self.backbone.watch_channels(node.directory.apply, complete)
+        self._background = [asyncio.create_task(channels)]
+        await self._read_channels(read)
         # permessage-deflate is never negotiated: it would compress each event once per
         # connection and hold zlib state (~tens of KiB) per connection.
         self._port = ClientPort(
@@ -104,16 +114,28 @@ class EdgeServer:
         self._server = await self._port.listen(self.settings.host, self.settings.port)
         self.routes.drain_secret = write_secret(self._drain_secret_path)
         await self.admin.start(self.settings.admin_host, self.settings.admin_port)
-        node = self.node
-        self._background = [
+        self._background += [
             asyncio.create_task(self._sweep()),
             asyncio.create_task(self._port.expire_forever()),
             asyncio.create_task(self.control.report_stats()),
-            asyncio.create_task(self.backbone.watch_channels(node.directory.apply)),
             asyncio.create_task(node.presence.refresh_forever()),
         ]
         if keys is not None:
             self._background.append(asyncio.create_task(keys.refresh_forever()))
+
+    async def _read_channels(self, read: asyncio.Event) -> None:
+        """Wait, bounded, for the Channels before the port opens: a client subscribing
+        earlier would get the default policy (no offsets, no recovery) on a channel
+        whose Channel keeps history."""
+        timeout_s = self.settings.channels_snapshot_timeout_s
+        try:
+            await asyncio.wait_for(read.wait(), timeout_s)
+        except TimeoutError:
+            log.warning(
+                "channel config (sb_channels) not read within %.1f s: serving with the "
+                "default policy, not ready until it is read",
+                timeout_s,
+            )
 
     @property
     def _drain_secret_path(self) -> Path:

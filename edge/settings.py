@@ -156,6 +156,16 @@ class EdgeSettings(ComponentSettings):
     drain_grant_timeout_s: float = Field(
         1.0, gt=0, description="How long to wait for the operator's drain grant."
     )
+    channels_snapshot_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description=(
+            "How long start-up waits for the Channels (`sb_channels`) before the client "
+            "port opens; past it the edge serves with the default policy and `/readyz` "
+            "answers 503 until they are read."
+        ),
+    )
     stats_interval_s: float = Field(2.0, gt=0, description="How often stats go to `sb_edges`.")
     stats_ttl_s: float = Field(
         10.0, gt=0, description="`sb_edges` entry lifetime: a dead edge vanishes after this."

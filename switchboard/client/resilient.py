@@ -2,7 +2,9 @@
 
 `reconnect` + 1001 → wait `after_ms`, then connect again (to the next URL)
 with its resume token, which restores the subscriptions from their offsets;
-1008/1011/1013/abnormal drops → full-jitter backoff; 4001 → ask for a fresh
+1008/1011/1013/abnormal drops → full-jitter backoff, or, when the edge named a
+delay (an HTTP refusal's `Retry-After`, a 1013 `retry after <ms>`), that delay
+stretched by U(1, 1.5) so refused clients do not return together; 4001 → ask for a fresh
 token, then connect; 1000/1003/1007/1009/4003 → stop. After each reconnect it
 subscribes to its channels again, from the last offset it saw on channels with
 history, and drops events it already had (by offset). Events from every
@@ -26,9 +28,14 @@ from typing import Any
 
 from websockets.exceptions import InvalidStatus
 
-from switchboard.client.backoff import full_jitter
+from switchboard.client.backoff import (
+    full_jitter,
+    hinted_delay,
+    retry_after_header,
+    retry_after_reason,
+)
 from switchboard.client.connection import Client, Closed, SwitchboardError
-from switchboard.contract.codes import ReconnectAdvice, close_advice
+from switchboard.contract.codes import CloseCode, ReconnectAdvice, close_advice
 from switchboard.contract.errors import SwitchboardException
 
 log = logging.getLogger("switchboard.client")
@@ -55,11 +62,18 @@ class Stopped(SwitchboardException):
 class _Failed(Exception):
     """A connection or re-subscription failed; what to do next and why."""
 
-    def __init__(self, advice: ReconnectAdvice, code: int | None, reason: str) -> None:
+    def __init__(
+        self,
+        advice: ReconnectAdvice,
+        code: int | None,
+        reason: str,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(reason)
         self.advice = advice
         self.code = code
         self.reason = reason
+        self.retry_after_s = retry_after_s  # the edge's own hint for the next attempt
 
 
 def _failure(exc: BaseException) -> _Failed:
@@ -69,10 +83,12 @@ def _failure(exc: BaseException) -> _Failed:
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         advice = STATUS_ADVICE.get(status, ReconnectAdvice.BACKOFF)
-        return _Failed(advice, status, f"HTTP {status}")
+        hint = retry_after_header(exc.response.headers.get("Retry-After"))
+        return _Failed(advice, status, f"HTTP {status}", hint)
     if isinstance(exc, Closed):
         code = exc.code if exc.code is not None else 1006
-        return _Failed(close_advice(code), code, exc.reason or f"closed {code}")
+        hint = retry_after_reason(exc.reason) if code == CloseCode.TRY_AGAIN_LATER else None
+        return _Failed(close_advice(code), code, exc.reason or f"closed {code}", hint)
     if isinstance(exc, SwitchboardError):
         return _Failed(ReconnectAdvice.BACKOFF, None, f"re-subscription refused: {exc}")
     return _Failed(ReconnectAdvice.BACKOFF, None, repr(exc))
@@ -170,10 +186,10 @@ class ResilientClient:
             try:
                 if token is None:
                     token = await self._token()
-                client = await self._connect(token, resume)
+                client, resumed = await self._connect(token, resume)
                 self.client = client
                 self.connections += 1
-                if resume is not None:
+                if resumed:
                     self.resumed += 1
                 else:  # with a resume token the edge restores the subscriptions itself
                     await self._resubscribe(client)
@@ -203,23 +219,29 @@ class ResilientClient:
             if failure.advice is ReconnectAdvice.AFTER_MS and after_ms is not None:
                 await self._sleep(after_ms / 1000)
             else:
-                delay = full_jitter(attempt, self._rng)
+                if failure.retry_after_s is not None:
+                    delay = hinted_delay(failure.retry_after_s, self._rng)
+                else:
+                    delay = full_jitter(attempt, self._rng)
                 log.info("%s; reconnecting in %.2fs", failure.reason, delay)
                 attempt += 1
                 await self._sleep(delay)
 
-    async def _connect(self, token: str, resume: str | None) -> Client:
+    async def _connect(self, token: str, resume: str | None) -> tuple[Client, bool]:
+        """A connection to the next URL, and whether the resume token was taken (if not,
+        the edge restored nothing: the caller subscribes again)."""
         url = next(self._urls)
         if resume is not None:
             try:
-                return await Client.connect(url, resume=resume, open_timeout=self._timeout_s)
+                client = await Client.connect(url, resume=resume, open_timeout=self._timeout_s)
+                return client, True
             except (InvalidStatus, Closed) as exc:
                 failure = _failure(exc)
                 if failure.advice is not ReconnectAdvice.NEW_TOKEN:
                     raise
                 # expired or refused: the plain token and `since` instead
                 log.info("resume token refused (%s); subscribing from offsets", failure.reason)
-        return await Client.connect(url, token=token, open_timeout=self._timeout_s)
+        return await Client.connect(url, token=token, open_timeout=self._timeout_s), False
 
     async def _resubscribe(self, client: Client) -> None:
         for channel in self.channels:

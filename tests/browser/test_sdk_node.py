@@ -2,15 +2,18 @@
 
 Pure logic (backoff, the close-code table, frame splitting, dedupe) and, on the
 wire, requests and typed errors, in-band refresh, 4001, tickets, a drain with the
-resume token, a frozen edge (SIGSTOP) noticed by the silence probe, and a stop code.
+resume token, a frozen edge (SIGSTOP) noticed by the silence probe, a refusal's
+`retry after <ms>` waited, and a stop code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 
+import nats
 import pytest
 
 from switchboard.cli.natsserver import NatsServer
@@ -44,6 +47,11 @@ async def test_sdk_node_suite(
     draining = edge_factory.start("js-drain")
     refusing = edge_factory.start("js-drain-refusing")  # drained: then refuses, or is gone
     frozen = edge_factory.start("js-frozen", ping_interval_s="1")
+    drained = edge_factory.start("js-drained", in_band_refusals="always")
+    operator = await nats.connect(nats_server.url_for("operator"))
+    reply = await operator.request("sb.edge.js-drained.ctl", b'{"command": "drain"}', timeout=5)
+    await operator.close()
+    assert json.loads(reply.data) == {"ok": True, "connections": 0}  # refuses from now on
     assert draining.process is not None
     assert refusing.process is not None
     assert frozen.process is not None
@@ -55,6 +63,7 @@ async def test_sdk_node_suite(
         "SB_REFUSING_PID": str(refusing.process.pid),
         "SB_STOP_URL": frozen.ws_url,
         "SB_STOP_PID": str(frozen.process.pid),
+        "SB_DRAINED_URL": drained.ws_url,
         "SB_SECRET": SECRET,
         "SB_HISTORY": "jshist",
     }

@@ -127,6 +127,27 @@ def test_settings_errors_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not settings.default_channel.client_publish
 
 
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("0", "greater than 0"),
+        ("-1", "greater than 0"),
+        ("301", "less than or equal to 300"),
+        ("soon", "a valid number"),
+    ],
+)
+def test_channels_snapshot_timeout_is_bounded(
+    monkeypatch: pytest.MonkeyPatch, value: str, error: str
+) -> None:
+    monkeypatch.setenv("SB_EDGE_CHANNELS_SNAPSHOT_TIMEOUT_S", value)
+    with pytest.raises(SettingsError, match=f"SB_EDGE_CHANNELS_SNAPSHOT_TIMEOUT_S: .*{error}"):
+        load_edge_settings(jwt_secret="x")
+    monkeypatch.setenv("SB_EDGE_CHANNELS_SNAPSHOT_TIMEOUT_S", "0.5")
+    assert load_edge_settings(jwt_secret="x").channels_snapshot_timeout_s == 0.5
+    monkeypatch.delenv("SB_EDGE_CHANNELS_SNAPSHOT_TIMEOUT_S")
+    assert load_edge_settings(jwt_secret="x").channels_snapshot_timeout_s == 5.0
+
+
 def test_audience_and_issuer() -> None:
     secret = "s" * 32
     with_aud = jwt.encode(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 import nats
@@ -178,3 +179,127 @@ async def test_a_refused_edge_is_skipped_and_the_next_url_used(
     await client.close()
     await hog.close()
     full.stop()
+
+
+@pytest.mark.parametrize("in_band", ["never", "always"])
+async def test_the_edges_retry_after_is_the_delay_before_the_next_attempt(
+    edge_factory: EdgeFactory, edge2: Edge, in_band: str
+) -> None:
+    """A drained edge refuses with 503 + `Retry-After: 1` (or, in band, 1013 `retry
+    after 1000`): the next attempt waits that, stretched by U(1, 1.5), not the first
+    backoff step (at most 0.5 s)."""
+    name = f"edge-drained-{in_band}"
+    drained = edge_factory.start(name, in_band_refusals=in_band)
+    nc = await nats.connect(edge_factory.nats.url_for("operator"))  # playing the operator
+    reply = await nc.request(f"sb.edge.{name}.ctl", b'{"command": "drain"}', timeout=5)
+    assert json.loads(reply.data) == {"ok": True, "connections": 0}
+    await nc.close()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(seconds)
+
+    async def grace() -> str:
+        return token("grace")
+
+    loop = asyncio.get_running_loop()
+    client = ResilientClient([drained.ws_url, edge2.ws_url], grace, sleep=sleep)
+    began = loop.time()
+    await client.start()
+    took = loop.time() - began
+    assert client.client is not None
+    assert client.client.welcome["node"] == "edge-2"
+    assert client.failures == (["HTTP 503"] if in_band == "never" else ["retry after 1000"])
+    assert len(waits) == 1 and 1.0 <= waits[0] <= 1.5
+    assert 1.0 <= took < waits[0] + 1.0  # the refusal and the next connection: quick
+    await client.close()
+    drained.stop()
+
+
+async def test_events_the_edge_delivers_twice_are_counted_and_dropped(
+    nats_server: NatsServer, edge1: Edge
+) -> None:
+    """Clients de-duplicate by offset (docs/channels.md, delivery guarantees): here the
+    edge really sends events the client already has (a recovery asked for, on the
+    client's live connection, from an older offset than it has received), and the
+    application sees each event once while `duplicates` counts the ones dropped."""
+    manifest = """\
+apiVersion: switchboard.dev/v1alpha1
+kind: Channel
+metadata: {name: twice}
+spec:
+  history: {size: 100, ttl: 10m}
+"""
+    await asyncio.to_thread(channel_cli, nats_server, "apply", "-f", "-", stdin=manifest)
+    await asyncio.sleep(0.5)  # the session's edge reads Channels as they change
+
+    async def ivan() -> str:
+        return token("ivan")
+
+    client = ResilientClient([edge1.ws_url], ivan)
+    await client.start()
+    first = await client.subscribe("twice:room")
+    publisher = await Client.connect(edge1.ws_url, token=token("judy"))
+    acks = [await publisher.publish("twice:room", n) for n in range(6)]
+    assert [await next_data(client) for _ in range(6)] == list(range(6))
+    assert client.duplicates == 0
+    assert client.positions["twice:room"]["offset"] == acks[5]["offset"]
+
+    # Recovery from after event 1 on the same connection: the edge replays 2..5,
+    # which the client has had (the frames are really on the wire: counted, dropped).
+    assert client.client is not None
+    received = client.client.frames_received
+    since = {"offset": acks[1]["offset"], "epoch": first["epoch"]}
+    ack = await client.client.subscribe("twice:room", since=since)
+    assert ack["recovered"] is True
+    async with asyncio.timeout(5):
+        while client.duplicates < 4:
+            await asyncio.sleep(0.02)
+    assert client.client.frames_received > received  # the replay came over the socket
+    await publisher.publish("twice:room", 6)
+    assert await next_data(client) == 6  # next after 5: none of 2..5 came out again
+    assert client.duplicates == 4
+    await asyncio.sleep(0.3)
+    assert client.duplicates == 4
+    await publisher.close()
+    await client.close()
+    await asyncio.to_thread(channel_cli, nats_server, "delete", "twice")
+
+
+async def test_a_resume_token_expired_on_the_way_falls_back_to_resubscribing(
+    edge_factory: EdgeFactory, edge2: Edge
+) -> None:
+    """A drain's resume token that expired while the client was refused elsewhere is
+    answered 401; the client connects with its token instead and must then subscribe
+    again itself (the edge restored nothing)."""
+    mover = edge_factory.start("edge-ttl", resume_ttl_s="1", reconnect_jitter_ms="0")
+    drained = edge_factory.start("edge-ttl-drained")
+    operator = await nats.connect(edge_factory.nats.url_for("operator"))
+    reply = await operator.request("sb.edge.edge-ttl-drained.ctl", b'{"command": "drain"}')
+    assert json.loads(reply.data)["ok"] is True
+
+    async def kim() -> str:
+        return token("kim")
+
+    client = ResilientClient([mover.ws_url, drained.ws_url, edge2.ws_url], kim)
+    await client.start()
+    await client.subscribe("ttl:room")
+    publisher = await Client.connect(edge2.ws_url, token=token("lee"))
+    await publisher.publish("ttl:room", "before")
+    assert await next_data(client) == "before"
+    # drained: after 0 ms to the drained edge (503, Retry-After: 1), then, 1-1.5 s
+    # later, to edge-2 with a token that lived 1 s: 401, then the plain token
+    await operator.request("sb.edge.edge-ttl.ctl", b'{"command": "drain"}')
+    async with asyncio.timeout(10):
+        while client.connections < 2:
+            await asyncio.sleep(0.02)
+    assert client.client is not None and client.client.welcome["node"] == "edge-2"
+    assert client.failures[-1] == "HTTP 503" and client.resumed == 0
+    await publisher.publish("ttl:room", "after")
+    assert await next_data(client) == "after"  # subscribed again
+    await publisher.close()
+    await client.close()
+    await operator.close()
+    mover.stop()
+    drained.stop()

@@ -2,8 +2,9 @@
 real HTTP client (aiohttp): `GET /v1/sse` streams and `POST /v1/messages`.
 
 Recovery with `Last-Event-ID` after a cut, a drain handed over to another edge with the
-resume token, a reader that stops reading evicted, a proxy that drops idle responses
-kept from doing so by the comments, and every refusal as an HTTP status with a JSON body.
+resume token, a shed whose streams recover elsewhere by `Last-Event-ID`, a reader that
+stops reading evicted, a proxy that drops idle responses kept from doing so by the
+comments, and every refusal as an HTTP status with a JSON body.
 """
 
 from __future__ import annotations
@@ -458,3 +459,81 @@ async def test_a_stream_ends_with_close_4001_when_its_token_expires(
     assert time.monotonic() - started < 10  # exp (2 s) + leeway (5 s) + a sweep
     with pytest.raises(EOFError):
         await stream.next()
+
+
+async def test_a_shed_moves_sse_streams_that_recover_by_last_event_id_elsewhere(
+    history: NatsClient, edge_factory: EdgeFactory, http: aiohttp.ClientSession
+) -> None:
+    """A shed ends SSE streams as a drain does (`reconnect` whose `retry:` is its
+    `after_ms`, then close 1001, then the end of the response); each comes back as an
+    EventSource would, after `retry` ms with `Last-Event-ID`, here on the edge that did
+    not shed, and misses and repeats nothing while publishes never stop. The streams
+    not shed miss nothing either."""
+    hot = edge_factory.start("edge-sse-hot", reconnect_jitter_ms="300")
+    cold = edge_factory.start("edge-sse-cold")
+    channel, subject, total = "ssehist:shed", "sb.ch.ssehist.shed", 200
+    streams = []
+    for i in range(6):  # oldest first: the shed takes the newest
+        stream = await open_stream(http, hot, channel, headers=auth(f"shed{i}"))
+        assert (await stream.next()).kind == "welcome"
+        assert (await stream.until("ack")).data["payload"]["offset"] is not None
+        streams.append(stream)
+    published = 0
+
+    async def publish() -> None:
+        nonlocal published
+        js = history.jetstream()
+        for n in range(total):
+            await js.publish(subject, json.dumps(n).encode())
+            published += 1
+            await asyncio.sleep(0.01)
+
+    moves: dict[int, Event] = {}
+    landed: dict[int, str] = {}
+
+    async def follow(i: int, stream: EventReader) -> list[int]:
+        seen: list[int] = []
+        while len(seen) < total:
+            event = await stream.next(15)
+            if event.kind == "event":
+                seen.append(event.data["payload"]["data"])
+            elif event.kind == "reconnect":
+                moves[i] = event
+                closing = await stream.next()
+                assert (closing.kind, closing.data["payload"]["code"]) == ("close", 1001)
+                with pytest.raises(EOFError):
+                    await stream.next()
+                stream.response.close()
+                assert event.retry is not None
+                await asyncio.sleep(event.retry / 1000)  # EventSource waits `retry`
+                if i == 5:  # its shed resume token is refused by the edge that shed it
+                    token_query = f"resume={event.data['payload']['resume_token']}"
+                    async with http.get(f"{hot.http_url}/v1/sse?{token_query}") as refused:
+                        assert (refused.status, refused.headers["Retry-After"]) == (503, "1")
+                        assert "shedding" in (await refused.json())["payload"]["message"]
+                assert stream.last_id is not None
+                headers = auth(f"shed{i}") | {"Last-Event-ID": stream.last_id}
+                stream = await open_stream(http, cold, channel, headers=headers)
+                landed[i] = (await stream.next()).data["payload"]["node"]
+                assert (await stream.until("ack")).data["payload"]["recovered"] is True
+        stream.response.close()
+        return seen
+
+    publisher = asyncio.create_task(publish())
+    followers = [asyncio.create_task(follow(i, s)) for i, s in enumerate(streams)]
+    await wait_for(lambda: published >= 50)
+    nc = await nats.connect(edge_factory.nats.url_for("operator"))  # playing the operator
+    body = {"command": "shed", "connections": 4, "reconnects_per_second": 10}
+    reply = await nc.request("sb.edge.edge-sse-hot.ctl", json.dumps(body).encode(), timeout=5)
+    assert json.loads(reply.data) == {"ok": True, "connections": 4}
+    await nc.close()
+    async with asyncio.timeout(30):
+        seen = await asyncio.gather(*followers)
+    await publisher
+    assert all(s == list(range(total)) for s in seen), [len(s) for s in seen]  # 0 lost, 0 twice
+    assert sorted(moves) == [2, 3, 4, 5]  # the newest four; the two oldest stayed
+    for event in moves.values():
+        payload = event.data["payload"]
+        assert payload["reason"] == "rebalance"
+        assert event.retry == payload["after_ms"] <= 300
+    assert landed == {i: "edge-sse-cold" for i in (2, 3, 4, 5)}

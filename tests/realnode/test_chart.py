@@ -196,10 +196,10 @@ class TimedClient(ResilientClient):
         super().__init__(*args, **kwargs)
         self.accepted: list[float] = []
 
-    async def _connect(self, token: str, resume: str | None) -> Client:
-        client = await super()._connect(token, resume)
+    async def _connect(self, token: str, resume: str | None) -> tuple[Client, bool]:
+        connected = await super()._connect(token, resume)
         self.accepted.append(time.monotonic())
-        return client
+        return connected
 
 
 def nats_url(release: Release, role: str) -> str:

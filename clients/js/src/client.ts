@@ -14,7 +14,7 @@
  * client moves back as soon as one is welcomed.
  */
 
-import { fullJitter } from "./backoff.js";
+import { BACKOFF_CAP_MS, fullJitter, hintedDelay } from "./backoff.js";
 import { closeAdvice, retryAfterMs } from "./codes.js";
 import { Emitter } from "./emitter.js";
 import { SwitchboardError } from "./errors.js";
@@ -297,12 +297,14 @@ export class Client {
         // Only a session that ran and ended otherwise, or a refused token, drops it.
         if (outcome.established || advice === "new_token") this.resumeToken = null;
         if (advice === "new_token") this.token = null;
-        if (outcome.code === 1013) {
-          const ms = retryAfterMs(outcome.reason);
-          if (ms !== null) this.blockedUntil.set(url, Date.now() + ms);
-        }
+        // A refusal that names a delay (1013 `retry after <ms>`, a ticket's
+        // Retry-After) is waited, jittered up; that URL is also parked that long.
+        const hintMs = outcome.code === 1013 ? this.retryHint(outcome) : null;
+        if (hintMs !== null) this.blockedUntil.set(url, Date.now() + hintMs);
         // A fresh token after 4001 goes out at once; a repeat backs off.
-        delayMs = advice === "new_token" && attempt === 0 ? 0 : this.backoff(attempt);
+        if (advice === "new_token" && attempt === 0) delayMs = 0;
+        else if (hintMs !== null) delayMs = hintedDelay(hintMs, this.random, this.backoffCap);
+        else delayMs = this.backoff(attempt);
         attempt += 1;
       }
       this.setState("disconnected");
@@ -417,7 +419,17 @@ export class Client {
   }
 
   private backoff(attempt: number): number {
-    return fullJitter(attempt, this.random, this.options.backoffBaseMs, this.options.backoffCapMs);
+    return fullJitter(attempt, this.random, this.options.backoffBaseMs, this.backoffCap);
+  }
+
+  private get backoffCap(): number {
+    return this.options.backoffCapMs ?? BACKOFF_CAP_MS;
+  }
+
+  /** The delay a refusal asked for (positive milliseconds), if it named one. */
+  private retryHint(closure: Closure): number | null {
+    const ms = closure.retryAfterMs ?? retryAfterMs(closure.reason);
+    return ms !== null && ms > 0 ? ms : null;
   }
 
   /** The next URL in turn, skipping those whose 1013 asked for a pause (waits if all did). */
@@ -432,7 +444,7 @@ export class Client {
         }
       }
       const soonest = Math.min(...this.urls.map((u) => this.blockedUntil.get(u) ?? now));
-      await this.sleep(Math.min(Math.max(soonest - now, 1), this.options.backoffCapMs ?? 20_000));
+      await this.sleep(Math.min(Math.max(soonest - now, 1), this.backoffCap));
       if (this.stopped) return this.urls[0]!;
       this.blockedUntil.clear();
     }
@@ -604,8 +616,9 @@ export class Client {
     if (response.status === 401) return { code: 4001, reason };
     if (response.status === 403) return { code: 1008, reason }; // Origin refused: retry, slowly
     const retry = Number(response.headers.get("Retry-After"));
-    if (retry > 0) this.blockedUntil.set(url, Date.now() + retry * 1000);
-    return { code: 1013, reason };
+    return Number.isInteger(retry) && retry > 0
+      ? { code: 1013, reason, retryAfterMs: retry * 1000 }
+      : { code: 1013, reason };
   }
 
   private stop(code: number, reason: string, url: string): void {

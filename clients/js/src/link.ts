@@ -17,6 +17,8 @@ export const CLIENT_ABORT = 4000;
 export interface Closure {
   code: number;
   reason: string;
+  /** The edge's delay for the next attempt, when its reason cannot say it (a ticket's 503). */
+  retryAfterMs?: number;
 }
 
 interface Pending {

@@ -25,7 +25,8 @@ export interface ConnectOptions {
   /** After `ping_interval_s` without a frame the client asks the edge for an answer;
    * none within this long means the connection is dead (default 10 s). */
   probeTimeoutMs?: number;
-  /** Reconnect backoff: full jitter from `backoffBaseMs` (500) doubling to `backoffCapMs` (20 000). */
+  /** Reconnect backoff: full jitter from `backoffBaseMs` (500) doubling to `backoffCapMs` (20 000);
+   * after a refusal naming a delay (1013 `retry after <ms>`), that delay × U(1, 1.5), capped too. */
   backoffBaseMs?: number;
   backoffCapMs?: number;
   /** Follow the browser's `online` / `offline` events (default true where they exist). */

@@ -6,6 +6,7 @@ import {
   BACKOFF_CAP_MS,
   closeAdvice,
   fullJitter,
+  hintedDelay,
   Positions,
   retryAfterMs,
   splitFrame,
@@ -22,6 +23,17 @@ test("full jitter: uniform below 0.5 s doubling, capped at 20 s", () => {
   assert.equal(fullJitter(3, () => 0), 0);
   const samples = Array.from({ length: 2000 }, () => fullJitter(2));
   assert.ok(Math.min(...samples) < 200 && Math.max(...samples) > 1800, "spread over [0, 2000)");
+});
+
+test("a refusal's hint: waited at least, stretched up to half again, capped", () => {
+  assert.equal(hintedDelay(1000, () => 0), 1000);
+  assert.equal(hintedDelay(1000, () => 0.999999) < 1500, true);
+  assert.equal(hintedDelay(1000, () => 1), 1500);
+  assert.equal(hintedDelay(60_000, () => 0), BACKOFF_CAP_MS);
+  assert.equal(hintedDelay(5000, () => 0.5, 6000), 6000);
+  const samples = Array.from({ length: 2000 }, () => hintedDelay(2000));
+  assert.ok(Math.min(...samples) >= 2000 && Math.max(...samples) <= 3000, "within [hint, 1.5 hint]");
+  assert.ok(Math.min(...samples) < 2050 && Math.max(...samples) > 2950, "spread over it");
 });
 
 test("close codes: exactly the table of docs/protocol.md §10", () => {

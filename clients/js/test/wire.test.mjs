@@ -4,6 +4,8 @@
 //   SB_DRAIN_URL, SB_DRAIN_PID  an edge they drain (SIGTERM)
 //   SB_REFUSING_URL, SB_REFUSING_PID  an edge they drain that then refuses (1013)
 //   SB_STOP_URL, SB_STOP_PID    an edge they freeze (SIGSTOP, then SIGCONT)
+//   SB_DRAINED_URL  an edge drained by command (still running): it refuses, in band,
+//                   with 1013 `retry after 1000`
 //   SB_SECRET     the edges' HS256 secret;    SB_HISTORY  a Channel with history
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
@@ -226,6 +228,21 @@ test("a resume token outlives a refused attempt: the next edge still resumes", {
   assert.equal(log.connected[1].resumed, true, "the token survived the failed attempt");
   assert.deepEqual(got, pub.acked, "in order, none lost, none twice");
   assert.deepEqual(log.gaps, []);
+});
+
+test("a refusal's `retry after <ms>` is the delay before the next attempt", { skip: !wired || !env.SB_DRAINED_URL }, async (t) => {
+  // before: the first backoff step (at most 500 ms), then straight to the next URL
+  const client = open(t, { urls: [env.SB_DRAINED_URL, URLS[0]], getToken: () => mint("js-hinted") });
+  const log = recorder(client);
+  const began = Date.now();
+  await client.ready(10_000);
+  const took = Date.now() - began;
+  assert.equal(log.disconnected.length, 1);
+  const refused = log.disconnected[0];
+  assert.deepEqual([refused.code, refused.reason, refused.url], [1013, "retry after 1000", env.SB_DRAINED_URL]);
+  assert.ok(refused.delayMs >= 1000 && refused.delayMs <= 1500, `waits the hint, jittered: ${refused.delayMs}`);
+  assert.equal(log.connected[0].url, URLS[0]);
+  assert.ok(took >= 1000 && took < refused.delayMs + 1000, `the next attempt came after ${took} ms`);
 });
 
 test("a frozen edge is noticed by the silence probe; the client moves on", { skip: !wired || !env.SB_STOP_PID }, async (t) => {
