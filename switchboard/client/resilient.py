@@ -105,6 +105,7 @@ class ResilientClient:
         timeout_s: float = 10.0,
     ) -> None:
         self._urls = itertools.cycle(urls)
+        self._url_count = len(urls)
         self._token = token
         self._rng = rng or random.Random()
         self._sleep = sleep
@@ -219,7 +220,9 @@ class ResilientClient:
             if failure.advice is ReconnectAdvice.AFTER_MS and after_ms is not None:
                 await self._sleep(after_ms / 1000)
             else:
-                if failure.retry_after_s is not None:
+                # The edge's hint is for itself: with other URLs, the next is tried
+                # after the usual backoff.
+                if failure.retry_after_s is not None and self._url_count == 1:
                     delay = hinted_delay(failure.retry_after_s, self._rng)
                 else:
                     delay = full_jitter(attempt, self._rng)

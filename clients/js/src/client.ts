@@ -303,7 +303,10 @@ export class Client {
         if (hintMs !== null) this.blockedUntil.set(url, Date.now() + hintMs);
         // A fresh token after 4001 goes out at once; a repeat backs off.
         if (advice === "new_token" && attempt === 0) delayMs = 0;
-        else if (hintMs !== null) delayMs = hintedDelay(hintMs, this.random, this.backoffCap);
+        // With other URLs, the next one is tried after the usual backoff instead
+        // (this one stays parked for the hint).
+        else if (hintMs !== null && this.urls.length === 1)
+          delayMs = hintedDelay(hintMs, this.random, this.backoffCap);
         else delayMs = this.backoff(attempt);
         attempt += 1;
       }
