@@ -191,8 +191,8 @@ async def test_the_edges_retry_after_is_the_delay_before_the_next_attempt(
     limited = edge_factory.start(
         f"edge-limited-{in_band}",
         in_band_refusals=in_band,
-        new_connections_per_s=1,
-        new_connections_burst=1,
+        new_connections_per_s="1",
+        new_connections_burst="1",
     )
     first = await Client.connect(limited.ws_url, token=token("first"))  # takes the burst
     waits: list[float] = []
