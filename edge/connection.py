@@ -24,7 +24,7 @@ from edge.session import Session
 from edge.transport import ClientSocket
 
 if TYPE_CHECKING:
-    from websockets.server import ServerProtocol
+    pass
 from switchboard.contract.codes import CloseCode
 
 log = logging.getLogger("switchboard.edge.connection")
@@ -45,7 +45,9 @@ class Wire(Protocol):
         ...
 
     @property
-    def protocol(self) -> ServerProtocol | None: ...
+    def close_codes(self) -> tuple[int | None, int | None]:
+        """The WebSocket close codes sent and received so far (None: none)."""
+        ...
 
     def send_text(self, data: bytes) -> bool:
         """Write one message (or several joined by `\n`); False once closing."""
@@ -409,12 +411,9 @@ class Connection:
     @property
     def close_code(self) -> int:
         """The code this connection ended with: what we told the peer, else what it told us."""
-        protocol = self.sock.protocol
         if self.closed_with is not None:
             return self.closed_with
-        if protocol is not None:
-            if protocol.close_sent is not None:
-                return protocol.close_sent.code
-            if protocol.close_rcvd is not None:
-                return protocol.close_rcvd.code
-        return ABNORMAL_CLOSURE
+        sent, received = self.sock.close_codes
+        if sent is not None:
+            return sent
+        return ABNORMAL_CLOSURE if received is None else received

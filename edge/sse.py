@@ -42,7 +42,7 @@ from switchboard.contract.codes import ErrorCode
 from switchboard.contract.tokens import Claims, TokenError
 
 if TYPE_CHECKING:
-    from websockets.server import ServerProtocol
+    pass
 
 SSE_PATH = "/v1/sse"
 MESSAGES_PATH = "/v1/messages"
@@ -200,7 +200,7 @@ class SseWire:
 
     __slots__ = ("_loop", "events", "last_write", "sock")
 
-    protocol: ServerProtocol | None = None  # no WebSocket underneath
+    close_codes: tuple[int | None, int | None] = (None, None)  # no WebSocket underneath
 
     def __init__(self, sock: ClientSocket, events: EventStream, now: float) -> None:
         self.sock = sock

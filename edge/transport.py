@@ -25,11 +25,13 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol, cast
 
-from websockets.frames import Frame, Opcode
+from websockets.exceptions import ProtocolError as WebSocketProtocolError
+from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import Protocol as WebSocketProtocol
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.speedups import apply_mask  # websockets' C unmasking (its frames use it)
 from websockets.typing import Subprotocol
 
 from edge.http import (
@@ -48,6 +50,16 @@ ws_log = logging.getLogger("websockets.server")  # what websockets' own server l
 TEXT, BINARY, CONT, PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PONG
 OPEN = State.OPEN
 _SHORT_TEXT_HEADERS = [bytes((0x81, size)) for size in range(126)]  # FIN + text, length
+
+
+def text_frame(data: bytes) -> bytes:
+    """A server's text frame (unmasked, one fragment, no extension)."""
+    size = len(data)
+    if size < 126:
+        return _SHORT_TEXT_HEADERS[size] + data
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big") + data
+    return b"\x81\x7f" + size.to_bytes(8, "big") + data
 
 
 class WebSocketOwner(Protocol):
@@ -164,6 +176,7 @@ class ClientSocket(asyncio.Protocol):
 
     __slots__ = (
         "_binary",
+        "_closed_by_peer",
         "_early",
         "_fragments",
         "_owner",
@@ -185,7 +198,9 @@ class ClientSocket(asyncio.Protocol):
         self._binary = False  # ... and whether it is binary
         self._unread = False  # the client sent more than the request head
         self.transport: asyncio.Transport | None = None
-        self.protocol: ServerProtocol | None = None  # once a WebSocket
+        # websockets' protocol, made when a WebSocket first needs it (see `_fast_frame`)
+        self.protocol: ServerProtocol | None = None
+        self._closed_by_peer: Close | None = None  # a close `_fast_frame` answered
         self.paused = False  # the transport's buffer is over its high-water mark
         self.phase = Phase.HEAD
 
@@ -206,9 +221,10 @@ class ClientSocket(asyncio.Protocol):
             self._unread = True
 
     def eof_received(self) -> bool:
-        protocol = self.protocol
-        if protocol is not None and self.phase is Phase.WEBSOCKET:
-            protocol.receive_eof()
+        if self.phase is Phase.WEBSOCKET and (
+            self.protocol is not None or self._closed_by_peer is None
+        ):
+            self._protocol().receive_eof()  # (websockets decides what an EOF means)
             self._write_pending()
         return False  # the transport closes itself
 
@@ -324,8 +340,7 @@ class ClientSocket(asyncio.Protocol):
         self, head: bytes, owner: WebSocketOwner, *, first_text: bytes | None = None
     ) -> None:
         """Send the 101 (and `first_text`, in the same write); frames go to `owner`."""
-        protocol = self._open(head, first_text)
-        if protocol is None:
+        if not self._open(head, first_text):
             return
         self._owner = owner
         if self._early:
@@ -334,26 +349,17 @@ class ClientSocket(asyncio.Protocol):
 
     def refuse_in_band(self, head: bytes, code: int, reason: str) -> None:
         """Send the 101 and at once a close frame: a refusal page JavaScript can read."""
-        protocol = self._open(head, None)
-        if protocol is not None:
+        if self._open(head, None):
             self.close(code, reason)
 
-    def _open(self, head: bytes, first_text: bytes | None) -> ServerProtocol | None:
+    def _open(self, head: bytes, first_text: bytes | None) -> bool:
         if self.phase is not Phase.ANSWERING:
-            return None  # lost (or timed out) while the handler decided
+            return False  # lost (or timed out) while the handler decided
         self._port.opening.pop(self, None)
-        protocol = OpenServerProtocol(
-            state=OPEN, max_size=self._port.max_message_bytes, logger=ws_log
-        )
-        self.protocol = protocol
         self.phase = Phase.WEBSOCKET
-        data = head
-        if first_text is not None:
-            protocol.send_text(first_text)
-            data += b"".join(protocol.data_to_send())
         assert self.transport is not None
-        self.transport.write(data)
-        return protocol
+        self.transport.write(head if first_text is None else head + text_frame(first_text))
+        return True
 
     def stream(self, head: bytes, owner: StreamOwner) -> None:
         """Start a long-lived response with `head` (status line and headers); its body
@@ -392,9 +398,20 @@ class ClientSocket(asyncio.Protocol):
 
     # -- WebSocket ----------------------------------------------------------------
 
-    def _websocket_data(self, data: bytes) -> None:
+    def _protocol(self) -> ServerProtocol:
+        """websockets' protocol for this WebSocket, made now if it was not needed yet."""
         protocol = self.protocol
-        assert protocol is not None
+        if protocol is None:
+            protocol = OpenServerProtocol(
+                state=OPEN, max_size=self._port.max_message_bytes, logger=ws_log
+            )
+            self.protocol = protocol
+        return protocol
+
+    def _websocket_data(self, data: bytes) -> None:
+        if self.protocol is None and self._fast_frame(data):
+            return
+        protocol = self._protocol()
         protocol.receive_data(data)
         events = protocol.events_received()
         self._write_pending()
@@ -402,6 +419,73 @@ class ClientSocket(asyncio.Protocol):
         if owner is not None:
             for frame in events:
                 self._dispatch(frame, owner)  # type: ignore[arg-type]
+
+    def _fast_frame(self, data: bytes) -> bool:
+        """Handle `data` here if it is exactly one small frame of the kinds most
+        connections ever send (text, close, ping, pong: final, masked, at most 125
+        bytes), doing what websockets' protocol does with it; False: let websockets
+        parse it (and everything after it). Most connections (a reconnect storm's)
+        then never make a protocol object: its set-up and its parser were a fifth of
+        a handshake's CPU. tests/edge/test_fast_frames.py holds this to websockets'
+        own answers, byte for byte."""
+        if self._closed_by_peer is not None:
+            return True  # after a close, further data is discarded (RFC 6455 §1.4)
+        size = len(data) - 6
+        if not 0 <= size <= 125 or data[1] != 0x80 | size:  # masked, this length, no more
+            return False
+        if size > self._port.max_message_bytes:  # (websockets applies it to every frame)
+            return False
+        payload = apply_mask(data[6:], data[2:6]) if size else b""
+        first = data[0]
+        owner = self._owner
+        transport = self.transport
+        assert transport is not None
+        if first == 0x81:  # FIN, text
+            if owner is not None:
+                self._message(payload, False, owner)  # type: ignore[arg-type]
+            return True
+        if first == 0x88:  # FIN, close: echo it, then end our side of TCP (a server's)
+            try:
+                close = Close.parse(payload)
+            except (WebSocketProtocolError, UnicodeDecodeError):
+                return False  # websockets fails the connection (1002, 1007)
+            self._closed_by_peer = close
+            transport.write(b"\x88" + bytes((size,)) + payload)
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+            self._abort_after(self._port.close_timeout_s)
+            return True
+        if first == 0x89:  # FIN, ping: the pong
+            transport.write(b"\x8a" + bytes((size,)) + payload)
+            return True
+        if first == 0x8A:  # FIN, pong
+            if owner is not None:
+                owner.on_pong(payload)  # type: ignore[attr-defined]
+            return True
+        return False
+
+    @property
+    def close_codes(self) -> tuple[int | None, int | None]:
+        """The close codes sent and received so far (None: none)."""
+        protocol = self.protocol
+        if protocol is not None:
+            sent, received = protocol.close_sent, protocol.close_rcvd
+            return (
+                None if sent is None else sent.code,
+                None if received is None else received.code,
+            )
+        closed = self._closed_by_peer
+        return (None, None) if closed is None else (closed.code, closed.code)
+
+    def _websocket_open(self) -> bool:
+        if self.phase is not Phase.WEBSOCKET:
+            return False
+        protocol = self.protocol
+        if protocol is None:
+            return self._closed_by_peer is None
+        return protocol.state is OPEN
 
     def _dispatch(self, frame: Frame, owner: WebSocketOwner) -> None:
         opcode = frame.opcode
@@ -442,42 +526,38 @@ class ClientSocket(asyncio.Protocol):
         extension is negotiated, messages are never fragmented), and the protocol
         has nothing of its own waiting to be written (`_write_pending` runs after
         everything that makes it write)."""
-        protocol = self.protocol
-        if protocol is None or self.phase is not Phase.WEBSOCKET or protocol.state is not OPEN:
+        if not self._websocket_open():
             return False
-        size = len(data)
-        if size < 126:
-            header = _SHORT_TEXT_HEADERS[size]
-        elif size < 65536:
-            header = b"\x81\x7e" + size.to_bytes(2, "big")
-        else:
-            header = b"\x81\x7f" + size.to_bytes(8, "big")
         assert self.transport is not None
-        self.transport.write(header + data)
+        self.transport.write(text_frame(data))
         return True
 
     def send_ping(self, data: bytes) -> bool:
-        protocol = self.protocol
-        if protocol is None or protocol.state is not OPEN:
+        if not self._websocket_open():
             return False
-        protocol.send_ping(data)
+        if self.protocol is None and len(data) < 126:  # (its pong comes to `_fast_frame`)
+            assert self.transport is not None
+            self.transport.write(b"\x89" + bytes((len(data),)) + data)
+            return True
+        self._protocol().send_ping(data)
         self._write_pending()
         return True
 
     def close(self, code: int, reason: str, timeout_s: float | None = None) -> None:
         """Start the closing handshake; abort if it has not ended within `timeout_s`
         (the port's close timeout by default). Nothing if already closing."""
-        protocol = self.protocol
-        if protocol is None or protocol.state is not OPEN:
+        if not self._websocket_open():
             return
+        protocol = self._protocol()
         protocol.send_close(code, reason)
         self._abort_after(self._port.close_timeout_s if timeout_s is None else timeout_s)
         self._write_pending()
 
     def fail(self, code: int, reason: str) -> None:
         """Close at once after a protocol error of the peer (no waiting for its close)."""
-        protocol = self.protocol
-        assert protocol is not None
+        if self.phase is not Phase.WEBSOCKET or self._closed_by_peer is not None:
+            return
+        protocol = self._protocol()
         protocol.fail(code, reason)
         self._write_pending()
         self._abort_after(self._port.close_timeout_s)

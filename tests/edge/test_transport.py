@@ -480,13 +480,9 @@ async def test_the_client_closing_is_echoed_and_the_owner_told(port: Port) -> No
     await ws.close(1000, "bye")
     owner = port.handler.owners[0]
     await asyncio.wait_for(owner.lost.wait(), 5)
-    protocol = port.handler.sockets[0].protocol
-    assert protocol is not None and protocol.close_rcvd is not None
-    assert (protocol.close_rcvd.code, protocol.close_sent and protocol.close_sent.code) == (
-        1000,
-        1000,
-    )
+    assert port.handler.sockets[0].close_codes == (1000, 1000)  # sent (the echo), received
     assert ws.close_code == 1000
+    assert ws.close_reason == "bye"
     assert not port.handler.sockets[0].send_text(b"late")  # closed: nothing is sent
 
 
