@@ -35,11 +35,12 @@ def find_credential(
     path: str, subprotocol_headers: Iterable[str], authorization: str | None
 ) -> Credential | None:
     """Ticket or resume token in the query, bearer token in the subprotocols, or Authorization."""
-    query = parse_qs(urlsplit(path).query)
-    if tickets := query.get("ticket"):
-        return Credential("ticket", tickets[0])
-    if resumes := query.get("resume"):
-        return Credential("resume", resumes[0])
+    if "?" in path:  # (most upgrades carry a bearer token and no query)
+        query = parse_qs(urlsplit(path).query)
+        if tickets := query.get("ticket"):
+            return Credential("ticket", tickets[0])
+        if resumes := query.get("resume"):
+            return Credential("resume", resumes[0])
     for proto in offered_subprotocols(subprotocol_headers):
         if proto.startswith(BEARER_PREFIX) and len(proto) > len(BEARER_PREFIX):
             return Credential("jwt", proto[len(BEARER_PREFIX) :])
