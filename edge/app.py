@@ -64,6 +64,16 @@ def make_verifier(settings: EdgeSettings) -> TokenVerifier:
     )
 
 
+def run(settings: EdgeSettings) -> None:
+    """Run an edge until SIGTERM on the event loop its settings name."""
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run_edge(settings))
+    else:
+        asyncio.run(run_edge(settings))
+
+
 async def run_edge(settings: EdgeSettings, ready: asyncio.Event | None = None) -> None:
     tracing.configure_from_env(settings.pod_name)
     backbone = await connect_backbone(settings)

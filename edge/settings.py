@@ -144,6 +144,13 @@ class EdgeSettings(ComponentSettings):
             "event-loop turn."
         ),
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description=(
+            "The event loop: uvloop (libuv; accepts and closes connections without a task "
+            "each) or Python's own asyncio."
+        ),
+    )
     reconnect_jitter_ms: int = Field(
         3000, ge=0, description="Upper bound of the random `after_ms` in `reconnect` frames."
     )

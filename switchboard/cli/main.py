@@ -287,14 +287,14 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_dev(args.ports, args.host, args.secret)
         if args.command == "edge":
-            from edge.app import run_edge
+            from edge.app import run
             from switchboard.contract import logs
 
             settings = load_edge_settings(
                 port=args.port, host=args.host, nats_url=args.nats_url, pod_name=args.pod_name
             )
             logs.configure(settings.log_level)
-            asyncio.run(run_edge(settings))
+            run(settings)
             return 0
         if args.command == "channel":
             from switchboard import telemetry
