@@ -72,6 +72,20 @@ class RequestHeaders:
         for name, value in pairs:
             self.add(name, value)
 
+    @classmethod
+    def from_raw(cls, raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
+        """Headers as httptools hands them over (bytes, latin-1)."""
+        headers = cls()
+        by_name = headers._map
+        for name, value in raw:
+            key = name.decode("latin-1").lower()
+            values = by_name.get(key)
+            if values is None:
+                by_name[key] = [value.decode("latin-1")]
+            else:
+                values.append(value.decode("latin-1"))
+        return headers
+
     def add(self, name: str, value: str) -> None:
         values = self._map.get(name.lower())
         if values is None:
@@ -149,12 +163,12 @@ class HeadParser:
         "_body",
         "_body_seen",
         "_complete",
-        "_count",
         "_done",
         "_error",
         "_headers",
         "_max_body",
         "_parser",
+        "_raw",
         "_size",
         "_url",
         "expects_continue",
@@ -164,8 +178,8 @@ class HeadParser:
     def __init__(self, max_body_bytes: int = 0) -> None:
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._url = b""
-        self._headers = RequestHeaders()
-        self._count = 0  # header lines
+        self._raw: list[tuple[bytes, bytes]] = []  # header lines as they came
+        self._headers = RequestHeaders()  # made from them once the head is complete
         self._size = 0
         self._done = False  # the head is complete
         self._complete = False  # the whole message (head and body) is complete
@@ -183,14 +197,12 @@ class HeadParser:
             self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._done:
-            return
-        self._count += 1
-        if self._count <= MAX_HEADERS:
-            self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        if not self._done:
+            self._raw.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._done = True
+        self._headers = RequestHeaders.from_raw(self._raw[:MAX_HEADERS])
         parser = self._parser
         assert parser is not None
         try:  # decided here: the body may follow in the same chunk of bytes
@@ -235,7 +247,7 @@ class HeadParser:
         except httptools.HttpParserError as exc:
             if not self._done:  # what follows a complete head is never read
                 raise HttpError(400, f"malformed request: {exc}") from None
-        if self._count > MAX_HEADERS:
+        if len(self._raw) > MAX_HEADERS:
             raise HttpError(431, "too many headers")
         # (a head that came whole in one read is measured with what followed it, unless
         # that followed an upgrade or was a body: pipelined requests are never read anyway)

@@ -216,7 +216,9 @@ class TokenVerifier:
         if detached and payload_segment:
             raise _invalid()
         payload_json = b"" if detached else _b64url(payload_segment)
-        signature = _b64url(crypto)
+        hs256 = self._hmac_key is not None and self.key_set is None and not detached
+        # (HS256: decoded below only if it is not the expected signature's encoding)
+        signature = b"" if hs256 else _b64url(crypto)
         if "kid" in header and not isinstance(header["kid"], str):
             raise _invalid()
         if "crit" in header:
@@ -243,7 +245,12 @@ class TokenVerifier:
             raise _invalid()
         elif alg == "HS256" and self._hmac_key is not None:  # HMAC verify in one C call
             digest = hmac.digest(self._hmac_key, signing_input, "sha256")
-            if not hmac.compare_digest(signature, digest):
+            # Compared as encoded (what issuers send) without decoding the segment;
+            # any other form of it is decoded, strictly, and compared as before.
+            encoded = binascii.b2a_base64(digest, newline=False).translate(_TO_URLSAFE)
+            if not hmac.compare_digest(crypto, encoded[:-1]) and not hmac.compare_digest(
+                _b64url(crypto), digest
+            ):  # (the encoded form: 43 characters, no "=")
                 raise _invalid()
         else:
             prepared = self._keys[alg]
