@@ -156,11 +156,11 @@ class Member:
     __slots__ = (
         "_joined_user",
         "_present",
+        "_recovery",
         "id",
         "joined",
         "link",
         "node",
-        "recovery",
         "session",
     )
 
@@ -170,9 +170,19 @@ class Member:
         self.session = session
         self.id = cid
         self.joined = time.monotonic()  # a shed moves the newest first
-        self.recovery = Recovery(node.hub, node.backbone, node.settings.subject_prefix)
+        self._recovery: Recovery | None = None  # made by the first subscribe that needs it
         self._joined_user = False
         self._present: set[str] | None = None  # presence channels this member is in
+
+    @property
+    def recovery(self) -> Recovery:
+        """This member's replays (most members never replay: made when first needed)."""
+        recovery = self._recovery
+        if recovery is None:
+            node = self.node
+            recovery = Recovery(node.hub, node.backbone, node.settings.subject_prefix)
+            self._recovery = recovery
+        return recovery
 
     # -- what the hub hands over ------------------------------------------------
 
@@ -180,7 +190,7 @@ class Member:
         self.link.deliver(frame)
 
     def deliver_stored(self, channel: str, offset: int, frame: bytes) -> None:
-        if self.recovery.takes_live(channel, offset):
+        if self._recovery is None or self._recovery.takes_live(channel, offset):
             self.link.deliver(frame)
 
     def disconnect(self, code: int, reason: str) -> None:
@@ -189,7 +199,7 @@ class Member:
     def position(self, channel: str) -> dict[str, Any]:
         """`{offset, epoch}` of the newest event of `channel` handed to this member."""
         position = self.node.hub.position(channel)
-        replayed = self.recovery.replayed_to(channel)
+        replayed = None if self._recovery is None else self._recovery.replayed_to(channel)
         if replayed is not None:
             position["offset"] = replayed
         return position
@@ -223,7 +233,8 @@ class Member:
 
     async def finish(self) -> None:
         """The connection is gone: leave every channel and the user's subject."""
-        self.recovery.cancel_all()
+        if self._recovery is not None:
+            self._recovery.cancel_all()
         for channel in tuple(self.session.subscriptions):
             await self._leave_channel(channel)
         self.session.subscriptions.clear()
@@ -234,7 +245,8 @@ class Member:
         connection that only came and went); False if `finish` must run."""
         if self.session.subscriptions:
             return False
-        self.recovery.cancel_all()
+        if self._recovery is not None:
+            self._recovery.cancel_all()
         self._leave_user()
         return True
 
@@ -335,7 +347,8 @@ class Member:
         await self.node.presence.enter(channel, self.session.user)
 
     async def _leave_channel(self, channel: str) -> None:
-        self.recovery.cancel(channel)
+        if self._recovery is not None:
+            self._recovery.cancel(channel)
         await self.node.hub.leave_channel(channel, self)
         if self._present and channel in self._present:
             self._present.discard(channel)
