@@ -305,16 +305,8 @@ class NatsBackbone:
     async def subscribe(
         self, subject: str, handler: Callable[[Delivery], None], *, confirm: bool = True
     ) -> _Handle:
-        nc = self.client
-        _check_subject(subject)
-        if nc.is_closed:
-            raise ConnectionClosedError
-        if nc.is_draining:
-            raise nats.errors.ConnectionDrainingError
-        nc._sid += 1
-        sub = _DirectSubscription(nc, nc._sid, subject, handler)
-        nc._subs[sub._id] = sub
-        await nc._send_subscribe(sub)  # SUB goes out with the next flush of nats-py
+        sub = self._register(subject, handler)
+        await self.client._send_subscribe(sub)  # SUB goes out with the next flush of nats-py
         # Round trip so the server has the interest before the client hears "subscribed":
         # a publish the client triggers right after its ack must reach it.
         if confirm and self.connected:
@@ -328,6 +320,13 @@ class NatsBackbone:
         """Subscribe without waiting for anything: the SUB goes out with the next flush,
         unconfirmed (within `COMMAND_WINDOW_S`). What every handshake does for its user's
         subject, so it costs no task, no future and no round trip."""
+        sub = self._register(subject, handler)
+        self._command(f"SUB {subject}  {sub._id}\r\n".encode())  # (as nats-py writes it)
+        return _Interest(self, sub)
+
+    def _register(self, subject: str, handler: Callable[[Delivery], None]) -> _DirectSubscription:
+        """A subscription known to nats-py (it subscribes again to what it knows after a
+        reconnect), as `Client.subscribe` registers one; its SUB is not sent yet."""
         nc = self.client
         _check_subject(subject)
         if nc.is_closed:
@@ -337,8 +336,7 @@ class NatsBackbone:
         nc._sid += 1
         sub = _DirectSubscription(nc, nc._sid, subject, handler)
         nc._subs[sub._id] = sub
-        self._command(f"SUB {subject}  {sub._id}\r\n".encode())  # (as nats-py writes it)
-        return _Interest(self, sub)
+        return sub
 
     def _command(self, command: bytes) -> None:
         """Buffer a protocol command in nats-py's pending commands, as its

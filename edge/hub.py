@@ -194,15 +194,21 @@ class Hub:
         topic.members.add(member)
 
     def leave_user(self, user: str, member: Member) -> None:
-        subject = user_subject(self._prefix, user)
+        topic = self._without(user_subject(self._prefix, user), member)
+        if topic is not None and topic.interest is not None:
+            topic.interest.drop()
+
+    def _without(self, subject: str, member: Member) -> _Topic | None:
+        """Take `member` out of the subject's topic; the topic if it is now empty (and
+        gone from the hub: its subscription is the caller's to end)."""
         topic = self._topics.get(subject)
         if topic is None:
-            return
+            return None
         topic.members.discard(member)
-        if not topic.members:
-            del self._topics[subject]
-            if topic.interest is not None:
-                topic.interest.drop()
+        if topic.members:
+            return None
+        del self._topics[subject]
+        return topic
 
     async def join_presence_feed(self, channel: str, member: Member) -> None:
         """`join`/`leave` frames of a presence channel (edges publish them ready-made)."""
@@ -241,14 +247,9 @@ class Hub:
 
     async def _leave(self, subject: str, member: Member) -> None:
         async with self._lock:
-            topic = self._topics.get(subject)
-            if topic is None:
-                return
-            topic.members.discard(member)
-            if not topic.members:
-                del self._topics[subject]
-                if topic.handle is not None:
-                    await topic.handle.unsubscribe()
+            topic = self._without(subject, member)
+            if topic is not None and topic.handle is not None:
+                await topic.handle.unsubscribe()
 
     def notify_gap(self, since_ms: int, until_ms: int) -> None:
         """Tell members of channels without history that messages between the two

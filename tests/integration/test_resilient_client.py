@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Awaitable, Callable
 
 import nats
 import pytest
@@ -181,6 +182,20 @@ async def test_a_refused_edge_is_skipped_and_the_next_url_used(
     full.stop()
 
 
+def recording_sleep(waits: list[float]) -> Callable[[float], Awaitable[None]]:
+    """The client's sleep, keeping each delay it chose."""
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(seconds)
+
+    return sleep
+
+
+async def grace_token() -> str:
+    return token("grace")
+
+
 @pytest.mark.parametrize("in_band", ["never", "always"])
 async def test_the_edges_retry_after_is_the_delay_before_the_next_attempt(
     edge_factory: EdgeFactory, in_band: str
@@ -196,16 +211,10 @@ async def test_the_edges_retry_after_is_the_delay_before_the_next_attempt(
     )
     first = await Client.connect(limited.ws_url, token=token("first"))  # takes the burst
     waits: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        await asyncio.sleep(seconds)
-
-    async def grace() -> str:
-        return token("grace")
+    sleep = recording_sleep(waits)
 
     loop = asyncio.get_running_loop()
-    client = ResilientClient([limited.ws_url], grace, sleep=sleep)
+    client = ResilientClient([limited.ws_url], grace_token, sleep=sleep)
     began = loop.time()
     await client.start()
     took = loop.time() - began
@@ -230,15 +239,9 @@ async def test_with_another_url_a_refusal_moves_on_after_the_usual_backoff(
     assert json.loads(reply.data) == {"ok": True, "connections": 0}
     await nc.close()
     waits: list[float] = []
+    sleep = recording_sleep(waits)
 
-    async def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        await asyncio.sleep(seconds)
-
-    async def grace() -> str:
-        return token("grace")
-
-    client = ResilientClient([drained.ws_url, edge2.ws_url], grace, sleep=sleep)
+    client = ResilientClient([drained.ws_url, edge2.ws_url], grace_token, sleep=sleep)
     await client.start()
     assert client.client is not None
     assert client.client.welcome["node"] == "edge-2"
