@@ -631,6 +631,12 @@ async def live_through_a_kill(
     await asyncio.sleep(dead_for_s)
     victim.start()
     await asyncio.to_thread(nats_cluster.wait_ready)
+    # JetStream takes writes again once the stream has a leader: 4-9 s after the kill,
+    # longer after a split vote (ELECTION_BOUND_S). Publish until it does, and on a bit.
+    deadline = killed + ELECTION_BOUND_S
+    while not acked.after(killed) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert acked.after(killed), f"JetStream took no write {ELECTION_BOUND_S} s after the kill"
     await asyncio.sleep(0.5)
     stop.set()
     await publisher  # nothing is acked after this
