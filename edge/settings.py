@@ -144,11 +144,12 @@ class EdgeSettings(ComponentSettings):
             "event-loop turn."
         ),
     )
-    event_loop: Literal["uvloop", "asyncio"] = Field(
-        "uvloop",
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio",
         description=(
-            "The event loop: uvloop (libuv; accepts and closes connections without a task "
-            "each) or Python's own asyncio."
+            "The event loop: Python's own asyncio, or uvloop (libuv: ~30 % more handshakes "
+            "per CPU-second, docs/benchmarks.md; it also writes faster than slow clients "
+            "read, so more of them are evicted as slow consumers)."
         ),
     )
     reconnect_jitter_ms: int = Field(
