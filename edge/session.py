@@ -118,9 +118,7 @@ def welcome_frame(
 
 
 @functools.lru_cache(maxsize=16)
-def _welcome_parts(
-    node: str, ping_interval_s: float, limits: Limits
-) -> tuple[str, tuple[str, str]]:
+def _welcome_parts(node: str, ping_interval_s: float, limits: Limits) -> tuple[str, str, str]:
     """The parts of `welcome_frame` all connections of an edge share, encoded once:
     what goes between session and user, the ping interval, and what follows the
     expiry (tests/edge/test_session.py holds the assembly to `welcome_frame`)."""
@@ -133,7 +131,7 @@ def _welcome_parts(
         }
     )
     node_part = ',"node":' + protocol.encode_string(node) + ',"user":'
-    return node_part, (protocol.encode(ping_interval_s), ',"limits":' + limits_json + "}}")
+    return node_part, protocol.encode(ping_interval_s), ',"limits":' + limits_json + "}}"
 
 
 class Session:
@@ -167,7 +165,7 @@ class Session:
     def welcome(self, session_id: str, node: str, ping_interval_s: float) -> Send:
         """The first frame of every connection: what `welcome_frame` makes, assembled
         around the parts every connection of this edge shares (encoded once)."""
-        node_part, tail = _welcome_parts(node, ping_interval_s, self.limits)
+        node_part, ping, tail = _welcome_parts(node, ping_interval_s, self.limits)
         claims = self.claims
         return Send(
             "".join(
@@ -177,10 +175,10 @@ class Session:
                     node_part,
                     protocol.encode_string(claims.sub),
                     ',"ping_interval_s":',
-                    tail[0],
+                    ping,
                     ',"expires_at":',
                     str(int(claims.exp)),
-                    tail[1],
+                    tail,
                 )
             )
         )
