@@ -167,6 +167,23 @@ async def gap_frame() -> dict[str, Any]:
     return gap
 
 
+async def both_present(peer: Peer, users: list[str], bound_s: float = 20.0) -> None:
+    """Wait until the presence store shows `users`: entries are written after the
+    subscribe's ack, and a busy machine may take more than a moment."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    asked = 0
+    while True:
+        asked += 1
+        request = {"channel": "chat:lobby"}
+        await peer.send({"type": "presence", "id": f"wait{asked}", "payload": request})
+        present = (await peer.next("ack"))["payload"].get("users")
+        if present == users:
+            return
+        assert loop.time() < deadline, f"presence still {present} after {bound_s} s"
+        await asyncio.sleep(0.1)
+
+
 def _on(channel: str, frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
     text = json.dumps(frames).replace('"chat:lobby"', json.dumps(channel))
     return list(json.loads(text))
@@ -221,7 +238,7 @@ async def test_every_example_is_what_a_real_edge_sends(world: tuple[NatsServer, 
         elif kind == "presence":
             await alice.send({"type": "subscribe", "id": "p", "payload": {"channel": "chat:lobby"}})
             await alice.next("ack")
-            await asyncio.sleep(0.3)  # both users' presence entries are written
+            await both_present(alice, frames[-1]["payload"]["users"])
             await exchange(line, frames, alice)
         elif kind == "refresh":
             frames[0]["payload"]["token"] = token("alice", ttl_s=7200)
