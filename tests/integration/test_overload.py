@@ -22,6 +22,14 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+IN_FLIGHT = 1000  # messages (about 1 MB): what loopback socket buffers hold
+
+
+async def caught_up(received: list[int], count: int) -> None:
+    while len(received) < count:
+        await asyncio.sleep(0.005)
+
+
 async def firehose(
     edge: Edge, nats_url: str, healthy: Client, total: int, *, first: int = 0
 ) -> float | None:
@@ -44,9 +52,12 @@ async def firehose(
     evictions_before = (await scrape(edge))[EVICTIONS]
     for i in range(first, first + total):
         await nc.publish("sb.ch.firehose", body, headers={"Sb-From": str(i)})
-        if i % 2000 == 1999:
+        if i % 500 == 499:
             await nc.flush()
-            await asyncio.sleep(0.05)  # a pace the healthy Python client keeps up with
+            # A healthy client is one that keeps up: the publisher stays at most
+            # IN_FLIGHT messages ahead of what it has read, whatever the machine's load.
+            await asyncio.wait_for(caught_up(received, i - first + 1 - IN_FLIGHT), 20)
+        if i % 2000 == 1999:
             if evicted_after is None and (await scrape(edge))[EVICTIONS] > evictions_before:
                 evicted_after = time.monotonic() - started
     await nc.flush()
