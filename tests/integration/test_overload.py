@@ -57,9 +57,9 @@ async def firehose(
             # A healthy client is one that keeps up: the publisher stays at most
             # IN_FLIGHT messages ahead of what it has read, whatever the machine's load.
             await asyncio.wait_for(caught_up(received, i - first + 1 - IN_FLIGHT), 20)
-        if i % 2000 == 1999:
-            if evicted_after is None and (await scrape(edge))[EVICTIONS] > evictions_before:
-                evicted_after = time.monotonic() - started
+        look = i % 2000 == 1999 and evicted_after is None
+        if look and (await scrape(edge))[EVICTIONS] > evictions_before:
+            evicted_after = time.monotonic() - started
     await nc.flush()
     await asyncio.wait_for(consumer, 60)
     assert received == list(range(first, first + total))  # 100 %, in order

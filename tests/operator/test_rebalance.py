@@ -29,6 +29,44 @@ def test_imbalance_is_the_busiest_over_the_mean(
     assert imbalance(counts) == pytest.approx(want)
 
 
+def test_a_pool_still_filling_is_left_alone() -> None:
+    """A real rebalance plan is held back while the pool's total moves; a balanced
+    pool is still reported balanced."""
+    hot = loads(100, 100, 100, 0, 0, 0)
+    assert plan(hot, 6, 0, ON, steady=False).reason == "filling"
+    assert plan(hot, 6, 0, ON, steady=False).sheds == {}
+    assert plan(loads(50, 50), 2, 0, ON, steady=False).reason == "balanced"
+    assert plan(loads(100, 10, 0, shedding=(1,)), 3, 0, ON, steady=False).reason == "shedding"
+
+
+@pytest.mark.parametrize(
+    ("name", "observations", "want"),
+    [
+        # (time, total) seen on successive reconciles; steady_s = 6
+        ("first look", [(0, 300)], False),
+        ("held for 6 s", [(0, 300), (3, 300), (6, 300)], True),
+        ("not yet 6 s", [(0, 300), (5.9, 300)], False),
+        # A fleet filling up (300 clients connecting over 3 s): the clock restarts
+        ("filling", [(0, 40), (1, 140), (2, 260), (3, 300), (8, 300)], False),
+        ("filled, then held", [(0, 40), (1, 140), (2, 260), (3, 300), (9, 300)], True),
+        # Organic churn within max(10, 2 %) does not restart the clock
+        ("churn", [(0, 1000), (2, 1018), (4, 985), (6, 1010)], True),
+        ("small pool churn", [(0, 30), (3, 39), (6, 21)], True),
+        ("beyond the tolerance", [(0, 1000), (2, 1030), (6, 1030)], False),
+        ("emptying", [(0, 300), (2, 200), (4, 100), (6, 100)], False),
+    ],
+)
+def test_a_pool_is_steady_once_its_total_held_still(
+    name: str, observations: list[tuple[float, int]], want: bool
+) -> None:
+    ledger = ShedLedger(steady_s=6)
+    answers = [ledger.steady("ns/pool", total, now=at) for at, total in observations]
+    assert answers[-1] is want, (name, answers)
+    assert ledger.steady("other/pool", 300, now=100) is False  # each pool its own clock
+    ledger.forget("ns/pool")
+    assert ledger.steady("ns/pool", observations[-1][1], now=1000) is False
+
+
 @pytest.mark.parametrize(
     ("name", "pods", "expected", "draining", "policy", "reason", "sheds"),
     [
