@@ -61,6 +61,10 @@ class Admin:
                     "/api/v1/users/{user}/disconnect",
                     self._call(lambda r, b: api.disconnect(r.match_info["user"], b)),
                 ),
+                web.post(
+                    "/api/v1/users/{user}/revoke",
+                    self._call(lambda r, b: api.revoke(r.match_info["user"], b)),
+                ),
                 web.get(
                     "/api/v1/channels/{channel}/presence",
                     self._call(lambda r, b: api.presence(r.match_info["channel"])),
@@ -100,8 +104,7 @@ class Admin:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        # and the Channels were read once: before, channels may get the default policy
-        ready = self.node.ready and self.node.directory.complete
+        ready = self.node.ready
         return web.Response(
             status=200 if ready else 503, text="ready\n" if ready else "not ready\n"
         )

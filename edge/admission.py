@@ -25,6 +25,7 @@ from edge.upgrade import (
     is_ticket_shaped,
     origin_allowed,
     refuse_in_band,
+    token_refusal,
 )
 from switchboard.contract.resume import read_resume_token
 from switchboard.contract.tokens import Claims, TokenError, TokenVerifier
@@ -62,11 +63,16 @@ class Admission:
         )
 
     async def verify(self, token: str) -> Claims:
-        """The token's claims, or TokenError; a JWKS is read first when the token names
-        a key not seen yet (edge/jwks.py: shared, rate-limited, never blocking)."""
+        """The token's claims, or TokenError (TokenRevoked: revoked); a JWKS is read
+        first when the token names a key not seen yet (edge/jwks.py: shared,
+        rate-limited, never blocking)."""
         if self.keys is not None:
             await self.keys.prepare(token)
-        return self.verifier.verify(token)
+        return self.verify_now(token)
+
+    def verify_now(self, token: str) -> Claims:
+        """`verify` with the keys read so far."""
+        return self.node.revocations.check(self.verifier.verify(token))
 
     def in_band(self, refusal: Refusal, request: HttpRequest) -> bool:
         """Refuse with a close after 101 (browsers), not the HTTP status? Never for a
@@ -105,8 +111,9 @@ class Admission:
                 return Refusal(401, "resume tokens are not enabled")
             try:
                 resume = read_resume_token(secret, credential.value)
+                node.revocations.check(resume.claims)
             except TokenError as exc:
-                return Refusal(401, str(exc))
+                return token_refusal(exc)
             if resume.shed and node.shedding:
                 # A client a shed moved must land on a pod that is not shedding (the
                 # Service may send it back here); its SDK retries with the same token.
@@ -117,9 +124,9 @@ class Admission:
         if self._names_unknown_key(credential.value):
             return Pending(token=credential.value)
         try:
-            return Admitted(self.verifier.verify(credential.value))
+            return Admitted(self.verify_now(credential.value))
         except TokenError as exc:
-            return Refusal(401, str(exc))
+            return token_refusal(exc)
 
     async def settle(self, pending: Pending) -> Admitted | Refusal:
         """Decide what `check` could not without I/O: redeem the ticket, read the JWKS."""
@@ -133,7 +140,7 @@ class Admission:
         try:
             return Admitted(await self.verify(token))
         except TokenError as exc:
-            return Refusal(401, str(exc))
+            return token_refusal(exc)
 
     def _names_unknown_key(self, token: str) -> bool:
         """With a JWKS: the token's `kid` is not among the keys read so far."""

@@ -1,5 +1,5 @@
 """The HTTP server API for backends (DESIGN §8): publish, broadcast, send to a
-user, disconnect a user on every edge, presence and history.
+user, disconnect a user on every edge, revoke a user's tokens, presence and history.
 
 Plain objects in, plain objects out: `edge.admin` moves the bytes. Every refusal
 is an `ApiError` whose message names the field; nothing is half done without
@@ -18,6 +18,7 @@ from edge import protocol
 from edge.hub import HEADER_TS, decode_data
 from edge.node import Node
 from edge.ports import Unavailable
+from edge.revocation import entry_key, entry_value
 from switchboard.contract.channels import (
     channel_subject,
     is_valid_channel,
@@ -31,6 +32,7 @@ HISTORY_LIMIT = 100  # events per history answer, unless asked for fewer or more
 HISTORY_MAX = 1000
 HISTORY_WAIT_S = 0.2  # for a batch the stream does not have (the end of the history)
 MAX_REASON_BYTES = 123  # what a WebSocket close frame can carry
+FUTURE_SLACK_S = 5.0  # a revocation's `before` may be this far ahead (clock skew)
 
 
 @dataclass
@@ -198,6 +200,22 @@ class ServerApi:
         headers = self._headers() | {DISCONNECT_HEADER: str(code)}
         await self._send(subject, reason.encode(), headers)
         return {"user": user, "code": code}
+
+    async def revoke(self, user: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Tokens of `user` issued before `before` (default: now) are refused on every
+        edge (403 / 4003), and the user's connections holding one close with 4003."""
+        user = _user(user)
+        now = time.time()
+        before = body.get("before", now)
+        if not isinstance(before, int | float) or isinstance(before, bool):
+            raise bad_request("'before' must be a number: seconds since the epoch")
+        if before > now + FUTURE_SLACK_S:
+            raise bad_request("'before' must not be in the future")
+        try:
+            await self.node.backbone.put_revocation(entry_key(user), entry_value(before))
+        except Unavailable as exc:
+            raise ApiError(503, ErrorCode.UNAVAILABLE, f"not accepted: {exc}") from None
+        return {"user": user, "before": before}
 
     async def _send(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         try:

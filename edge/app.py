@@ -29,6 +29,7 @@ async def connect_backbone(settings: EdgeSettings) -> NatsBackbone:
         ticket_ttl_s=settings.ticket_ttl_s,
         stats_ttl_s=settings.stats_ttl_s,
         presence_ttl_s=settings.presence_ttl_s,
+        revocation_ttl_s=settings.revocation_ttl_s,
         jetstream_replicas=settings.jetstream_replicas,
         options=connect_options(settings),
     )

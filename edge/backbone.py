@@ -38,6 +38,7 @@ from switchboard.contract.names import (
     CHANNELS_BUCKET,
     EDGES_BUCKET,
     PRESENCE_BUCKET,
+    REVOKED_BUCKET,
     TICKETS_BUCKET,
     kv_stream,
 )
@@ -227,6 +228,7 @@ class NatsBackbone:
         ticket_ttl_s: int,
         stats_ttl_s: float,
         presence_ttl_s: float,
+        revocation_ttl_s: float = 86400.0,
         jetstream_replicas: ReplicasSetting = "auto",
         options: dict[str, Any] | None = None,
     ) -> None:
@@ -238,6 +240,7 @@ class NatsBackbone:
         self._nc: Client | None = None
         self._stats_ttl_s = stats_ttl_s
         self._presence_ttl_s = presence_ttl_s
+        self._revocation_ttl_s = revocation_ttl_s
         self._buckets: dict[str, KeyValue] = {}
         self._followers: set[_Follower] = set()
         self._follow_checker: asyncio.Task[None] | None = None
@@ -620,16 +623,37 @@ class NatsBackbone:
     async def watch_channels(
         self, on_change: Callable[[str, bytes | None], None], on_complete: Callable[[], None]
     ) -> None:
-        """Feed every `sb_channels` entry, then each change, to `on_change` (None: deleted),
-        and call `on_complete` once the entries up to the bucket's last sequence when the
-        watch began are given (that message is the newest of its key, so it comes).
+        """Feed every `sb_channels` entry, then each change (`_watch_bucket`)."""
+        await self._watch_bucket(CHANNELS_BUCKET, 0, on_change, on_complete)
+
+    async def watch_revocations(
+        self, on_change: Callable[[str, bytes | None], None], on_complete: Callable[[], None]
+    ) -> None:
+        """Feed every `sb_revoked` entry, then each change (`_watch_bucket`)."""
+        await self._watch_bucket(REVOKED_BUCKET, self._revocation_ttl_s, on_change, on_complete)
+
+    async def put_revocation(self, key: str, value: bytes) -> None:
+        with self._store("revocation store"):
+            await (await self._bucket(REVOKED_BUCKET, self._revocation_ttl_s)).put(key, value)
+
+    async def _watch_bucket(
+        self,
+        bucket: str,
+        ttl_s: float,
+        on_change: Callable[[str, bytes | None], None],
+        on_complete: Callable[[], None],
+    ) -> None:
+        """Feed every entry of `bucket`, then each change, to `on_change` (None: deleted
+        or expired), and call `on_complete` once the entries up to the bucket's last
+        sequence when the watch began are given (that message is the newest of its
+        key, so it comes).
 
         Runs until cancelled. Read like every followed stream (not with nats-py's KV
         watch, which has no heartbeat and so never notices its server died): rebuilt
         from the last revision when its consumer is lost, and from the current entries
         when the bucket was recreated (e.g. NATS restarted without its store).
         """
-        prefix = f"$KV.{CHANNELS_BUCKET}."
+        prefix = f"$KV.{bucket}."
 
         def entry(delivery: Delivery) -> None:
             operation = (delivery.headers or {}).get("KV-Operation")
@@ -640,22 +664,20 @@ class NatsBackbone:
                 on_complete()
 
         upto: list[int] = []  # the bucket's last sequence at the start, until it is given
-        follower = _Follower(
-            self, kv_stream(CHANNELS_BUCKET), f"{prefix}>", entry, after=None, restart=True
-        )
+        follower = _Follower(self, kv_stream(bucket), f"{prefix}>", entry, after=None, restart=True)
         try:
             while True:
                 try:
-                    await self._bucket(CHANNELS_BUCKET, 0)  # dev mode: the first user makes it
-                    state = (await self._stream_info(kv_stream(CHANNELS_BUCKET))).state
+                    await self._bucket(bucket, ttl_s)  # dev mode: the first user makes it
+                    state = (await self._stream_info(kv_stream(bucket))).state
                     upto[:] = [state.last_seq] if state.messages else []
                     await follower.start()
                     if not state.messages:
                         on_complete()
                     break
                 except (nats.errors.Error, TimeoutError, Unavailable) as exc:
-                    log.warning("channel config watch not started yet: %s", exc)
-                    self._buckets.pop(CHANNELS_BUCKET, None)
+                    log.warning("%s watch not started yet: %s", bucket, exc)
+                    self._buckets.pop(bucket, None)
                     await asyncio.sleep(1)
             await asyncio.Event().wait()  # until cancelled
         finally:

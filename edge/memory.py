@@ -118,7 +118,11 @@ class MemoryBackbone:
         self.edge_stats: dict[str, bytes] = {}
         self.presence: set[str] = set()
         self.channels: dict[str, bytes] = {}
-        self._channel_watchers: list[Callable[[str, bytes | None], None]] = []
+        self.revocations: dict[str, bytes] = {}
+        self._watchers: dict[str, list[Callable[[str, bytes | None], None]]] = {
+            "channels": [],
+            "revocations": [],
+        }
 
     # -- test controls ---------------------------------------------------------
 
@@ -136,7 +140,7 @@ class MemoryBackbone:
             self.channels.pop(name, None)
         else:
             self.channels[name] = value
-        for watcher in tuple(self._channel_watchers):
+        for watcher in tuple(self._watchers["channels"]):
             watcher(name, value)
 
     def interest(self, subject: str) -> int:
@@ -304,11 +308,31 @@ class MemoryBackbone:
     async def watch_channels(
         self, on_change: Callable[[str, bytes | None], None], on_complete: Callable[[], None]
     ) -> None:
-        for name, value in tuple(self.channels.items()):
+        await self._watch("channels", self.channels, on_change, on_complete)
+
+    async def put_revocation(self, key: str, value: bytes) -> None:
+        self._up()
+        self.revocations[key] = value
+        for watcher in tuple(self._watchers["revocations"]):
+            watcher(key, value)
+
+    async def watch_revocations(
+        self, on_change: Callable[[str, bytes | None], None], on_complete: Callable[[], None]
+    ) -> None:
+        await self._watch("revocations", self.revocations, on_change, on_complete)
+
+    async def _watch(
+        self,
+        kind: str,
+        entries: dict[str, bytes],
+        on_change: Callable[[str, bytes | None], None],
+        on_complete: Callable[[], None],
+    ) -> None:
+        for name, value in tuple(entries.items()):
             on_change(name, value)
         on_complete()
-        self._channel_watchers.append(on_change)
+        self._watchers[kind].append(on_change)
         try:
             await asyncio.Event().wait()  # runs until cancelled, like the NATS watch
         finally:
-            self._channel_watchers.remove(on_change)
+            self._watchers[kind].remove(on_change)

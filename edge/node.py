@@ -24,6 +24,7 @@ from edge.metrics import ERROR_CODES, EdgeCollector, EdgeMetrics, Live, registry
 from edge.ports import Backbone, NoResponders, RequestTimeout, Unavailable
 from edge.presence import Presence
 from edge.replay import Recovery, Sink
+from edge.revocation import Revocations
 from edge.session import (
     Action,
     Close,
@@ -37,7 +38,7 @@ from edge.session import (
 )
 from edge.settings import EdgeSettings
 from switchboard.contract.channels import channel_subject, rpc_subject
-from switchboard.contract.codes import ErrorCode
+from switchboard.contract.codes import CloseCode, ErrorCode
 from switchboard.contract.resume import mint_resume
 from switchboard.contract.settings import ChannelPolicy
 
@@ -77,6 +78,7 @@ class Node:
             backbone, settings.subject_prefix, settings.pod_name, settings.presence_ttl_s
         )
         self.members: set[Member] = set()
+        self.revocations = Revocations(settings.revocation_ttl_s, self._close_revoked)
         self.accepting = True
         # a shed runs or just ran (edge.control): clients moved by any pod's shed are
         # refused here, so they land on pods that are not shedding
@@ -88,12 +90,21 @@ class Node:
     def policy_for(self, channel: str) -> ChannelPolicy:
         return self.directory.policy_for(channel)
 
+    def _close_revoked(self, user: str) -> None:
+        """A revocation arrived: the user's connections whose token it covers close."""
+        for member in tuple(self.members):
+            claims = member.session.claims
+            if claims.sub == user and self.revocations.revoked(claims):
+                member.disconnect(CloseCode.FORBIDDEN, "token revoked")
+
     @property
     def ready(self) -> bool:
-        """For `/readyz`: accepting, on NATS, and able to verify tokens (a JWKS, when
-        configured, was read once)."""
+        """For `/readyz`: accepting, on NATS, able to verify tokens (a JWKS, when
+        configured, was read once), and the Channels and revocations were read once
+        (before, a channel may get the default policy, a revoked token pass)."""
         keys_ready = self.jwks is None or self.jwks.loaded
-        return self.accepting and self.backbone.connected and keys_ready
+        read = self.directory.complete and self.revocations.complete
+        return self.accepting and self.backbone.connected and keys_ready and read
 
     def record_error(self, code: str) -> None:
         self.metrics.count_error(code)

@@ -130,6 +130,14 @@ class Stores(Protocol):
         `on_complete` once the configs stored when the watch began have all been given."""
         ...
 
+    async def put_revocation(self, key: str, value: bytes) -> None: ...
+
+    async def watch_revocations(
+        self, on_change: Callable[[str, bytes | None], None], on_complete: Callable[[], None]
+    ) -> None:
+        """Every revocation, then each new one, as `watch_channels` does for configs."""
+        ...
+
 
 class Backbone(Bus, History, Stores, Protocol):
     """Everything the edge needs from the message backbone: NATS in production

@@ -20,7 +20,7 @@ from edge.http import HttpRequest as Request
 from edge.node import Node
 from edge.ports import Unavailable
 from edge.transport import ClientSocket
-from edge.upgrade import find_credential, new_ticket
+from edge.upgrade import find_credential, new_ticket, token_refusal
 from switchboard.contract.localdrain import HEADER as DRAIN_SECRET_HEADER
 from switchboard.contract.tokens import TokenError, mint_token
 
@@ -115,7 +115,8 @@ class Routes:
         try:
             await self.admission.verify(credential.value)
         except TokenError as exc:
-            return response(401, f"{exc}\n", headers=cors)
+            refusal = token_refusal(exc)
+            return response(refusal.status, f"{exc}\n", headers=cors)
         ticket = new_ticket()
         record = json.dumps({"token": credential.value, "created": time.time()}).encode()
         try:

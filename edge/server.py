@@ -45,6 +45,7 @@ from edge.sse import (
 from edge.transport import ClientPort, ClientSocket
 from edge.upgrade import SUBPROTOCOL, Refusal, route
 from switchboard.contract.localdrain import remove_secret, secret_path, write_secret
+from switchboard.contract.names import CHANNELS_BUCKET, REVOKED_BUCKET
 from switchboard.contract.tokens import Claims, TokenVerifier
 
 log = logging.getLogger("switchboard.edge.server")
@@ -95,15 +96,24 @@ class EdgeServer:
         if keys is not None and not await keys.load():  # bounded by its timeout
             log.warning("no JWKS yet: not ready, tokens refused until it is read")
         node = self.node
-        read = asyncio.Event()
+        channels_read, revocations_read = asyncio.Event(), asyncio.Event()
 
-        def complete() -> None:
+        def channels_complete() -> None:
             node.directory.mark_complete()
-            read.set()
+            channels_read.set()
 
-        channels = self.backbone.watch_channels(node.directory.apply, complete)
-        self._background = [asyncio.create_task(channels)]
-        await self._read_channels(read)
+        def revocations_complete() -> None:
+            node.revocations.mark_complete()
+            revocations_read.set()
+
+        backbone = self.backbone
+        self._background = [
+            asyncio.create_task(backbone.watch_channels(node.directory.apply, channels_complete)),
+            asyncio.create_task(
+                backbone.watch_revocations(node.revocations.apply, revocations_complete)
+            ),
+        ]
+        await self._read_stores(channels_read, revocations_read)
         # permessage-deflate is never negotiated: it would compress each event once per
         # connection and hold zlib state (~tens of KiB) per connection.
         self._port = ClientPort(
@@ -123,17 +133,25 @@ class EdgeServer:
         if keys is not None:
             self._background.append(asyncio.create_task(keys.refresh_forever()))
 
-    async def _read_channels(self, read: asyncio.Event) -> None:
-        """Wait, bounded, for the Channels before the port opens: a client subscribing
-        earlier would get the default policy (no offsets, no recovery) on a channel
-        whose Channel keeps history."""
+    async def _read_stores(self, channels: asyncio.Event, revocations: asyncio.Event) -> None:
+        """Wait, bounded, for the Channels and the revocations before the port opens: a
+        client subscribing earlier would get the default policy (no offsets, no
+        recovery) on a channel whose Channel keeps history; a revoked token would pass."""
         timeout_s = self.settings.channels_snapshot_timeout_s
         try:
-            await asyncio.wait_for(read.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await channels.wait()
+                await revocations.wait()
         except TimeoutError:
+            late = [
+                name
+                for name, read in ((CHANNELS_BUCKET, channels), (REVOKED_BUCKET, revocations))
+                if not read.is_set()
+            ]
             log.warning(
-                "channel config (sb_channels) not read within %.1f s: serving with the "
-                "default policy, not ready until it is read",
+                "%s not read within %.1f s: serving (the default channel policy, no "
+                "revocations), not ready until read",
+                " and ".join(late),
                 timeout_s,
             )
 
@@ -304,7 +322,7 @@ class EdgeServer:
             claims,
             limits=self.limits,
             policy_for=node.policy_for,
-            verify=self.verifier.verify,
+            verify=self.admission.verify_now,
             now=asyncio.get_running_loop().time(),
             on_error=node.record_error,
         )

@@ -29,6 +29,7 @@ from edge.protocol import (
 )
 from edge.ratelimit import ErrorWindow, TokenBucket
 from switchboard.contract.codes import ABUSIVE, CloseCode, ErrorCode
+from switchboard.contract.errors import TokenRevoked
 from switchboard.contract.tokens import Claims, TokenError
 
 
@@ -321,6 +322,8 @@ class Session:
     def _refresh(self, message: RefreshMessage, now: float) -> list[Action]:
         try:
             claims = self._verify(message.token)
+        except TokenRevoked as exc:
+            return self.refuse(message.id, ErrorCode.FORBIDDEN, str(exc), now)
         except TokenError as exc:
             return self.refuse(message.id, ErrorCode.UNAUTHORIZED, str(exc), now)
         if claims.sub != self.claims.sub:

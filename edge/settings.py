@@ -168,9 +168,9 @@ class EdgeSettings(ComponentSettings):
         gt=0,
         le=300,
         description=(
-            "How long start-up waits for the Channels (`sb_channels`) before the client "
-            "port opens; past it the edge serves with the default policy and `/readyz` "
-            "answers 503 until they are read."
+            "How long start-up waits for the Channels (`sb_channels`) and the revocations "
+            "(`sb_revoked`) before the client port opens; past it the edge serves (the "
+            "default policy, no revocations) and `/readyz` answers 503 until they are read."
         ),
     )
     stats_interval_s: float = Field(2.0, gt=0, description="How often stats go to `sb_edges`.")
@@ -179,6 +179,14 @@ class EdgeSettings(ComponentSettings):
     )
     presence_ttl_s: float = Field(
         15.0, ge=2, description="`sb_presence` entry lifetime: a dead edge's users vanish after it."
+    )
+    revocation_ttl_s: float = Field(
+        86400.0,
+        ge=60,
+        description=(
+            "How long a revocation (`POST /api/v1/users/{user}/revoke`) is kept in "
+            "`sb_revoked`: at least your tokens' lifetime. Read when the bucket is created."
+        ),
     )
     resume_secret: str | None = Field(
         None, description="Signs resume tokens (cluster-wide); unset: the HS256 JWT secret."

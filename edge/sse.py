@@ -36,7 +36,7 @@ from edge.policy import subscribe_refusal
 from edge.protocol import Position, ProtocolError
 from edge.session import Close, Send, Session
 from edge.transport import ClientSocket
-from edge.upgrade import Refusal, find_credential
+from edge.upgrade import Refusal, find_credential, token_refusal
 from switchboard.contract.channels import is_valid_channel
 from switchboard.contract.codes import ErrorCode
 from switchboard.contract.tokens import Claims, TokenError
@@ -343,7 +343,7 @@ class Poster:
         try:
             claims = await self._verify(credential.value)
         except TokenError as exc:
-            return refusal_answer(Refusal(401, str(exc)), cors)
+            return refusal_answer(token_refusal(exc), cors)
         now = time.monotonic()
         self._prune(now)
         until = self._blocked.get(claims.sub)

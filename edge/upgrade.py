@@ -11,6 +11,7 @@ from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from switchboard.contract.codes import CloseCode
+from switchboard.contract.errors import TokenError, TokenRevoked
 
 SUBPROTOCOL = "switchboard.v1"
 BEARER_PREFIX = "bearer."
@@ -98,6 +99,11 @@ class Refusal:
     @property
     def headers(self) -> dict[str, str]:
         return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+
+
+def token_refusal(exc: TokenError) -> Refusal:
+    """A refused credential: 403 when revoked (do not come back), else 401."""
+    return Refusal(403 if isinstance(exc, TokenRevoked) else 401, str(exc))
 
 
 def truncate_utf8(text: str, limit: int) -> str:

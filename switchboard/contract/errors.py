@@ -52,6 +52,11 @@ class TokenError(SwitchboardException):
     """A token was refused; the message is safe to show to the client."""
 
 
+class TokenRevoked(TokenError):
+    """A valid token of a user whose tokens issued before some moment were revoked
+    (the server API's `revoke`): 403 at the upgrade, 4003 in band."""
+
+
 class ProtocolError(SwitchboardException):
     """A client frame that cannot be acted on; becomes an `error` frame."""
 

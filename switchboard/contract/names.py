@@ -14,7 +14,8 @@ TICKETS_BUCKET = "sb_tickets"
 EDGES_BUCKET = "sb_edges"
 CHANNELS_BUCKET = "sb_channels"
 PRESENCE_BUCKET = "sb_presence"
-BUCKETS = (TICKETS_BUCKET, EDGES_BUCKET, CHANNELS_BUCKET, PRESENCE_BUCKET)
+REVOKED_BUCKET = "sb_revoked"  # user → tokens issued before this moment are refused
+BUCKETS = (TICKETS_BUCKET, EDGES_BUCKET, CHANNELS_BUCKET, PRESENCE_BUCKET, REVOKED_BUCKET)
 STREAM_PREFIX = "SB_CH_"  # a Channel with history keeps it in the stream SB_CH_<name>
 
 

@@ -24,6 +24,7 @@ from switchboard.contract.names import (
     CHANNELS_BUCKET,
     EDGES_BUCKET,
     PRESENCE_BUCKET,
+    REVOKED_BUCKET,
     TICKETS_BUCKET,
     control_subject,
     drain_subject,
@@ -106,6 +107,7 @@ def role_permissions(prefix: str = "sb") -> dict[Role, Permissions]:
             *_kv_own(TICKETS_BUCKET),
             *_kv_own(EDGES_BUCKET),
             *_kv_own(PRESENCE_BUCKET),
+            *_kv_own(REVOKED_BUCKET),  # the server API's revocations; every edge reads them
             f"{JS}.STREAM.CREATE.{kv_stream(CHANNELS_BUCKET)}",  # dev mode: first user
             *_kv_read(CHANNELS_BUCKET),
             *history,
@@ -133,8 +135,9 @@ def role_permissions(prefix: str = "sb") -> dict[Role, Permissions]:
         ),
         subscribe=(drain_subject(prefix), INBOX),
         # its stream rights must not reach the edges' buckets (e.g. a republish
-        # added to sb_tickets would hand it every ticket)
-        deny_publish=tuple(_not_buckets(TICKETS_BUCKET, PRESENCE_BUCKET)),
+        # added to sb_tickets would hand it every ticket; a purge of sb_revoked would
+        # let revoked tokens in again)
+        deny_publish=tuple(_not_buckets(TICKETS_BUCKET, PRESENCE_BUCKET, REVOKED_BUCKET)),
         responses=True,  # drain grants
     )
     backend = Permissions(
@@ -144,7 +147,13 @@ def role_permissions(prefix: str = "sb") -> dict[Role, Permissions]:
         deny_subscribe=(control_subject(prefix, "*"), drain_subject(prefix)),
         responses=True,  # RPC answers
     )
-    assert set(BUCKETS) == {TICKETS_BUCKET, EDGES_BUCKET, CHANNELS_BUCKET, PRESENCE_BUCKET}
+    assert set(BUCKETS) == {
+        TICKETS_BUCKET,
+        EDGES_BUCKET,
+        CHANNELS_BUCKET,
+        PRESENCE_BUCKET,
+        REVOKED_BUCKET,
+    }
     return {"edge": edge, "operator": operator, "backend": backend}
 
 

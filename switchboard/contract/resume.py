@@ -50,6 +50,8 @@ def mint_resume(
         "token_exp": claims.exp,
         "subs": subscriptions,
     }
+    if claims.iat is not None:  # the original token's; never ahead of now (no leeway here)
+        body["iat"] = int(min(claims.iat, issued))
     if shed:
         body["shed"] = True
     return jwt.encode(body, secret, algorithm="HS256")
@@ -90,5 +92,6 @@ def read_resume_token(secret: str, token: str, now: float | None = None) -> Resu
         roles=tuple(body.get("roles") or ()),
         channels=None if body.get("channels") is None else tuple(body["channels"]),
         publish=None if body.get("publish") is None else tuple(body["publish"]),
+        iat=float(body["iat"]) if "iat" in body else None,  # the original token's
     )
     return Resume(claims, subs, body.get("shed") is True)

@@ -37,9 +37,12 @@ class Claims:
     roles: tuple[str, ...] = ()
     channels: tuple[str, ...] | None = None
     publish: tuple[str, ...] | None = None
+    iat: float | None = None  # when the token was issued: revocations compare it
 
     def to_jwt_claims(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sub": self.sub, "exp": int(self.exp), "roles": list(self.roles)}
+        if self.iat is not None:
+            out["iat"] = int(self.iat)
         if self.channels is not None:
             out["channels"] = list(self.channels)
         if self.publish is not None:
@@ -195,6 +198,7 @@ class TokenVerifier:
             roles=_str_list(payload, "roles") or (),
             channels=_str_list(payload, "channels"),
             publish=_str_list(payload, "publish"),
+            iat=float(payload["iat"]) if "iat" in payload else None,
         )
         return claims, kid
 
@@ -355,6 +359,7 @@ def mint_token(
         roles=tuple(roles or ()),
         channels=None if channels is None else tuple(channels),
         publish=None if publish is None else tuple(publish),
+        iat=issued,
     )
-    body = claims.to_jwt_claims() | {"iat": int(issued)}
+    body = claims.to_jwt_claims()
     return jwt.encode(body, secret, algorithm="HS256")

@@ -15,7 +15,7 @@ CONTRACT = {
     "switchboard/contract/channels.py",
     "switchboard/contract/permissions.py",
 }
-BUCKETS = {"sb_tickets", "sb_edges", "sb_channels", "sb_presence"}
+BUCKETS = {"sb_tickets", "sb_edges", "sb_channels", "sb_presence", "sb_revoked"}
 KINDS = r"(ch|user|rpc|edge|operator|presence)"
 # a whole name: JetStream's own subjects and streams, ours, or a subject with the
 # default prefix spelled out ("sb.ch.bench")

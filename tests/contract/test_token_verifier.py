@@ -102,6 +102,7 @@ def reference_verify(
         roles=_str_list(payload, "roles") or (),
         channels=_str_list(payload, "channels"),
         publish=_str_list(payload, "publish"),
+        iat=float(payload["iat"]) if "iat" in payload else None,
     )
 
 

@@ -21,6 +21,7 @@ from edge.session import (
     welcome_frame,
 )
 from switchboard.contract.codes import ErrorCode
+from switchboard.contract.errors import TokenRevoked
 from switchboard.contract.settings import ChannelPolicy
 from switchboard.contract.tokens import Claims, TokenError
 
@@ -348,6 +349,20 @@ def test_refresh_for_another_user_or_invalid_token() -> None:
         "message": "invalid token",
         "retryable": False,
     }
+
+
+def test_refresh_with_a_revoked_token_is_forbidden() -> None:
+    def revoked(token: str) -> Claims:
+        raise TokenRevoked("token revoked")
+
+    session = make_session(verify=revoked)
+    frame = only_error(session.receive(msg("refresh", {"token": "old"}), NOW))
+    assert frame["payload"] == {
+        "code": "forbidden",
+        "message": "token revoked",
+        "retryable": False,
+    }
+    assert session.claims.sub == "alice"  # the connection keeps its token
 
 
 def test_presence_not_enabled_without_channel_config() -> None:

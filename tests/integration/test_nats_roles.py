@@ -26,6 +26,7 @@ from switchboard.contract.names import (
     CHANNELS_BUCKET,
     EDGES_BUCKET,
     PRESENCE_BUCKET,
+    REVOKED_BUCKET,
     TICKETS_BUCKET,
     control_subject,
     drain_subject,
@@ -77,7 +78,9 @@ USES: dict[Role, dict[Action, list[str]]] = {
             *kv_calls(TICKETS_BUCKET, "t0k3n"),
             *kv_calls(EDGES_BUCKET, "edge-1"),
             *kv_calls(PRESENCE_BUCKET, "chat.lobby.alice.edge-1"),
+            *kv_calls(REVOKED_BUCKET, "616c696365"),
             f"{JS}.STREAM.CREATE.{kv_stream(TICKETS_BUCKET)}",
+            f"{JS}.STREAM.CREATE.{kv_stream(REVOKED_BUCKET)}",
             f"{JS}.STREAM.CREATE.{kv_stream(CHANNELS_BUCKET)}",
             f"{JS}.CONSUMER.CREATE.{kv_stream(CHANNELS_BUCKET)}",
             *history_reads(HISTORY),
@@ -127,6 +130,8 @@ FORBIDDEN: dict[Role, dict[Action, list[str]]] = {
             f"{JS}.STREAM.UPDATE.{kv_stream(TICKETS_BUCKET)}",  # e.g. adding a republish
             f"{JS}.STREAM.DELETE.{kv_stream(TICKETS_BUCKET)}",
             *kv_calls(PRESENCE_BUCKET, "chat.lobby.alice.edge-1"),
+            *kv_calls(REVOKED_BUCKET, "616c696365"),  # revocations are the edges'
+            f"{JS}.STREAM.PURGE.{kv_stream(REVOKED_BUCKET)}",
             user_subject(P, "bob"),
             channel_subject(P, "chat:lobby"),
             rpc_subject(P, "orders.create"),
@@ -140,6 +145,7 @@ FORBIDDEN: dict[Role, dict[Action, list[str]]] = {
             *kv_calls(TICKETS_BUCKET, "t0k3n"),
             *kv_calls(CHANNELS_BUCKET, "chat"),
             *kv_calls(EDGES_BUCKET, "edge-1"),
+            *kv_calls(REVOKED_BUCKET, "616c696365"),  # revokes go through the server API
             f"{JS}.STREAM.CREATE.{HISTORY}",
             f"{JS}.STREAM.DELETE.{HISTORY}",
             *history_reads(HISTORY),

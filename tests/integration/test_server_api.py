@@ -5,6 +5,7 @@ JSON error it gets for every bad request."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,13 @@ import pytest
 
 from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client, Closed
-from tests.conftest import Edge, EdgeFactory, token
+from switchboard.contract.resume import mint_resume
+from switchboard.contract.tokens import Claims
+from tests.conftest import SECRET, Edge, EdgeFactory, token
 from tests.integration.helpers import channel_cli, next_event, wait_for
+from tests.integration.test_credentials import http as http_call
+from tests.integration.test_credentials import mint_ticket, upgrade
+from tests.integration.test_refusals_in_band import ORIGIN, bearer, closed_in_band
 
 KEY = "k-" + "x" * 30
 CHANNELS = """\
@@ -169,6 +175,59 @@ async def test_a_user_gets_messages_on_every_connection_and_is_disconnected_ever
         assert status == 400 and body["error"]["code"] == "bad_request", bad
     status, body = await call(http, api, "POST", "/api/v1/users/no%20one/messages", {"data": 1})
     assert status == 400 and "user id" in body["error"]["message"]
+
+
+async def test_a_revoked_users_older_tokens_are_refused_on_every_edge(
+    api_edges: tuple[Edge, Edge, Edge], http: aiohttp.ClientSession
+) -> None:
+    """DESIGN §2, §4: after `revoke`, the user's open connections close with 4003, and
+    every credential of a token issued before it (the token itself, a ticket for it,
+    a resume token an edge minted from it) gets 403, or 4003 in band, on every edge;
+    a token issued afterwards works. The edges' NATS has the role users: the edge's
+    role may write and read `sb_revoked`."""
+    api, other, _ = api_edges
+    old = token("gina")
+    here = await Client.connect(api.ws_url, token=old)
+    there = await Client.connect(other.ws_url, token=old)
+    bystander = await connected(other, "hank")
+    ticket = await mint_ticket(other, old)  # taken before the revocation
+    resume = mint_resume(SECRET, Claims("gina", time.time() + 3600, iat=time.time()), [], ttl_s=60)
+
+    status, body = await call(http, api, "POST", "/api/v1/users/gina/revoke", {})
+    assert status == 200 and body["user"] == "gina", body
+    before = body["before"]
+    assert abs(before - time.time()) < 5
+    for client in (here, there):
+        assert await client.wait_closed() == 4003
+        assert client.ws.close_reason == "token revoked"
+    assert bystander.close_code is None  # only gina
+
+    for edge in (api, other):
+        assert await upgrade(edge.ws_url, subprotocols=bearer(old)) == (403, "token revoked\n")
+        in_band = await closed_in_band(edge.ws_url, origin=ORIGIN, subprotocols=bearer(old))
+        assert in_band == (4003, "token revoked")
+        resumed = await upgrade(f"{edge.ws_url}?resume={resume}")
+        assert resumed == (403, "token revoked\n")
+        status, text = await asyncio.to_thread(
+            http_call, "POST", f"{edge.http_url}/v1/tickets", {"Authorization": f"Bearer {old}"}
+        )
+        assert (status, text) == (403, "token revoked\n")
+    assert await upgrade(f"{other.ws_url}?ticket={ticket}") == (403, "token revoked\n")
+
+    while time.time() < before + 1:  # `iat` has whole seconds: one of the next second
+        await asyncio.sleep(0.05)
+    fresh = token("gina")
+    for edge in (api, other):
+        client = await Client.connect(edge.ws_url, token=fresh)
+        assert client.welcome["user"] == "gina"
+        await client.close()
+
+    for bad in ({"before": "now"}, {"before": True}, {"before": time.time() + 3600}):
+        status, body = await call(http, api, "POST", "/api/v1/users/gina/revoke", bad)
+        assert status == 400 and "'before'" in body["error"]["message"], bad
+    status, body = await call(http, api, "POST", "/api/v1/users/no%20one/revoke", {})
+    assert status == 400 and "user id" in body["error"]["message"]
+    await bystander.close()
 
 
 async def test_presence_lists_users_where_presence_is_on(

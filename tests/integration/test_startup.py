@@ -104,7 +104,7 @@ async def test_without_the_channels_the_edge_serves_but_is_not_ready_until_it_re
         started = asyncio.get_running_loop().time()
         await asyncio.to_thread(edge.start, 20)
         assert asyncio.get_running_loop().time() - started >= 1.0  # it waited, bounded
-        assert "channel config (sb_channels) not read within 1.0 s" in log_path.read_text()
+        assert "sb_channels and sb_revoked not read within 1.0 s" in log_path.read_text()
         assert await asyncio.to_thread(readyz, edge) == 503
         client = await Client.connect(edge.ws_url, token=token("alice"))  # served anyway
         assert (await client.subscribe("any:room"))["offset"] is None  # the default policy
