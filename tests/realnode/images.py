@@ -322,11 +322,18 @@ def ensure_switchboard(podman: Podman, base_fingerprint: str) -> str:
     return ref
 
 
+KEPT_BUILDS = 3  # the newest images of other checkouts may be in use by their sessions
+
+
 def _prune(podman: Podman, prefix: str, keep: str) -> None:
-    """Remove earlier builds' tags (and their now unused layers): the cache only grows
-    otherwise, by an image per source change."""
-    listed = podman.run("images", "--format={{.Repository}}:{{.Tag}}", check=False).stdout
-    old = [ref for ref in listed.split() if ref.startswith(prefix) and ref != keep]
+    """Remove earlier builds' tags (and their now unused layers) but the newest few: the
+    cache only grows otherwise, by an image per source change, and another checkout's
+    session (a clean clone running CI beside a working tree) may be using its own."""
+    listed = podman.run(
+        "images", "--sort=created", "--format={{.Repository}}:{{.Tag}}", check=False
+    ).stdout  # newest first
+    builds = [ref for ref in listed.split() if ref.startswith(prefix) and ref != keep]
+    old = builds[KEPT_BUILDS - 1 :]
     if old:
         podman.run("rmi", *old, check=False)
         podman.run("image", "prune", "--force", check=False)
