@@ -265,10 +265,23 @@ class NatsBackbone:
         log.info("nats connected", extra={"servers": [redact(s) for s in self._servers]})
 
     async def close(self) -> None:
+        """Drain what is pending to NATS; while reconnecting there is no connection to
+        drain (nats-py raises), so just close: a shutdown must never fail on it."""
         for follower in tuple(self._followers):
             await follower.stop()
-        if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            return
+        if nc.is_connected:
+            try:
+                await nc.drain()
+                return
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("nats drain at shutdown failed: %s", exc)
+        try:
+            await nc.close()
+        except RuntimeError as exc:  # uvloop: nats-py flushes its pending to a closed socket
+            log.warning("nats close at shutdown: %s", exc)
 
     async def flush(self, timeout_s: float = 5.0) -> None:
         """Wait until everything sent so far has been processed by the server.

@@ -6,11 +6,13 @@ login by itself, and the probe's backend leg works with the backend role."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ def start_dev() -> Dev:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        start_new_session=True,  # its edges and NATS with it: a last resort kills them all
     )
     assert process.stdout is not None
     lines: list[str] = []
@@ -54,6 +57,8 @@ def start_dev() -> Dev:
         line = process.stdout.readline()
         assert line, "switchboard dev exited"
         lines.append(line)
+    # The edges log to the same pipe: keep reading it, or they block once it is full.
+    threading.Thread(target=process.stdout.read, daemon=True).start()
     for port in ports:
         wait_for_port(port, 20)
     return Dev(process, ports, "".join(lines))
@@ -63,11 +68,12 @@ def start_dev() -> Dev:
 def dev() -> Iterator[Dev]:
     running = start_dev()
     yield running
-    running.process.send_signal(signal.SIGINT)
+    running.process.send_signal(signal.SIGINT)  # Ctrl-C
     try:
-        running.process.wait(30)
-    except subprocess.TimeoutExpired:
-        running.process.kill()
+        assert running.process.wait(30) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(running.process.pid, signal.SIGKILL)  # whatever it left behind
 
 
 async def test_dev_nats_refuses_anonymous_and_serves_the_printed_backend(dev: Dev) -> None:

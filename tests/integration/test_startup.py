@@ -1,5 +1,6 @@
 """An edge starts serving only once it knows the Channels (`sb_channels`): a client
-that arrives in the first moment after start gets its channel's history."""
+that arrives in the first moment after start gets its channel's history. And it
+stops cleanly, with or without its NATS."""
 
 from __future__ import annotations
 
@@ -125,3 +126,17 @@ async def test_without_the_channels_the_edge_serves_but_is_not_ready_until_it_re
     finally:
         await asyncio.to_thread(edge.stop)
         nats_server.stop()
+
+
+async def test_sigterm_while_nats_is_gone_still_exits_zero(tmp_path: Path) -> None:
+    """A pod stopped while its NATS is away (reconnecting) shuts down cleanly: nats-py
+    refuses to drain a reconnecting connection, which used to end the edge with 1 and
+    a traceback."""
+    nats_server = NatsServer().start()
+    edge = EdgeProcess.on(
+        nats_server, "edge-orphan", jwt_secret=SECRET, log_path=str(tmp_path / "edge.log")
+    )
+    await asyncio.to_thread(edge.start, 20)
+    nats_server.stop()
+    await asyncio.sleep(1)  # the edge notices and starts reconnecting
+    assert await asyncio.to_thread(edge.stop, 20) == 0, (tmp_path / "edge.log").read_text()
