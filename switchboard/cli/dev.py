@@ -60,8 +60,9 @@ def run_dev(ports: list[int], host: str = "127.0.0.1", secret: str | None = None
             f.write(state)
         print(_banner(ports, admin_ports, nats, secret, token, api_key), flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        # Ctrl-C even when started with SIGINT ignored (a background job of a script)
+        # Ctrl-C even when started with SIGINT ignored or blocked (a script's background job)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         while all(edge.alive for edge in edges):
             time.sleep(0.5)
         print("an edge exited; stopping", file=sys.stderr)

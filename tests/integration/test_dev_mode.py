@@ -48,6 +48,9 @@ def start_dev() -> Dev:
         stderr=subprocess.DEVNULL,
         text=True,
         start_new_session=True,  # its edges and NATS with it: a last resort kills them all
+        # Started as a script's background job would be (SIGINT ignored): Ctrl-C, the
+        # teardown's SIGINT, must still stop it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     assert process.stdout is not None
     lines: list[str] = []
