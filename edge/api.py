@@ -26,6 +26,7 @@ from switchboard.contract.channels import (
     user_subject,
 )
 from switchboard.contract.codes import DISCONNECT_CODES, DISCONNECT_HEADER, CloseCode, ErrorCode
+from switchboard.contract.tokens import is_number
 
 MAX_BROADCAST = 1000  # channels in one broadcast
 HISTORY_LIMIT = 100  # events per history answer, unless asked for fewer or more
@@ -207,7 +208,7 @@ class ServerApi:
         user = _user(user)
         now = time.time()
         before = body.get("before", now)
-        if not isinstance(before, int | float) or isinstance(before, bool):
+        if not is_number(before):
             raise bad_request("'before' must be a number: seconds since the epoch")
         if before > now + FUTURE_SLACK_S:
             raise bad_request("'before' must not be in the future")
