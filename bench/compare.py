@@ -37,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers
-from peers import LABELS, ROOT, TARGETS, BenchError, Running
+from peers import EXTRA_TARGETS, LABELS, ROOT, TARGETS, BenchError, Running
 
 BENCHMARKS = ("idle", "handshakes", "fanout", "rooms")
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -87,10 +87,10 @@ QUICK = Sizes(
 def loadgen_args(bench: str, target: Running, sizes: Sizes, tag: str) -> list[str]:
     """The load generator's flags for one benchmark against one running target."""
     common = [
-        f"-proto={target.name}",
+        f"-proto={target.proto}",
         f"-url={target.ws_url}",
         f"-secret={peers.SECRET}",
-        "-pids=" + ",".join(f"{k}={v}" for k, v in target.pids.items()),
+        "-pids=" + ",".join(f"{k}={v}" for k, v in target.pids),
         f"-size={sizes.payload_bytes}",
     ]
     connecting = f"-concurrency={sizes.connect_concurrency}"
@@ -370,7 +370,8 @@ def markdown(report: dict[str, Any]) -> str:
     reps = report["repetitions"]
     head = ["measure", *(LABELS[t] for t in targets)]
     ratio_targets = [t for t in targets if t != "centrifugo"] if "centrifugo" in targets else []
-    head += [f"{LABELS[t].split()[0]} / Centrifugo" for t in ratio_targets]
+    short = {t: LABELS[t].removesuffix(" WS").removesuffix(" edge") for t in ratio_targets}
+    head += [f"{short[t]} / Centrifugo" for t in ratio_targets]
     lines = [
         f"Run `{report['name']}` on {report['started_utc'][:10]}, code at commit "
         f"`{report['git']['commit'][:7]}`"
@@ -482,7 +483,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 repetition, no docs")
     parser.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated")
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated; also {', '.join(EXTRA_TARGETS)} (two edges on one backbone)",
+    )
     parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma-separated")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="JSON directory")
     parser.add_argument("--docs", default=str(DOCS), help="markdown file with the markers")
@@ -502,7 +507,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             help=f"default {value} (quick: {getattr(QUICK, name)})",
         )
     args = parser.parse_args(argv)
-    args.targets = _choices(parser, "--targets", args.targets, TARGETS)
+    args.targets = _choices(parser, "--targets", args.targets, TARGETS + EXTRA_TARGETS)
     args.benchmarks = _choices(parser, "--benchmarks", args.benchmarks, BENCHMARKS)
     base = QUICK if args.quick else Sizes()
     overrides = {k: getattr(args, k) for k in asdict(base) if getattr(args, k, None) is not None}
@@ -548,9 +553,10 @@ def interruptible() -> Iterator[None]:
 
 
 def start_target(name: str, tmp: Path, sizes: Sizes, centrifugo: Path | None) -> Running:
-    if name == "switchboard":
+    if name in ("switchboard", "switchboard-x2"):
         most = max(sizes.idle_connections, sizes.rooms_connections, sizes.fanout_subscribers)
-        return peers.start_switchboard(tmp, max_connections=most + 1000)
+        edges = 2 if name == "switchboard-x2" else 1
+        return peers.start_switchboard(tmp, max_connections=most + 1000, edges=edges)
     if name == "nats":
         return peers.start_nats(tmp)
     assert centrifugo is not None

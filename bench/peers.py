@@ -40,8 +40,12 @@ CENTRIFUGO_VERSION = "v6.9.1"
 SECRET = "bench-secret-that-is-long-enough-for-hs256"
 API_KEY = "bench-api-key"
 TARGETS = ("switchboard", "nats", "centrifugo")
+# Two edge processes on one backbone, connections spread round-robin: what two 1-CPU
+# edge pods on a 2-core node are (the edge is one process on one core). Opt-in.
+EXTRA_TARGETS = ("switchboard-x2",)
 LABELS = {
     "switchboard": "Switchboard edge",
+    "switchboard-x2": "Switchboard 2 edges",
     "nats": "nats-server WS",
     "centrifugo": f"Centrifugo {CENTRIFUGO_VERSION}",
 }
@@ -189,9 +193,12 @@ class Running:
     """A started target: what the load generator needs, and how to stop it."""
 
     name: str
+    proto: str  # the load generator's -proto: switchboard, nats or centrifugo
     ws_url: str
     publish_url: str
-    pids: dict[str, int]  # the server under test first, then helpers (the backbone)
+    # the server under test first (several processes under one name are summed by the
+    # load generator), then helpers (the backbone)
+    pids: list[tuple[str, int]]
     procs: list[LocalProcess] = field(default_factory=list)
     backbone: NatsServer | None = None
 
@@ -209,31 +216,39 @@ class Running:
             self.backbone.stop()
 
 
-def start_switchboard(tmp: Path, max_connections: int) -> Running:
-    """A backbone nats-server and one edge (the project's launcher), new-connection
-    limits out of the way."""
+def start_switchboard(tmp: Path, max_connections: int, edges: int = 1) -> Running:
+    """A backbone nats-server and `edges` edges on it (the project's launcher),
+    new-connection limits out of the way."""
     backbone = NatsServer(store_dir=str(tmp / "backbone-js"))
     backbone.start()
-    edge = EdgeProcess.on(
-        backbone,
-        "bench-edge",
-        jwt_secret=SECRET,
-        log_path=str(tmp / "edge.log"),
-        settings={
-            "max_connections": max_connections,
-            "new_connections_per_s": 1000000,
-            "new_connections_burst": 1000000,
-            "log_level": "WARNING",  # no line per connection
-            "drain_grant_timeout_s": 0.2,  # no operator: SIGTERM drains at once
-            "drain_timeout_s": 0,
-        },
-    )
+    procs = [
+        EdgeProcess.on(
+            backbone,
+            f"bench-edge-{i}",
+            jwt_secret=SECRET,
+            log_path=str(tmp / f"edge-{i}.log"),
+            settings={
+                "max_connections": max_connections,
+                "new_connections_per_s": 1000000,
+                "new_connections_burst": 1000000,
+                "log_level": "WARNING",  # no line per connection
+                "drain_grant_timeout_s": 0.2,  # no operator: SIGTERM drains at once
+                "drain_timeout_s": 0,
+            },
+        )
+        for i in range(edges)
+    ]
     assert backbone.process is not None
-    running = Running("switchboard", edge.ws_url, backbone.url, {}, [edge], backbone)
+    name = "switchboard" if edges == 1 else f"switchboard-x{edges}"
+    ws_url = ",".join(edge.ws_url for edge in procs)
+    running = Running(name, "switchboard", ws_url, backbone.url, [], list(procs), backbone)
     try:
-        edge.spawn()
-        running.pids = {"server": edge.pid, "backbone": backbone.process.pid}
-        edge.wait_ready(60, readyz=True)
+        for edge in procs:
+            edge.spawn()
+        running.pids = [("server", edge.pid) for edge in procs]
+        running.pids.append(("backbone", backbone.process.pid))
+        for edge in procs:
+            edge.wait_ready(60, readyz=True)
     except (RuntimeError, TimeoutError) as exc:
         running.stop()
         raise BenchError(f"the edge did not start: {exc}") from None
@@ -260,9 +275,11 @@ websocket {{
 """
     )
     proc = LocalProcess([find_binary(), "-c", str(conf)], None, str(tmp / "nats-ws.log"))
-    running = Running("nats", f"ws://127.0.0.1:{ws_port}", f"nats://127.0.0.1:{port}", {}, [proc])
+    running = Running(
+        "nats", "nats", f"ws://127.0.0.1:{ws_port}", f"nats://127.0.0.1:{port}", [], [proc]
+    )
     try:
-        running.pids = {"server": proc.spawn().pid}
+        running.pids = [("server", proc.spawn().pid)]
         wait_http(f"http://127.0.0.1:{http_port}/healthz", proc, "nats-server", 30)
     except BaseException:
         running.stop()
@@ -291,13 +308,14 @@ def start_centrifugo(tmp: Path, binary: Path) -> Running:
     proc = LocalProcess([str(binary), "--config", str(conf)], None, str(tmp / "centrifugo.log"))
     running = Running(
         "centrifugo",
+        "centrifugo",
         f"ws://127.0.0.1:{port}/connection/websocket",
         f"http://127.0.0.1:{port}/api",
-        {},
+        [],
         [proc],
     )
     try:
-        running.pids = {"server": proc.spawn().pid}
+        running.pids = [("server", proc.spawn().pid)]
         wait_http(f"http://127.0.0.1:{port}/health", proc, "centrifugo", 30)
     except BaseException:
         running.stop()

@@ -36,7 +36,7 @@ func parseFlags(args []string) (*options, error) {
 	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
 	fs.StringVar(&o.proto, "proto", "", "client protocol: switchboard, nats or centrifugo")
 	fs.StringVar(&o.mode, "mode", "", "idle, handshakes, fanout or rooms")
-	fs.StringVar(&o.url, "url", "", "WebSocket URL of the server under test")
+	fs.StringVar(&o.url, "url", "", "WebSocket URL of the server under test; several, comma-separated: connections go round-robin over them")
 	fs.StringVar(&o.secret, "secret", "", "HS256 secret the tokens are signed with (switchboard, centrifugo)")
 	fs.StringVar(&o.user, "user-prefix", "u", "user ids are <prefix>-<n>, one per connection")
 	fs.StringVar(&o.publishURL, "publish-url", "", "fanout/rooms: nats://host:port, or Centrifugo's http://host:port/api")

@@ -111,18 +111,25 @@ func startWindow(procs []watched) *cpuWindow {
 }
 
 // end gives {name: {user_s, sys_s, cpu_s}}, the load generator's CPU, the machine's,
-// and the window's wall time (wall_s).
+// and the window's wall time (wall_s). Processes given under one name (the edge
+// processes of one target) are summed.
 func (w *cpuWindow) end() map[string]any {
 	out := map[string]any{}
+	user, sys := map[string]float64{}, map[string]float64{}
 	for i, p := range w.procs {
 		u, k, err := cpuTimes(p.Pid)
 		if err != nil {
 			out[p.Name] = map[string]any{"error": err.Error()}
 			continue
 		}
-		out[p.Name] = map[string]any{
-			"user_s": round3(u - w.u0[i]), "sys_s": round3(k - w.k0[i]), "cpu_s": round3(u + k - w.u0[i] - w.k0[i]),
+		user[p.Name] += u - w.u0[i]
+		sys[p.Name] += k - w.k0[i]
+	}
+	for name, u := range user {
+		if _, failed := out[name]; failed {
+			continue
 		}
+		out[name] = map[string]any{"user_s": round3(u), "sys_s": round3(sys[name]), "cpu_s": round3(u + sys[name])}
 	}
 	out["loadgen"] = map[string]any{"cpu_s": round3(selfCPU() - w.self0)}
 	out["machine"] = map[string]any{"cpu_s": round3(machineBusy() - w.busy0)}
@@ -130,10 +137,11 @@ func (w *cpuWindow) end() map[string]any {
 	return out
 }
 
+// rssAll gives each name's VmRSS in KiB, summed over the processes of that name.
 func rssAll(procs []watched) map[string]int64 {
 	out := map[string]int64{}
 	for _, p := range procs {
-		out[p.Name] = rssKiB(p.Pid)
+		out[p.Name] += rssKiB(p.Pid)
 	}
 	return out
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,7 +27,8 @@ const (
 
 type clientConfig struct {
 	proto   string
-	url     string
+	urls    []string     // connections go round-robin over these, as a Service spreads them over pods
+	next    atomic.Int64 // the next connection's index into urls
 	secret  []byte
 	timeout time.Duration
 	dialer  *websocket.Dialer
@@ -35,7 +37,7 @@ type clientConfig struct {
 func newClientConfig(proto, url string, secret []byte, timeout time.Duration) *clientConfig {
 	return &clientConfig{
 		proto:   proto,
-		url:     url,
+		urls:    strings.Split(url, ","),
 		secret:  secret,
 		timeout: timeout,
 		dialer: &websocket.Dialer{
@@ -58,13 +60,18 @@ type conn struct {
 // reference's clients subscribe to): channel names here have no ':'.
 func subject(channel string) string { return "sb.ch." + channel }
 
+// nextURL is where the next connection goes: round-robin over the servers given.
+func (c *clientConfig) nextURL() string {
+	return c.urls[int((c.next.Add(1)-1)%int64(len(c.urls)))]
+}
+
 // open dials and completes the protocol's own handshake for `user`.
 func (c *clientConfig) open(user string) (*conn, error) {
 	var header http.Header
 	if c.proto == protoSwitchboard {
 		header = http.Header{"Sec-WebSocket-Protocol": {"switchboard.v1, bearer." + mintHS256(c.secret, user)}}
 	}
-	ws, resp, err := c.dialer.Dial(c.url, header)
+	ws, resp, err := c.dialer.Dial(c.nextURL(), header)
 	if err != nil {
 		if resp != nil {
 			return nil, fmt.Errorf("upgrade refused: HTTP %d", resp.StatusCode)

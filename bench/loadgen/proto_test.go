@@ -1,9 +1,11 @@
 package main
 
 import (
+	"os"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDeliveryMeasuredAndWarmup(t *testing.T) {
@@ -66,5 +68,45 @@ func TestPayloadSizeAndMarker(t *testing.T) {
 	p := payload(100, true)
 	if len(p) != 100 || !strings.Contains(string(p), `"m":1`) {
 		t.Fatalf("payload %q (%d bytes)", p, len(p))
+	}
+}
+
+// Several servers: connections alternate between them, as a Service spreads them
+// over pods; one server gets them all.
+func TestConnectionsGoRoundRobin(t *testing.T) {
+	c := newClientConfig(protoSwitchboard, "ws://a/ws,ws://b/ws", nil, time.Second)
+	var got []string
+	for i := 0; i < 5; i++ {
+		got = append(got, c.nextURL())
+	}
+	if strings.Join(got, " ") != "ws://a/ws ws://b/ws ws://a/ws ws://b/ws ws://a/ws" {
+		t.Fatalf("urls in order %v", got)
+	}
+	one := newClientConfig(protoNATS, "ws://only/", nil, time.Second)
+	if one.nextURL() != "ws://only/" || one.nextURL() != "ws://only/" {
+		t.Fatal("a single url is not always used")
+	}
+}
+
+// Processes given under one name (the edges of one target) are reported summed.
+func TestWatchedProcessesOfOneNameAreSummed(t *testing.T) {
+	self := os.Getpid()
+	procs := []watched{{"server", self}, {"server", self}, {"other", self}}
+	rss := rssAll(procs)
+	if rss["other"] <= 0 || rss["server"] < 19*rss["other"]/10 || rss["server"] > 21*rss["other"]/10 {
+		t.Fatalf("rss %v", rss)
+	}
+	w := startWindow(procs)
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		u, k, _ := cpuTimes(self)
+		if u+k-w.u0[0]-w.k0[0] >= 0.05 {
+			break
+		}
+	}
+	out := w.end()
+	server := out["server"].(map[string]any)["cpu_s"].(float64)
+	other := out["other"].(map[string]any)["cpu_s"].(float64)
+	if other < 0.04 || server < 1.9*other || server > 2.1*other+0.02 {
+		t.Fatalf("server %.3f s, other %.3f s", server, other)
 	}
 }

@@ -137,6 +137,24 @@ def test_tiny_comparison_of_edge_and_nats_server(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
+def test_tiny_rooms_over_two_edges(tmp_path: Path) -> None:
+    """The opt-in target of two edge processes on one backbone (two 1-CPU pods):
+    connections alternate between them (the load generator's own test), every delivery
+    arrives, and the CPU of both edges is the server's."""
+    _need_go()
+    report = _run_compare(
+        tmp_path, "--targets=switchboard-x2", "--benchmarks=idle,rooms", timeout=280
+    )
+    assert report["targets"] == ["switchboard-x2"]
+    for run in report["runs"]:
+        _check_run(run)
+        if run["benchmark"] == "rooms":
+            assert run["figures"]["backbone_us_per_delivery"] is not None
+            assert run["loadgen"]["cpu"]["server"]["cpu_s"] > 0
+    assert "Switchboard 2 edges" in compare.markdown(report)
+
+
+@pytest.mark.timeout(300)
 def test_tiny_run_against_centrifugo_when_cached(tmp_path: Path) -> None:
     _need_go()
     binary = peers.cache_dir() / "bin" / "centrifugo"
