@@ -266,7 +266,11 @@ def values_schema() -> JSON:
                     "topologySpreadConstraints": _list(
                         "Topology spread constraints (the chart fills in the label selector)."
                     ),
-                    "resources": _resources("Edge container resources."),
+                    "resources": _resources(
+                        "Edge container resources. An edge is one process on one core: "
+                        "give it requests.cpu 1 for real traffic and add pods for more "
+                        "(docs/edge.md, Sizing)."
+                    ),
                     "extraEnv": _list("Extra environment variables of the edge container."),
                     "strategy": _deployment_strategy(
                         "The Deployment's strategy (default: surge first, none unavailable)."
