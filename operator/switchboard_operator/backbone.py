@@ -143,6 +143,17 @@ class OperatorBackbone:
         cutoff = time.monotonic() - self._stale_after_s
         return {pod: stats for pod, (stats, received) in self._edges.items() if received >= cutoff}
 
+    @property
+    def stale_after_s(self) -> float:
+        """A report older than this is a dead (or cut-off) edge's."""
+        return self._stale_after_s
+
+    def edge_silence(self) -> dict[str, float]:
+        """Seconds since each edge's last report, the stale ones included (an entry
+        leaves only when its edge deletes it on the way out)."""
+        now = time.monotonic()
+        return {pod: now - received for pod, (_, received) in self._edges.items()}
+
     async def _follow_edges(self) -> None:
         """Keep `_edges` current from a KV watch; restart it whenever it breaks."""
         while True:

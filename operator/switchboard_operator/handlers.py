@@ -21,6 +21,7 @@ from switchboard.contract.errors import ReplicasRefused, Unavailable
 from switchboard.contract.messages import EdgeStats
 from switchboard_operator import tracing
 from switchboard_operator.backbone import OperatorBackbone
+from switchboard_operator.cutoff import CutOffPolicy, PodReport, decide_cut_off
 from switchboard_operator.drains import DrainLedger
 from switchboard_operator.kube import (
     KubeApi,
@@ -271,6 +272,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             log.info("scaled", extra={"pool": key, "from": replicas, "to": decision.replicas})
 
         await _update_costs(ctx, namespace, pods, terminating, live, memo, now)
+        await _replace_cut_off(ctx, namespace, key, pods, terminating, memo, body, now)
         ready = {p["metadata"]["name"] for p in pods if _pod_ready(p)} - terminating
         balance = await _rebalance(ctx, key, pool, ready, live, draining, decision.replicas, body)
         last_rebalance = _now_iso() if balance.sheds else status.get("lastRebalanceTime")
@@ -342,6 +344,58 @@ async def _update_costs(
             continue
         last_patched[pod] = now
         ctx.metrics.cost_patches += 1
+
+
+async def _replace_cut_off(
+    ctx: Context,
+    namespace: str,
+    key: str,
+    pods: list[dict[str, Any]],
+    terminating: set[str],
+    memo: kopf.Memo,
+    body: Any,
+    now: float,
+) -> None:
+    """Delete a pod that went silent while its peers report (cutoff.py decides)."""
+    silence = ctx.backbone.edge_silence()
+    reports = {
+        p["metadata"]["name"]: PodReport(
+            p["metadata"]["name"] in terminating, silence.get(p["metadata"]["name"])
+        )
+        for p in pods
+    }
+    after = ctx.settings.cut_off_after_s
+    policy = CutOffPolicy(after, ctx.backbone.stale_after_s, after)
+    last: float | None = memo.get("cut_off_at")
+    decided = decide_cut_off(reports, policy, None if last is None else now - last)
+    if decided.reason in ("backbone-silent", "pausing") and memo.get("cut_off_seen") != (
+        decided.reason,
+        decided.silent,
+    ):
+        log.warning(
+            "edge pods silent, not replaced (%s)",
+            decided.reason,
+            extra={"pool": key, "silent": list(decided.silent)},
+        )
+    memo["cut_off_seen"] = (decided.reason, decided.silent)
+    pod = decided.replace
+    if pod is None:
+        return
+    uid = next(p["metadata"].get("uid", "") for p in pods if p["metadata"]["name"] == pod)
+    silent_s = silence[pod]
+    try:
+        await ctx.kube.delete_pod(namespace, pod, uid)
+    except KubeError as exc:
+        log.warning("silent edge pod not deleted: %s", exc, extra={"pod": pod, "pool": key})
+        return
+    memo["cut_off_at"] = now
+    ctx.metrics.cut_off_replacements += 1
+    message = (
+        f"deleted {pod}: no stats for {silent_s:.0f} s while other pods of the pool report "
+        "(cut off from NATS, or hung); its clients move and the Deployment replaces it"
+    )
+    kopf.warn(body, reason="ReplacedSilentPod", message=message)
+    log.warning("silent edge pod replaced", extra={"pod": pod, "pool": key, "silent_s": silent_s})
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:

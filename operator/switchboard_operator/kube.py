@@ -197,6 +197,22 @@ class KubeApi:
             _content_type=MERGE_PATCH,
         )
 
+    async def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """Delete one pod, only if it is still the pod seen (`uid`: not a namesake that
+        replaced it); already gone is fine. Its grace period is its own."""
+        api = k8s.CoreV1Api(self.client)
+        try:
+            await self._call(
+                f"delete pod {name}",
+                api.delete_namespaced_pod,
+                name,
+                namespace,
+                body=k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid)),
+            )
+        except KubeError as exc:
+            if exc.status not in (404, 409):
+                raise
+
     async def names(self, namespace: str, plural: str, labels: Mapping[str, str]) -> list[str]:
         """Names of this namespace's switchboard.dev objects of a kind carrying `labels`."""
         api = k8s.CustomObjectsApi(self.client)

@@ -28,6 +28,7 @@ class OperatorMetrics:
     drain_grants: int = 0
     shed_requests: int = 0  # pods asked to shed
     shed_connections: int = 0  # connections they were asked to move
+    cut_off_replacements: int = 0  # silent edge pods deleted while their peers reported
     pool_imbalance: dict[str, float] = field(default_factory=dict)
     pool_connections: dict[str, int] = field(default_factory=dict)
     pool_desired: dict[str, int] = field(default_factory=dict)
@@ -76,6 +77,11 @@ class OperatorCollector(Collector):
             ("drain_grants", m.drain_grants, "Drain pace grants answered."),
             ("shed_requests", m.shed_requests, "Sheds asked of hot pods (rebalancing)."),
             ("shed_connections", m.shed_connections, "Connections hot pods were asked to move."),
+            (
+                "cut_off_replacements",
+                m.cut_off_replacements,
+                "Edge pods deleted for going silent while their peers reported.",
+            ),
         ):
             yield CounterMetricFamily(PREFIX + name, doc, value=count)
         gauges: tuple[tuple[str, str, Mapping[str, float], str], ...] = (

@@ -60,8 +60,9 @@ REQUIRED: tuple[Permission, ...] = (
     Permission(
         "",
         "pods",
-        ("get", "list", "patch"),
-        "find the edge pods and keep pod-deletion-cost equal to their connections",
+        ("get", "list", "patch", "delete"),
+        "find the edge pods, keep pod-deletion-cost equal to their connections, "
+        "and delete one cut off from NATS",
     ),
     Permission(
         "",

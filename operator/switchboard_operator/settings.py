@@ -66,6 +66,14 @@ class OperatorSettings(ComponentSettings):
     deletion_cost_min_interval_s: float = Field(
         10.0, ge=0, description="At most one deletion-cost patch per pod per this interval."
     )
+    cut_off_after_s: float = Field(
+        30.0,
+        ge=0,
+        description="An edge pod whose stats have not arrived for this long, while another "
+        "pod of its pool reports, is cut off from NATS (or hung): it is deleted so its "
+        "clients move and the Deployment replaces it; one per pool per this interval "
+        "(0: never).",
+    )
     log_level: LogLevel = "INFO"
 
     @model_validator(mode="after")

@@ -138,9 +138,19 @@ async def test_tls_clients_and_verified_routes_with_roles(tmp_path: Path) -> Non
         nc = await nats.connect(f"nats://127.0.0.1:{port}", **connect_options(trusted))
         assert nc.connected_url is not None
         sub = await nc.subscribe("sb.ch.tls")
+        await nc.flush()
         other = await nats.connect(f"nats://127.0.0.1:{servers[2][0]}", **connect_options(trusted))
-        await other.publish("sb.ch.tls", b'"over a verified route"')
-        msg = await sub.next_msg(5)
+        # The subscription's interest reaches the third server over the route a moment
+        # later (longer on a busy machine): until then it drops what is published there.
+        # So publish until one arrives, bounded.
+        async with asyncio.timeout(20):
+            while True:
+                await other.publish("sb.ch.tls", b'"over a verified route"')
+                try:
+                    msg = await sub.next_msg(0.5)
+                    break
+                except nats.errors.TimeoutError:
+                    continue
         assert msg.data == b'"over a verified route"'
         await other.close()
         await nc.close()

@@ -45,6 +45,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -150,6 +151,61 @@ async def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: flo
         await asyncio.sleep(0.1)
 
 
+class NatsLink:
+    """One edge pod's own TCP path to NATS, which a test can cut: a network partition
+    of that pod alone (the others keep theirs). Cut, it closes its connections and
+    refuses new ones until it is mended."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+        self.is_cut = False
+
+    async def start(self) -> NatsLink:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def cut(self) -> None:
+        self.is_cut = True
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    def mend(self) -> None:
+        self.is_cut = False
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.cut()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.is_cut:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            self._writers -= {writer, up_writer}
+
+
+def through_link(nats_url: str, link_port: int) -> str:
+    """`nats_url` (one server) pointed at a NatsLink's port, the rest kept."""
+    parts = urllib.parse.urlsplit(nats_url)
+    assert "," not in nats_url and parts.hostname, f"one NATS server expected: {nats_url}"
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@127.0.0.1:{link_port}" if userinfo else f"127.0.0.1:{link_port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 @dataclass
 class RunningPod:
     pod: str
@@ -168,6 +224,8 @@ class StandInKubelet:
     kubeconfig_for: Callable[[str], Path]  # ServiceAccount name → its kubeconfig
     components: tuple[str, ...] = ("edge", "cleanup")
     drain_wait_s: float = 60.0
+    nats_links: bool = False  # each edge pod reaches NATS through its own NatsLink
+    links: dict[str, NatsLink] = field(default_factory=dict)  # edge pod → its link
     running: dict[str, RunningPod] = field(default_factory=dict)
     exit_codes: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -207,6 +265,8 @@ class StandInKubelet:
         )
         for pod in await self._pods():
             await self._release(pod["metadata"]["name"])
+        for link in self.links.values():
+            link.close()
 
     async def _pods(self) -> list[dict[str, Any]]:
         pods: list[dict[str, Any]] = []
@@ -263,6 +323,12 @@ class StandInKubelet:
             ready_url = readiness_url(container, env, ports)
             env |= {"SB_EDGE_HOST": "127.0.0.1", "SB_EDGE_ADMIN_HOST": "127.0.0.1"}
             env |= {variable: str(port) for variable, port in ports.items()}
+            if self.nats_links:
+                upstream = urllib.parse.urlsplit(env["SB_EDGE_NATS_URL"])
+                assert upstream.hostname and upstream.port, env["SB_EDGE_NATS_URL"]
+                link = await NatsLink(upstream.hostname, upstream.port).start()
+                self.links[name] = link
+                env["SB_EDGE_NATS_URL"] = through_link(env["SB_EDGE_NATS_URL"], link.port)
         with (self.log_dir / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
                 [sys.executable, "-m", "switchboard", *args], env=env, stdout=log, stderr=log
@@ -310,6 +376,9 @@ class StandInKubelet:
         code = await asyncio.to_thread(stop_process, running.process, self.drain_wait_s)
         self.exit_codes[running.pod] = code
         del self.running[running.pod]
+        link = self.links.pop(running.pod, None)
+        if link is not None:
+            link.close()
         await self._release(running.pod)
 
     async def _release(self, name: str) -> None:

@@ -74,6 +74,7 @@ BUDGET = 10  # edgePool.drain.reconnectsPerSecond, fleet-wide
 TARGET = 10  # edgePool.targetConnectionsPerPod
 JITTER_MS = 300  # edge reconnect_jitter_ms: clients wait 0..this before reconnecting
 END = "end"
+CUT_OFF_S = 8  # operator cut_off_after_s: a pod silent this long while others report goes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -106,6 +107,7 @@ def chart_values(nats_url: str, rollout: str = "1") -> dict[str, Any]:
                 "status_interval_s": 1,
                 "deletion_cost_min_change": 1,
                 "deletion_cost_min_interval_s": 1,
+                "cut_off_after_s": CUT_OFF_S,
             }
         },
     }
@@ -184,6 +186,7 @@ async def stack(
                     RELEASE_LABELS,
                     logs,
                     partial(control_plane.kubeconfig_for_service_account, NS),
+                    nats_links=True,
                 ) as kubelet,
                 ServiceProxy(kubelet) as proxy,
                 run_operator(
@@ -488,6 +491,83 @@ async def _collect(client: ResilientClient, moves: list[float]) -> list[int]:
         if msg["type"] == "reconnect":
             moves.append(time.monotonic())
         elif msg["type"] == "event":
+            if msg["payload"]["data"] == END:
+                break
+            got.append(msg["payload"]["data"])
+    return got
+
+
+async def test_an_edge_cut_off_from_nats_is_replaced_and_its_clients_move(stack: Stack) -> None:
+    """One edge pod loses its path to NATS, alone, and it stays lost (a partition of
+    that pod). Its clients' sockets stay open but nothing reaches them, and the edge
+    cannot tell this from an outage of all of NATS; its stats stop. The operator sees
+    the other pod report, deletes the silent one; its edge drains (`reconnect` + 1001)
+    though it cannot ask for a pace, its clients move to the other pod and receive
+    again, and the Deployment replaces the pod."""
+    names = await eventually(lambda: stack.running(2), timeout=90)
+    clients = [
+        ResilientClient([stack.proxy.ws_url], _token_source(stack, 100 + i)) for i in range(6)
+    ]
+    for client in clients:
+        await client.start()
+        await client.subscribe("flow:room")
+    on = {c: (c.client.welcome if c.client else {}).get("node") for c in clients}
+    victim = names[0]
+    stranded = [c for c, pod in on.items() if pod == victim]
+    assert stranded and set(on.values()) == set(names), on
+    replaced_before = stack.operator.metrics()[f"{METRIC}_cut_off_replacements_total"]
+
+    stack.kubelet.links[victim].cut()
+    cut_at = time.monotonic()
+    deleted = await eventually(lambda: _deleting(stack, victim), timeout=CUT_OFF_S + 30)
+    waited = time.monotonic() - cut_at
+    # Not before the pod had been silent for the operator's cut_off_after_s.
+    assert waited >= CUT_OFF_S - 1, waited
+    assert deleted
+    assert stack.operator.metrics()[f"{METRIC}_cut_off_replacements_total"] == (replaced_before + 1)
+    # Its edge drains and exits cleanly, and every client is served again.
+    await eventually(lambda: _exited(stack, victim), timeout=60)
+    assert stack.kubelet.exit_codes[victim] == 0
+    publisher = await nats.connect(stack.nats.url)
+    try:
+
+        async def everyone_receives() -> bool:
+            await publisher.publish("sb.ch.flow.room", json.dumps("after the cut").encode())
+            return all(c.connections >= 2 for c in stranded)
+
+        await eventually(everyone_receives, timeout=60)
+        await publisher.publish("sb.ch.flow.room", json.dumps(END).encode())
+        got = await asyncio.wait_for(
+            asyncio.gather(*(_collect_any(c) for c in clients)), timeout=60
+        )
+    finally:
+        await publisher.close()
+    assert all("after the cut" in data for data in got), got
+    assert all((c.client.welcome if c.client else {}).get("node") != victim for c in clients)
+    events = await stack.admin.get(f"/api/v1/namespaces/{NS}/events")
+    reasons = [e for e in events["items"] if e.get("reason") == "ReplacedSilentPod"]
+    assert reasons and victim in reasons[-1]["message"], reasons
+    # The Deployment replaced it; the other pod was never touched.
+    now = await eventually(lambda: stack.running(2), timeout=90)
+    assert victim not in now and names[1] in now
+    for client in clients:
+        await client.close()
+
+
+async def _deleting(stack: Stack, pod: str) -> bool:
+    current = await stack.admin.get(pod_path(NS, pod))
+    return current is None or bool(current["metadata"].get("deletionTimestamp"))
+
+
+async def _exited(stack: Stack, pod: str) -> bool:
+    return pod in stack.kubelet.exit_codes
+
+
+async def _collect_any(client: ResilientClient) -> list[Any]:
+    """Event data until the END marker."""
+    got: list[Any] = []
+    async for msg in client.events():
+        if msg["type"] == "event":
             if msg["payload"]["data"] == END:
                 break
             got.append(msg["payload"]["data"])
