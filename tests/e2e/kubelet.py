@@ -28,6 +28,10 @@ port `SB_EDGE_PORT` and the admin port `SB_EDGE_ADMIN_PORT`, gets its own), the
 readiness probe is asked until it first passes rather than in a loop, and no image
 or preStop hook runs (SIGTERM starts the same drain the preStop hook would).
 
+With `nats_links`, each edge pod reaches NATS through a `NatsLink` of its own (its
+`SB_EDGE_NATS_URL` pointed at it), which a test can cut: a network partition of that
+pod alone, which a node's network, not its kubelet, would cause.
+
 `ServiceProxy` does what a Service's kube-proxy rules would: one stable address
 that spreads new TCP connections over the Ready, not-terminating edge pods. It
 also timestamps every accepted connection, which is how the tests measure the
