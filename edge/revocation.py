@@ -74,6 +74,15 @@ class Revocations:
             return False
         return claims.iat is None or claims.iat < before
 
+    def prune(self, now: float) -> int:
+        """Forget the revocations every covered token has outlived (`before` + the TTL):
+        NATS drops its entries silently, so without this an edge would keep those of
+        users who never come back until it restarts. How many went."""
+        gone = [user for user, before in self._before.items() if now > before + self._ttl_s]
+        for user in gone:
+            del self._before[user]
+        return len(gone)
+
     def check(self, claims: Claims) -> Claims:
         """`claims`, or TokenRevoked."""
         if self._before and self.revoked(claims):

@@ -51,6 +51,7 @@ from switchboard.contract.tokens import Claims, TokenVerifier
 log = logging.getLogger("switchboard.edge.server")
 
 WS_PATH = "/v1/ws"
+REVOCATION_PRUNE_S = 60.0  # how often revocations every token has outlived are forgotten
 
 
 def limits_of(settings: EdgeSettings) -> Limits:
@@ -191,13 +192,17 @@ class EdgeServer:
 
     async def _sweep(self) -> None:
         """Periodic checks of every connection: slow consumers, keepalive pings and
-        token expiry."""
+        token expiry; and, once a minute, revocations every token has outlived."""
         settings = self.settings
         period = min(0.5, settings.slow_consumer_grace_s / 2, settings.ping_timeout_s / 2)
         loop = asyncio.get_running_loop()
+        pruned_at = loop.time()
         while True:
             await asyncio.sleep(period)
             now, wall = loop.time(), time.time()
+            if now - pruned_at >= REVOCATION_PRUNE_S:
+                pruned_at = now
+                self.node.revocations.prune(wall)
             interval, timeout = settings.ping_interval_s, settings.ping_timeout_s
             for conn in tuple(self.connections):
                 try:

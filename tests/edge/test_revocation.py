@@ -90,3 +90,16 @@ async def test_a_revocation_closes_the_users_connections_with_4003() -> None:
     watch.cancel()
     for member in (alice, alice_too, bob):
         await member.finish()
+
+
+def test_prune_forgets_what_every_covered_token_has_outlived() -> None:
+    """NATS drops expired entries without telling the edge: the sweep forgets those whose
+    `before` + TTL has passed (no token they covered is still valid), and only those."""
+    revocations = Revocations(TTL_S, lambda user: None)
+    revocations.apply(entry_key("old"), entry_value(BEFORE))
+    revocations.apply(entry_key("new"), entry_value(BEFORE + 100))
+    assert revocations.prune(BEFORE + TTL_S) == 0  # not past yet
+    assert revocations.prune(BEFORE + TTL_S + 1) == 1
+    assert len(revocations) == 1
+    assert revocations.revoked(claims("new", iat=BEFORE), BEFORE + TTL_S + 1)
+    assert revocations.prune(BEFORE + 100 + TTL_S + 1) == 1 and len(revocations) == 0
