@@ -21,7 +21,7 @@ from switchboard.contract.codes import CloseCode
 REPLAY_BATCH_BYTES = 256 * 1024  # read from the stream per batch, at the largest message size
 REPLAY_BATCH_MAX = 256  # messages per batch
 REPLAY_WAIT_S = 1.0  # for a batch the stream does not have yet
-REPLAY_EMPTY_TRIES = 3  # empty batches before the replay stops looking for the rest
+REPLAY_EMPTY_TRIES = 3  # empty batches, while behind the live feed, before giving up
 
 
 class Sink(Protocol):
@@ -153,8 +153,10 @@ class Recovery:
                     deliveries = await cursor.fetch(batch, REPLAY_WAIT_S)
                     empty = 0 if deliveries else empty + 1
                     if empty >= REPLAY_EMPTY_TRIES:
-                        sink.log.warning("replay of %s found nothing more; going live", channel)
-                        break
+                        # The feed handed out events the stream does not give back (a
+                        # JetStream too slow to answer, or the stream replaced): going
+                        # live now would skip them. The client resumes from what it has.
+                        raise Unavailable("the stream gave nothing the live feed had")
                     for delivery in deliveries:
                         await self._replay_one(channel, delivery, epoch, sink)
             except Unavailable as exc:

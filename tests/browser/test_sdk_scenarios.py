@@ -142,7 +142,12 @@ async def everything_arrived(page: Any, backend: Backend) -> dict[str, Any]:
     """Stop publishing; the page's log once it holds as many events as were acked."""
     acked = await backend.stop()
     assert len(acked) > 50, "the backend kept publishing through the scenario"
-    await wait_js(page, f"window.sbLog.hist.length >= {len(acked)}")
+    try:
+        await wait_js(page, f"window.sbLog.hist.length >= {len(acked)}")
+    except AssertionError as exc:
+        hist = (await page_log(page))["hist"]
+        missing = [n for n in acked if n not in hist]
+        raise AssertionError(f"missing {missing} of {len(acked)} acked; {exc}") from None
     await asyncio.sleep(0.3)  # a duplicate would come now
     log = await page_log(page)
     assert log["hist"] == acked, f"lost, duplicated or out of order: {summary(log)}"

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
+import pytest
+
+from edge import replay
 from edge.control import Control
 from edge.memory import MemoryBackbone
 from switchboard.contract.channels import channel_subject
@@ -102,6 +106,55 @@ async def test_a_replay_hands_over_to_live_events_without_a_gap_or_a_repeat() ->
     assert [f["payload"]["data"] for f in link.of_type("event")] == list(range(11, 81))
     assert alice.recovery.replayed_to("chat") is None  # back to live
     await alice.finish()
+    await bob.finish()
+
+
+async def test_a_replay_the_stream_stops_answering_closes_instead_of_skipping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The live feed has handed out events the stream will not give the replay (a
+    JetStream too busy to answer, or a replaced stream). Going live would skip them
+    without a word; the client is closed with 1013 `recovery interrupted` instead and
+    resumes from the last event it got, which is the end of a gap-free prefix."""
+    monkeypatch.setattr(replay, "REPLAY_WAIT_S", 0.01)
+    backbone = MemoryBackbone()
+    node = make_node(backbone)
+    stream = keep_history(node, backbone, "chat")
+    subject = channel_subject(node.settings.subject_prefix, "chat")
+    await store(backbone, stream, subject, range(1, 21))
+    epoch = await backbone.stream_epoch(stream)
+    bob = await join(node, "bob")  # live on the channel: the feed runs ahead
+    await send(bob, "subscribe", {"channel": "chat"})
+    opened = backbone.open_cursor
+
+    async def stalling(stream: str, subject: str, start: int) -> Any:
+        cursor = await opened(stream, subject, start)
+        first = await cursor.fetch(5, 0.01)  # one batch, then the stream stops answering
+
+        class Stalled:
+            async def fetch(self, max_msgs: int, wait_s: float) -> list[Any]:
+                nonlocal first
+                out, first = first, []
+                return out
+
+            async def close(self) -> None:
+                await cursor.close()
+
+        return Stalled()
+
+    monkeypatch.setattr(backbone, "open_cursor", stalling)
+    alice = await join(node, "alice")
+    since = {"offset": 10, "epoch": epoch}
+    subscribing = asyncio.create_task(send(alice, "subscribe", {"channel": "chat", "since": since}))
+    for n in range(21, 31):  # live, handed to bob, left to alice's replay
+        await backbone.stream_publish(subject, json.dumps(n).encode(), {}, stream)
+        await asyncio.sleep(0)
+    await subscribing
+    link = link_of(alice)
+    await settle(lambda: link.closed is not None)
+    assert link.closed == (CloseCode.TRY_AGAIN_LATER, "recovery interrupted")
+    offsets = [f["payload"]["offset"] for f in link.of_type("event")]
+    assert offsets == list(range(11, 16))  # the one batch, and nothing after a hole
     await bob.finish()
 
 
