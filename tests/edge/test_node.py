@@ -16,6 +16,7 @@ import pytest
 from edge import replay
 from edge.control import Control
 from edge.memory import MemoryBackbone
+from edge.node import Member, Node
 from switchboard.contract.channels import channel_subject
 from switchboard.contract.codes import CloseCode
 from switchboard.contract.messages import DrainGrant, EdgeStats
@@ -77,16 +78,25 @@ async def test_a_backbone_return_tells_plain_channels_of_the_gap_and_not_history
     await alice.finish()
 
 
-async def test_a_replay_hands_over_to_live_events_without_a_gap_or_a_repeat() -> None:
+async def history_with_a_live_member(
+    stored: range,
+) -> tuple[MemoryBackbone, Node, str, str, str, Member]:
+    """A node whose `chat` keeps history with `stored` in it, and bob subscribed live,
+    so the hub's feed runs ahead of any replay: backbone, node, stream, subject,
+    epoch and bob."""
     backbone = MemoryBackbone()
     node = make_node(backbone)
     stream = keep_history(node, backbone, "chat")
     subject = channel_subject(node.settings.subject_prefix, "chat")
-    await store(backbone, stream, subject, range(1, 51))
+    await store(backbone, stream, subject, stored)
     epoch = await backbone.stream_epoch(stream)
-    # someone is live on the channel already, so the hub's feed runs ahead of the replay
     bob = await join(node, "bob")
     await send(bob, "subscribe", {"channel": "chat"})
+    return backbone, node, stream, subject, epoch, bob
+
+
+async def test_a_replay_hands_over_to_live_events_without_a_gap_or_a_repeat() -> None:
+    backbone, node, stream, subject, epoch, bob = await history_with_a_live_member(range(1, 51))
 
     alice = await join(node, "alice")
     since = {"offset": 10, "epoch": epoch}
@@ -117,14 +127,7 @@ async def test_a_replay_the_stream_stops_answering_closes_instead_of_skipping(
     without a word; the client is closed with 1013 `recovery interrupted` instead and
     resumes from the last event it got, which is the end of a gap-free prefix."""
     monkeypatch.setattr(replay, "REPLAY_WAIT_S", 0.01)
-    backbone = MemoryBackbone()
-    node = make_node(backbone)
-    stream = keep_history(node, backbone, "chat")
-    subject = channel_subject(node.settings.subject_prefix, "chat")
-    await store(backbone, stream, subject, range(1, 21))
-    epoch = await backbone.stream_epoch(stream)
-    bob = await join(node, "bob")  # live on the channel: the feed runs ahead
-    await send(bob, "subscribe", {"channel": "chat"})
+    backbone, node, stream, subject, epoch, bob = await history_with_a_live_member(range(1, 21))
     opened = backbone.open_cursor
 
     async def stalling(stream: str, subject: str, start: int) -> Any:
