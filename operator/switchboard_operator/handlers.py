@@ -390,6 +390,7 @@ async def _replace_cut_off(
         return
     memo["cut_off_at"] = now
     ctx.metrics.cut_off_replacements += 1
+    tracing.replaced_silent_pod(key, pod, silent_s, decided.silent)
     message = (
         f"deleted {pod}: no stats for {silent_s:.0f} s while other pods of the pool report "
         "(cut off from NATS, or hung); its clients move and the Deployment replaces it"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ParamSpec, TypeVar
 
@@ -90,6 +90,19 @@ def scaling_decision(
     }
     attributes.update({f"switchboard.scaling.{k}": v for k, v in limits.items()})
     telemetry.tracer(TRACER_NAME).start_span("scale EdgePool", attributes=attributes).end()
+
+
+def replaced_silent_pod(pool: str, pod: str, silent_s: float, silent: Sequence[str]) -> None:
+    """Record the deletion of an edge pod cut off from NATS (cutoff.py decided)."""
+    if not telemetry.enabled():
+        return
+    attributes: dict[str, Any] = {
+        "switchboard.edgepool": pool,
+        "switchboard.pod": pod,
+        "switchboard.cut_off.silent_seconds": round(silent_s, 1),
+        "switchboard.cut_off.silent_pods": list(silent),
+    }
+    telemetry.tracer(TRACER_NAME).start_span("replace silent pod", attributes=attributes).end()
 
 
 def grant_span(

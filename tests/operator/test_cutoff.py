@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from switchboard import telemetry
+from switchboard_operator import tracing
 from switchboard_operator.cutoff import CutOffPolicy, PodReport, decide_cut_off
 
 POLICY = CutOffPolicy(after_s=30, fresh_s=10, pause_s=60)
@@ -86,3 +91,22 @@ def test_zero_disables() -> None:
     off = CutOffPolicy(after_s=0, fresh_s=10, pause_s=60)
     decided = decide_cut_off(reports(a=1000, b=1), off, None)
     assert (decided.replace, decided.reason) == (None, "disabled")
+
+
+def test_a_replacement_is_a_span_naming_the_pod_and_why() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.use(provider)
+    try:
+        tracing.replaced_silent_pod("ns/edge", "edge-a", 31.26, ("edge-a", "edge-b"))
+    finally:
+        telemetry.shutdown()  # the tests after this one run untraced again
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "replace silent pod"
+    assert dict(span.attributes or {}) == {
+        "switchboard.edgepool": "ns/edge",
+        "switchboard.pod": "edge-a",
+        "switchboard.cut_off.silent_seconds": 31.3,
+        "switchboard.cut_off.silent_pods": ("edge-a", "edge-b"),
+    }
