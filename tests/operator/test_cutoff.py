@@ -93,15 +93,15 @@ def test_zero_disables() -> None:
     assert (decided.replace, decided.reason) == (None, "disabled")
 
 
-def test_a_replacement_is_a_span_naming_the_pod_and_why() -> None:
+def test_a_replacement_is_a_span_naming_the_pod_and_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A provider of the test's own: OpenTelemetry's global one can be set only once per
+    process, and another test may have set it already."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    telemetry.use(provider)
-    try:
-        tracing.replaced_silent_pod("ns/edge", "edge-a", 31.26, ("edge-a", "edge-b"))
-    finally:
-        telemetry.shutdown()  # the tests after this one run untraced again
+    monkeypatch.setattr(telemetry, "enabled", lambda: True)
+    monkeypatch.setattr(telemetry, "tracer", provider.get_tracer)
+    tracing.replaced_silent_pod("ns/edge", "edge-a", 31.26, ("edge-a", "edge-b"))
     (span,) = exporter.get_finished_spans()
     assert span.name == "replace silent pod"
     assert dict(span.attributes or {}) == {
