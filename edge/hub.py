@@ -234,15 +234,25 @@ class Hub:
                     epoch = await self.epoch(stream)
                     start = await self._backbone.stream_last_offset(stream, subject)
                     topic = _Topic(channel, None, epoch, stream, delivered=start)
-                    topic.handle = await self._backbone.subscribe_stream(
-                        subject, stream, lambda d: deliver(channel, subject, d), start=start + 1
-                    )
+                    # Found before its consumer exists: what the consumer hands on
+                    # while `subscribe_stream` is still awaited counts in `delivered`,
+                    # so a replay reads it from the stream. Not found, it was lost to
+                    # a client recovering from just before it.
+                    self._topics[subject] = topic
+                    try:
+                        topic.handle = await self._backbone.subscribe_stream(
+                            subject, stream, lambda d: deliver(channel, subject, d), start=start + 1
+                        )
+                    except BaseException:
+                        if self._topics.get(subject) is topic and not topic.members:
+                            del self._topics[subject]
+                        raise
                 else:
                     handle = await self._backbone.subscribe(
                         subject, lambda d: deliver(channel, subject, d)
                     )
                     topic = _Topic(channel, handle, None)
-                self._topics[subject] = topic
+                    self._topics[subject] = topic
             topic.members.add(member)
 
     async def _leave(self, subject: str, member: Member) -> None:
@@ -334,15 +344,17 @@ class Hub:
 
     def _deliver(self, channel: str, subject: str, delivery: Delivery) -> None:
         topic = self._topics.get(subject)
-        if topic is None or not topic.members:
-            return
-        if delivery.headers and DISCONNECT_HEADER in delivery.headers:
-            self._disconnect(topic, delivery)
+        if topic is None:
             return
         if delivery.offset is not None:
             if topic.delivered is not None and delivery.offset <= topic.delivered:
                 return  # a rebuilt consumer's repeat: members have it already
-            topic.delivered = delivery.offset
+            topic.delivered = delivery.offset  # also with no member yet (`_join`)
+        if not topic.members:
+            return
+        if delivery.headers and DISCONNECT_HEADER in delivery.headers:
+            self._disconnect(topic, delivery)
+            return
         span = tracing.start_delivery(delivery.subject, delivery.headers, self._pod)
         try:
             data = decode_data(delivery.data)

@@ -161,6 +161,51 @@ async def test_a_replay_the_stream_stops_answering_closes_instead_of_skipping(
     await bob.finish()
 
 
+class PublishWhileSubscribing(MemoryBackbone):
+    """A publish that lands while the edge's stream consumer is being made, and the
+    consumer hands it on before `subscribe_stream` returns: as JetStream may push
+    its first messages before the answer to the consumer's creation arrives."""
+
+    landing: tuple[str, str, int] | None = None  # subject, stream, n
+
+    async def subscribe_stream(self, subject: str, stream: str, handler: Any, *, start: int) -> Any:
+        if self.landing is not None:
+            subject_, stream_, n = self.landing
+            self.landing = None
+            await self.stream_publish(subject_, json.dumps(n).encode(), {}, stream_)
+        handle = await super().subscribe_stream(subject, stream, handler, start=start)
+        await asyncio.sleep(0)  # the first pushes come before the answer
+        return handle
+
+
+async def test_an_event_stored_while_the_edge_subscribes_reaches_a_recovering_client() -> None:
+    # The first member of a history channel on an edge, up to date with the stream as
+    # the edge finds it, and an event stored while the edge's consumer is made: there
+    # is nothing to replay, so that event must come live.
+    backbone = PublishWhileSubscribing()
+    node = make_node(backbone)
+    stream = keep_history(node, backbone, "chat")
+    subject = channel_subject(node.settings.subject_prefix, "chat")
+    await store(backbone, stream, subject, range(1, 11))
+    epoch = await backbone.stream_epoch(stream)
+    backbone.landing = (subject, stream, 11)
+    alice = await join(node, "alice")
+    await send(alice, "subscribe", {"channel": "chat", "since": {"offset": 10, "epoch": epoch}})
+    await backbone.stream_publish(subject, b"12", {}, stream)  # and live goes on
+    await settle(lambda: len(link_of(alice).of_type("event")) >= 2, timeout_s=2)
+    await asyncio.sleep(0.05)  # anything repeated would arrive now
+
+    link = link_of(alice)
+    assert link.of_type("ack")[0]["payload"] == {
+        "channel": "chat",
+        "offset": 11,
+        "epoch": epoch,
+        "recovered": True,
+    }
+    assert [f["payload"]["data"] for f in link.of_type("event")] == [11, 12]
+    await alice.finish()
+
+
 async def test_a_replay_older_than_the_history_is_told_it_did_not_recover() -> None:
     backbone = MemoryBackbone()
     node = make_node(backbone)

@@ -10,7 +10,9 @@ which does not read is still evicted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +26,7 @@ from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client, Closed
 from switchboard.client.resilient import ResilientClient
 from tests.conftest import Edge, EdgeFactory, token
-from tests.integration.helpers import channel_cli, scrape_metrics, wait_for
+from tests.integration.helpers import channel_cli, next_event, scrape_metrics, wait_for
 
 HISTORY = 1000  # events kept per channel
 DATA_BYTES = 60_000  # near the largest message an edge takes from a client (64 KiB)
@@ -247,3 +249,65 @@ async def test_a_drain_mid_recovery_resumes_from_what_was_replayed(
     assert got == offsets
     await resilient.close()
     doomed.stop()
+
+
+LIVE_EDGE = """\
+apiVersion: switchboard.dev/v1alpha1
+kind: Channel
+metadata: {name: liveedge}
+spec:
+  history: {size: 10000, ttl: 10m}
+"""
+
+
+async def following_nothing(edge: Edge) -> None:
+    async with asyncio.timeout(5):
+        while (await asyncio.to_thread(scrape_metrics, edge))["sb_edge_subscriptions"]:
+            await asyncio.sleep(0.01)
+
+
+async def test_recovering_at_the_live_edge_on_an_edge_new_to_the_channel_loses_nothing(
+    nats_server: NatsServer, edge_factory: EdgeFactory
+) -> None:
+    """A client back from a drain lands, alone, on an edge that then starts to follow
+    the channel, with `since` at the newest event, and events are stored while it
+    subscribes: the replay ends at once and the live feed takes over. Repeated, at
+    varied timings, because the hole this once had (an event stored while the
+    edge's consumer was being made, dropped before the hand-over) needs an event
+    to land in a window of a millisecond or two."""
+    await asyncio.to_thread(channel_cli, nats_server, "apply", "-f", "-", stdin=LIVE_EDGE)
+    await asyncio.sleep(0.5)  # the edges have read the config
+    edge = edge_factory.start("live-edge")
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    rng = random.Random(7)
+    try:
+        newest = (await js.publish("sb.ch.liveedge.x", b'{"n": 0}')).seq
+        probe = await Client.connect(edge.ws_url, token=token("prober"))
+        epoch = (await probe.subscribe("liveedge:x"))["epoch"]
+        await probe.close()
+        holes: list[dict[str, Any]] = []
+        for attempt in range(200):
+            client = await Client.connect(edge.ws_url, token=token(f"back-{attempt}"))
+            since = newest
+            subscribing = asyncio.create_task(
+                client.subscribe("liveedge:x", since={"offset": since, "epoch": epoch})
+            )
+            delay = rng.uniform(0, 0.006)
+            await asyncio.sleep(delay)
+            for n in range(3):  # stored before, while or after the edge subscribes
+                newest = (await js.publish("sb.ch.liveedge.x", b'{"n": %d}' % n)).seq
+            assert (await subscribing)["recovered"] is True
+            offsets: list[int] = []
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    while not offsets or offsets[-1] < newest:
+                        offsets.append((await next_event(client))["payload"]["offset"])
+            if offsets != list(range(since + 1, newest + 1)):
+                ms = round(delay * 1000, 2)
+                holes.append({"attempt": attempt, "ms": ms, "since": since, "got": offsets})
+            await client.close()
+            await following_nothing(edge)  # so the next client makes it follow anew
+        assert holes == []
+    finally:
+        await nc.close()
