@@ -37,6 +37,10 @@ from switchboard_operator import channelstore, tracing
 
 log = logging.getLogger("switchboard.operator.backbone")
 
+# A report this old is forgotten: its pod is long gone (a live pod that silent was
+# replaced long before, and is still judged by when it started: cutoff.report_of).
+FORGET_AFTER_S = 3600.0
+
 
 # (pod, connections) → the pace granted, or None to stay silent (not ours to answer).
 GrantFn = Callable[[str, int], Awaitable[float | None]]
@@ -65,6 +69,7 @@ class OperatorBackbone:
         self._stale_after_s = stale_after_s
         self._nc: Client | None = None
         self._edges: dict[str, tuple[EdgeStats, float]] = {}  # pod → last report, read when
+        self._watching_since: float | None = None  # the first watch of `sb_edges` began
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = 0  # the last pace sequence number handed out
 
@@ -150,9 +155,19 @@ class OperatorBackbone:
 
     def edge_silence(self) -> dict[str, float]:
         """Seconds since each edge's last report, the stale ones included (an entry
-        leaves only when its edge deletes it on the way out)."""
+        leaves when its edge deletes it on the way out, or after FORGET_AFTER_S: a
+        pod gone without a word, whose name never comes back)."""
         now = time.monotonic()
+        for pod in [p for p, (_, at) in self._edges.items() if now - at > FORGET_AFTER_S]:
+            del self._edges[pod]
         return {pod: now - received for pod, (_, received) in self._edges.items()}
+
+    @property
+    def watching_s(self) -> float:
+        """Since this operator began to watch edge reports (0 before): a pod it has
+        not heard from in that time may have reported before it."""
+        since = self._watching_since
+        return 0.0 if since is None else time.monotonic() - since
 
     async def _follow_edges(self) -> None:
         """Keep `_edges` current from a KV watch; restart it whenever it breaks."""
@@ -160,6 +175,8 @@ class OperatorBackbone:
             try:
                 kv = await self.client.jetstream().key_value(EDGES_BUCKET)
                 watcher = await kv.watchall()
+                if self._watching_since is None:
+                    self._watching_since = time.monotonic()
                 async for entry in watcher:
                     if entry is None:
                         continue

@@ -10,6 +10,13 @@ and that pod does not, so the pod is deleted. Its edge drains like any other
 (`reconnect` + 1001, at the pace it can get) and the Deployment replaces it. When
 no pod reports, nothing happens: that is NATS (or this operator's view of it), and
 the edges' own recovery (`gap` on reconnect) is the cheaper answer.
+
+A pod this operator has not heard from, though it was running before this operator
+began to watch, is silent since that watch began (`report_of`): an edge cut off
+before the operator restarted, whose stats have expired from `sb_edges`, is still
+replaced. One that started later and never reported never reached NATS, so it was
+never Ready and holds no clients: the Deployment's progress deadline is its judge.
+A pod not heard from proves nothing about NATS.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ class PodReport:
     """What the operator knows of one pod of the pool."""
 
     terminating: bool  # deletion already under way
-    silent_s: float | None  # since its last stats arrived; None: none seen by this operator
+    silent_s: float | None  # since its last stats (or `report_of`); None: not judged
+    heard: bool = True  # stats of it arrived: a recent report proves NATS works
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ def decide_cut_off(
     fresh = [
         name
         for name, pod in live.items()
-        if pod.silent_s is not None and pod.silent_s <= policy.fresh_s
+        if pod.heard and pod.silent_s is not None and pod.silent_s <= policy.fresh_s
     ]
     if not fresh:
         return CutOff(None, "backbone-silent", listed)
@@ -68,3 +76,19 @@ def decide_cut_off(
 
 def _past(silent_s: float | None, after_s: float) -> bool:
     return silent_s is not None and silent_s >= after_s
+
+
+def report_of(
+    terminating: bool,
+    since_report_s: float | None,
+    since_start_s: float | None,
+    watching_s: float,
+) -> PodReport:
+    """What is known of a pod: seconds since its last report (None: none seen), since
+    its containers started (None: not all running), and since this operator began
+    to watch the reports."""
+    if since_report_s is not None:
+        return PodReport(terminating, since_report_s)
+    if since_start_s is None or since_start_s < watching_s:
+        return PodReport(terminating, None, heard=False)  # not judged
+    return PodReport(terminating, watching_s, heard=False)

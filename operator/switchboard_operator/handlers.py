@@ -21,7 +21,7 @@ from switchboard.contract.errors import ReplicasRefused, Unavailable
 from switchboard.contract.messages import EdgeStats
 from switchboard_operator import tracing
 from switchboard_operator.backbone import OperatorBackbone
-from switchboard_operator.cutoff import CutOffPolicy, PodReport, decide_cut_off
+from switchboard_operator.cutoff import CutOffPolicy, decide_cut_off, report_of
 from switchboard_operator.drains import DrainLedger
 from switchboard_operator.kube import (
     KubeApi,
@@ -358,11 +358,12 @@ async def _replace_cut_off(
 ) -> None:
     """Delete a pod that went silent while its peers report (cutoff.py decides)."""
     silence = ctx.backbone.edge_silence()
+    watching_s = ctx.backbone.watching_s
+    wall = time.time()
     reports = {
-        p["metadata"]["name"]: PodReport(
-            p["metadata"]["name"] in terminating, silence.get(p["metadata"]["name"])
-        )
+        name: report_of(name in terminating, silence.get(name), _running_s(p, wall), watching_s)
         for p in pods
+        for name in (p["metadata"]["name"],)
     }
     after = ctx.settings.cut_off_after_s
     policy = CutOffPolicy(after, ctx.backbone.stale_after_s, after)
@@ -382,7 +383,7 @@ async def _replace_cut_off(
     if pod is None:
         return
     uid = next(p["metadata"].get("uid", "") for p in pods if p["metadata"]["name"] == pod)
-    silent_s = silence[pod]
+    silent_s = reports[pod].silent_s or 0.0
     try:
         await ctx.kube.delete_pod(namespace, pod, uid)
     except KubeError as exc:
@@ -397,6 +398,25 @@ async def _replace_cut_off(
     )
     kopf.warn(body, reason="ReplacedSilentPod", message=message)
     log.warning("silent edge pod replaced", extra={"pod": pod, "pool": key, "silent_s": silent_s})
+
+
+def _running_s(pod: dict[str, Any], wall: float) -> float | None:
+    """Seconds since the pod's most recently started container started (None: none
+    is running): before that, its edge could not have reported."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    started = [((s.get("state") or {}).get("running") or {}).get("startedAt") for s in statuses]
+    times = [_parse_iso(t) for t in started if isinstance(t, str)]
+    valid = [t for t in times if t is not None]
+    if not valid or len(valid) < len(statuses):
+        return None
+    return max(0.0, wall - max(valid))
+
+
+def _parse_iso(stamp: str) -> float | None:
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:

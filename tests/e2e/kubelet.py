@@ -12,9 +12,10 @@ mounts its ServiceAccount token a kubeconfig with that token (what an in-cluster
 client finds), and runs the image's entrypoint as a real process:
 `python -m switchboard <container args>`.
 
-- A long-running pod (an edge) is marked Running and Ready once its readiness
-  probe passes: the probe's `httpGet` path on the container port it names (the
-  admin port's `/readyz` in the chart). When it is deleted the edge gets SIGTERM, and a
+- A long-running pod (an edge) is marked Running (with its container's status:
+  running since its process started) and Ready once its readiness probe passes:
+  the probe's `httpGet` path on the container port it names (the admin port's
+  `/readyz` in the chart). When it is deleted the edge gets SIGTERM, and a
   finalizer of this kubelet's keeps the pod Terminating until the edge has
   drained and exited, as a kubelet keeps a pod through its grace period.
 - A run-to-completion pod (`restartPolicy: Never`, the hook Job's) is marked
@@ -217,6 +218,8 @@ class RunningPod:
     port: int | None = None  # an edge's loopback client port
     admin_port: int | None = None  # and its admin port
     stopping: bool = True  # not (yet, or no longer) serving
+    container: dict[str, Any] = field(default_factory=dict)  # its pod's (first) container
+    started_at: str = ""  # when its process started (RFC 3339, as a kubelet reports it)
 
 
 @dataclass
@@ -338,7 +341,12 @@ class StandInKubelet:
                 [sys.executable, "-m", "switchboard", *args], env=env, stdout=log, stderr=log
             )
         running = RunningPod(
-            name, process, ports.get("SB_EDGE_PORT"), ports.get("SB_EDGE_ADMIN_PORT")
+            name,
+            process,
+            ports.get("SB_EDGE_PORT"),
+            ports.get("SB_EDGE_ADMIN_PORT"),
+            container=container,
+            started_at=_rfc3339_now(),
         )
         self.running[name] = running
         if completes:
@@ -356,7 +364,7 @@ class StandInKubelet:
         task.add_done_callback(self._waiting.discard)
 
     async def _status(self, name: str, phase: str, *, ready: bool = False) -> None:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = _rfc3339_now()
         conditions = [
             {
                 "type": t,
@@ -365,10 +373,21 @@ class StandInKubelet:
             }
             for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
         ]
-        await self.api.patch(
-            pod_path(self.namespace, name) + "/status",
-            {"status": {"phase": phase, "conditions": conditions, "startTime": now}},
-        )
+        status: dict[str, Any] = {"phase": phase, "conditions": conditions, "startTime": now}
+        running = self.running.get(name)
+        if phase == "Running" and running is not None:  # the container's own status, too
+            status["containerStatuses"] = [
+                {
+                    "name": running.container.get("name", ""),
+                    "image": running.container.get("image", ""),
+                    "imageID": "",
+                    "ready": ready,
+                    "started": True,
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": running.started_at}},
+                }
+            ]
+        await self.api.patch(pod_path(self.namespace, name) + "/status", {"status": status})
 
     async def _complete(self, running: RunningPod) -> None:
         code = await asyncio.to_thread(running.process.wait)
@@ -453,3 +472,7 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
     finally:
         with contextlib.suppress(Exception):
             dst.close()
+
+
+def _rfc3339_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

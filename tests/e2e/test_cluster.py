@@ -33,8 +33,9 @@ from typing import Any
 import helm_python as helm
 import nats
 import pytest
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
+from switchboard.cli.launch import wait_for_port
 from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client
 from switchboard.client.resilient import ResilientClient
@@ -552,6 +553,44 @@ async def test_an_edge_cut_off_from_nats_is_replaced_and_its_clients_move(stack:
     assert victim not in now and names[1] in now
     for client in clients:
         await client.close()
+
+
+async def test_a_pod_cut_off_before_the_operator_restarted_is_replaced_too(
+    stack: Stack,
+) -> None:
+    """The operator is down while an edge pod loses NATS, and comes back after that
+    pod's stats have expired from `sb_edges`: it never hears from the pod. It judges
+    the pod silent since it began to watch (the pod ran before that), sees the
+    other pod report, and replaces the silent one after `cut_off_after_s`."""
+    names = await eventually(lambda: stack.running(2), timeout=90)
+    victim = names[0]
+    operator = stack.operator.process
+    await asyncio.to_thread(operator.stop, 20)
+    stack.kubelet.links[victim].cut()
+    watcher = await nats.connect(stack.nats.url_for("operator"))
+    try:
+        edges = await watcher.jetstream().key_value("sb_edges")
+
+        async def expired() -> bool:
+            try:
+                await edges.get(victim)
+            except KeyNotFoundError:
+                return True
+            return False
+
+        await eventually(expired, timeout=40)
+        assert await edges.get(names[1])  # the other pod reports all along
+    finally:
+        await watcher.close()
+    operator.spawn()
+    await asyncio.to_thread(wait_for_port, stack.operator.metrics_port, 30)
+    started = time.monotonic()
+    await eventually(lambda: _deleting(stack, victim), timeout=CUT_OFF_S + 30)
+    assert time.monotonic() - started >= CUT_OFF_S - 1
+    assert stack.operator.metrics()[f"{METRIC}_cut_off_replacements_total"] == 1
+    await eventually(lambda: _exited(stack, victim), timeout=60)
+    now = await eventually(lambda: stack.running(2), timeout=90)
+    assert victim not in now and names[1] in now
 
 
 async def _deleting(stack: Stack, pod: str) -> bool:

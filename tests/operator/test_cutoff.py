@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -9,7 +11,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from switchboard import telemetry
 from switchboard_operator import tracing
-from switchboard_operator.cutoff import CutOffPolicy, PodReport, decide_cut_off
+from switchboard_operator.cutoff import CutOffPolicy, PodReport, decide_cut_off, report_of
+from switchboard_operator.handlers import _running_s
 
 POLICY = CutOffPolicy(after_s=30, fresh_s=10, pause_s=60)
 
@@ -85,6 +88,87 @@ def test_terminating_pods_are_neither_replaced_nor_proof() -> None:
     }
     decided = decide_cut_off(pods, POLICY, None)
     assert (decided.replace, decided.reason) == (None, "backbone-silent")
+
+
+@pytest.mark.parametrize(
+    ("name", "since_report", "since_start", "watching", "want"),
+    [
+        ("heard from: its last report counts", 12.0, 3600.0, 60.0, PodReport(False, 12.0)),
+        # Running before this operator watched, not heard since: silent since the watch.
+        (
+            "unheard, running before the watch began",
+            None,
+            3600.0,
+            45.0,
+            PodReport(False, 45.0, heard=False),
+        ),
+        # Started since, and not heard: never reached NATS, never Ready, no clients.
+        ("unheard, started since", None, 40.0, 45.0, PodReport(False, None, heard=False)),
+        ("unheard and not running", None, None, 45.0, PodReport(False, None, heard=False)),
+    ],
+)
+def test_what_is_known_of_a_pod(
+    name: str,
+    since_report: float | None,
+    since_start: float | None,
+    watching: float,
+    want: PodReport,
+) -> None:
+    assert report_of(False, since_report, since_start, watching) == want
+
+
+def test_a_pod_silent_since_before_an_operator_restart_is_replaced() -> None:
+    """Its stats expired from `sb_edges` before this operator started: it is judged by
+    how long this operator has watched, and a peer's report proves NATS works."""
+    pods = {
+        "old": report_of(False, None, 7200.0, 31.0),
+        "peer": report_of(False, 1.5, 7200.0, 31.0),
+    }
+    assert decide_cut_off(pods, POLICY, None).replace == "old"
+    # Too soon after the restart: nothing yet.
+    pods["old"] = report_of(False, None, 7200.0, 29.0)
+    assert decide_cut_off(pods, POLICY, None).reason == "none"
+
+
+def test_a_pod_never_heard_from_proves_nothing_about_nats() -> None:
+    """Silent too, or just started: no proof that NATS works for the others."""
+    pods = {"cut": report_of(False, 40.0, 7200.0, 600.0), "new": report_of(False, None, 2.0, 600.0)}
+    decided = decide_cut_off(pods, POLICY, None)
+    assert (decided.replace, decided.reason) == (None, "backbone-silent")
+    pods["also"] = report_of(False, None, 7200.0, 600.0)
+    decided = decide_cut_off(pods, POLICY, None)
+    assert (decided.replace, decided.reason) == (None, "backbone-silent")
+
+
+def pod(*started_at: str | None) -> dict[str, object]:
+    """A pod's status with one container per entry: running since that time, or waiting."""
+    return {
+        "status": {
+            "containerStatuses": [
+                {"state": {"running": {"startedAt": t}} if t else {"waiting": {}}}
+                for t in started_at
+            ]
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "want"),
+    [
+        ("one container, 90 s ago", pod("2026-11-30T12:00:00Z"), 90.0),
+        (
+            "the most recent start counts (a restarted container)",
+            pod("2026-11-30T11:00:00Z", "2026-11-30T12:01:00Z"),
+            30.0,
+        ),
+        ("a container waiting: not running", pod("2026-11-30T12:00:00Z", None), None),
+        ("no status yet", {"status": {}}, None),
+        ("an unreadable time", pod("yesterday"), None),
+    ],
+)
+def test_how_long_a_pod_has_run(name: str, status: dict[str, object], want: float | None) -> None:
+    wall = datetime(2026, 11, 30, 12, 1, 30, tzinfo=UTC).timestamp()
+    assert _running_s(status, wall) == want
 
 
 def test_zero_disables() -> None:
