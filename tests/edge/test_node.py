@@ -35,6 +35,15 @@ async def store(backbone: MemoryBackbone, stream: str, subject: str, numbers: ra
         await backbone.stream_publish(subject, json.dumps(n).encode(), {}, stream)
 
 
+async def chat_with_history(backbone: MemoryBackbone, stored: range) -> tuple[Node, str, str, str]:
+    """A node whose `chat` keeps history with `stored` in it: node, stream, subject, epoch."""
+    node = make_node(backbone)
+    stream = keep_history(node, backbone, "chat")
+    subject = channel_subject(node.settings.subject_prefix, "chat")
+    await store(backbone, stream, subject, stored)
+    return node, stream, subject, await backbone.stream_epoch(stream)
+
+
 async def test_a_channel_keeps_its_one_subscription_until_its_last_member_leaves() -> None:
     backbone = MemoryBackbone()
     node = make_node(backbone)
@@ -85,11 +94,7 @@ async def history_with_a_live_member(
     so the hub's feed runs ahead of any replay: backbone, node, stream, subject,
     epoch and bob."""
     backbone = MemoryBackbone()
-    node = make_node(backbone)
-    stream = keep_history(node, backbone, "chat")
-    subject = channel_subject(node.settings.subject_prefix, "chat")
-    await store(backbone, stream, subject, stored)
-    epoch = await backbone.stream_epoch(stream)
+    node, stream, subject, epoch = await chat_with_history(backbone, stored)
     bob = await join(node, "bob")
     await send(bob, "subscribe", {"channel": "chat"})
     return backbone, node, stream, subject, epoch, bob
@@ -183,11 +188,7 @@ async def test_an_event_stored_while_the_edge_subscribes_reaches_a_recovering_cl
     # the edge finds it, and an event stored while the edge's consumer is made: there
     # is nothing to replay, so that event must come live.
     backbone = PublishWhileSubscribing()
-    node = make_node(backbone)
-    stream = keep_history(node, backbone, "chat")
-    subject = channel_subject(node.settings.subject_prefix, "chat")
-    await store(backbone, stream, subject, range(1, 11))
-    epoch = await backbone.stream_epoch(stream)
+    node, stream, subject, epoch = await chat_with_history(backbone, range(1, 11))
     backbone.landing = (subject, stream, 11)
     alice = await join(node, "alice")
     await send(alice, "subscribe", {"channel": "chat", "since": {"offset": 10, "epoch": epoch}})
@@ -208,13 +209,9 @@ async def test_an_event_stored_while_the_edge_subscribes_reaches_a_recovering_cl
 
 async def test_a_replay_older_than_the_history_is_told_it_did_not_recover() -> None:
     backbone = MemoryBackbone()
-    node = make_node(backbone)
-    stream = keep_history(node, backbone, "chat")
-    subject = channel_subject(node.settings.subject_prefix, "chat")
-    await store(backbone, stream, subject, range(1, 21))
+    node, stream, _, epoch = await chat_with_history(backbone, range(1, 21))
     backbone.trim(stream, keep=5)  # offsets 1-15 are gone
     alice = await join(node, "alice")
-    epoch = await backbone.stream_epoch(stream)
     await send(alice, "subscribe", {"channel": "chat", "since": {"offset": 3, "epoch": epoch}})
     await asyncio.sleep(0.05)
     ack = link_of(alice).of_type("ack")[0]["payload"]
