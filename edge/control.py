@@ -9,6 +9,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Mapping
 
 from opentelemetry.trace import Span
 
@@ -167,9 +168,9 @@ class Control:
         loop = asyncio.get_running_loop()
         self.node.shedding = self._shed_task is not None or loop.time() < self._refuse_until
 
-    def shed(self, command: ShedCommand) -> ControlReply:
+    def shed(self, command: ShedCommand, headers: Mapping[str, str] | None = None) -> ControlReply:
         """Start, re-target or stop (`connections: 0`) a shed; the answer says how many
-        connections it will move."""
+        connections it will move. `headers`: the command's (the operator's trace)."""
         if self.draining:
             return ControlReply(False, error=SHED_DRAINING)
         if not self._shed_pace.offer(command):
@@ -182,7 +183,14 @@ class Control:
             return ControlReply(True, connections=0)
         if self._shed_task is None:
             self.node.shedding = True
-            self._shed_task = asyncio.create_task(self._shed())
+            span = tracing.shed_span(
+                self.node.settings.pod_name,
+                command.reason,
+                self._shed_left,
+                self._shed_pace.rate,
+                headers,
+            )
+            self._shed_task = asyncio.create_task(self._shed(span))
         log.info(
             "shedding",
             extra={
@@ -205,7 +213,7 @@ class Control:
         candidates = self.node.members - self._moving
         return deque(sorted(candidates, key=lambda m: (m.session.rpcs_in_flight > 0, -m.joined)))
 
-    async def _shed(self) -> None:
+    async def _shed(self, span: Span | None) -> None:
         """Like a drain's loop, for `_shed_left` connections, with new ones accepted
         meanwhile; a new command re-targets it (count and pace) at once."""
         loop = asyncio.get_running_loop()
@@ -244,6 +252,9 @@ class Control:
             self._shed_settled_at = loop.time() + jitter_s + SHED_SETTLE_S
             self._refuse_until = loop.time() + jitter_s + SHED_REFUSE_TAIL_S
             log.info("shed", extra={"pod": node.settings.pod_name, "moved": moved})
+            if span is not None:
+                span.set_attribute("switchboard.shed.moved", moved)
+                span.end()
             loop.call_later(jitter_s + SHED_REFUSE_TAIL_S + 0.01, self._refresh_refusal)
 
     def _next_to_shed(self, order: deque[Member]) -> Member | None:
@@ -291,7 +302,7 @@ class Control:
         self._ctl = await self.node.backbone.subscribe(subject, self._on_control)
 
     def _on_control(self, delivery: Delivery) -> None:
-        answer = self._answer(delivery.data)
+        answer = self._answer(delivery.data, delivery.headers)
         if not answer.ok and answer.error not in EXPECTED:  # a stale pace is normal
             # NATS lets only the operator publish here; anything refused is a bug or a
             # probe: do nothing, say so, and count it
@@ -308,7 +319,7 @@ class Control:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    def _answer(self, data: bytes) -> ControlReply:
+    def _answer(self, data: bytes, headers: Mapping[str, str] | None = None) -> ControlReply:
         try:
             command = decode_command(data)
         except MessageError as exc:
@@ -317,7 +328,7 @@ class Control:
             self.start_drain(command.reason)
             return ControlReply(True, connections=len(self.node.members))
         if isinstance(command, ShedCommand):
-            return self.shed(command)
+            return self.shed(command, headers)
         if self.offer_pace(command):
             return ControlReply(True)
         return ControlReply(False, error=RATE_IGNORED)

@@ -11,6 +11,8 @@
   it as the SERVER side from the `traceparent` in the request's headers.
 - `drain` (INTERNAL): a drain from start to the last connection moved; the request
   for a grant carries its context, and the operator's grant links to it.
+- `shed` (INTERNAL): a shed from the operator's command to the last connection
+  moved; it links to the operator's `rebalance EdgePool` span that asked for it.
 
 When no exporter is configured (`telemetry.enabled()` false) none of this runs: the
 hot paths pay one boolean test per message.
@@ -218,6 +220,26 @@ def drain_span(pod: str, reason: str, connections: int) -> Span | None:
     )
 
 
+def shed_span(
+    pod: str, reason: str, connections: int, rate: float, headers: Mapping[str, str] | None
+) -> Span | None:
+    """A shed, from the command that started it to the last connection moved; linked
+    to the operator's span that sent the command (its context in `headers`)."""
+    if not telemetry.enabled():
+        return None
+    return tracer().start_span(
+        "shed",
+        kind=SpanKind.INTERNAL,
+        links=telemetry.link_to(headers),
+        attributes={
+            "switchboard.pod": pod,
+            "switchboard.shed.reason": reason,
+            "switchboard.shed.connections": connections,
+            "switchboard.shed.rate": rate,
+        },
+    )
+
+
 __all__ = [
     "SpanKind",
     "answered",
@@ -230,6 +252,7 @@ __all__ = [
     "request_span",
     "rpc_span",
     "server_span",
+    "shed_span",
     "start_delivery",
     "tracer",
 ]

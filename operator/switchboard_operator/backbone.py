@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
+from switchboard import telemetry
 from switchboard.contract.channel_config import ChannelSpec, stream_name
 from switchboard.contract.errors import MessageError, ReplicasRefused, Unavailable
 from switchboard.contract.messages import (
@@ -233,7 +234,11 @@ class OperatorBackbone:
     async def send_shed(self, pod: str, connections: int, rate: float) -> None:
         """Ask `pod` to move `connections` clients away at `rate` (0: stop shedding)."""
         command = ShedCommand(connections, rate, self._next_seq())
+        headers: dict[str, str] = {}
+        telemetry.inject(headers)  # the edge's `shed` span links to the active span
         try:
-            await self.client.publish(control_subject(self._prefix, pod), command.encode())
+            await self.client.publish(
+                control_subject(self._prefix, pod), command.encode(), headers=headers or None
+            )
         except (nats.errors.Error, Unavailable) as exc:
             log.warning("shed not sent to %s: %s", pod, exc)

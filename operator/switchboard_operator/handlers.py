@@ -461,13 +461,16 @@ async def _rebalance(
             await ctx.backbone.send_shed(pod, 0, budget)
             log.info("shed stopped for a drain", extra={"pod": pod, "pool": key})
     if decided.sheds:
-        for pod, count in decided.sheds.items():
-            await ctx.backbone.send_shed(pod, count, decided.rates[pod])
+        rate = next(iter(decided.rates.values()))
+        with tracing.rebalance_span(
+            key, decided.sheds, rate, decided.imbalance, spec.max_imbalance
+        ):
+            for pod, count in decided.sheds.items():
+                await ctx.backbone.send_shed(pod, count, decided.rates[pod])
         ctx.sheds.asked(key, decided.sheds, now)
         ctx.metrics.shed_requests += len(decided.sheds)
         ctx.metrics.shed_connections += decided.moves
         moves = ", ".join(f"{n} from {pod}" for pod, n in decided.sheds.items())
-        rate = next(iter(decided.rates.values()))
         message = (
             f"moving {decided.moves} connections ({moves}) at {rate:g}/s each: the busiest "
             f"pod carries {decided.imbalance:.0%} more than the mean {decided.mean:.0f} "

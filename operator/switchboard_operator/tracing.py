@@ -7,6 +7,9 @@
 - `grant drain`: the answer to an edge's request,: the pace granted, with a span link
   to the edge's `drain` span (its context arrives in the request's NATS headers),
   and the re-paces of other drains it caused.
+- `rebalance EdgePool`: the sheds asked of a pool's busiest pods; the shed commands
+  carry its context, and each edge's `shed` span links to it.
+- `replace silent pod`: an edge pod deleted for being cut off from NATS.
 
 Installed only when `OTEL_*` asks for an exporter (service `switchboard-operator`).
 """
@@ -131,4 +134,33 @@ def granted(rate: float, repaced: int) -> None:
         span.set_attributes({"switchboard.drain.rate": rate, "switchboard.drain.repaced": repaced})
 
 
-__all__ = ["configure_from_env", "grant_span", "granted", "reconciling", "scaling_decision"]
+def rebalance_span(
+    pool: str, sheds: Mapping[str, int], rate: float, imbalance: float, max_imbalance: float
+) -> AbstractContextManager[Span | None]:
+    """The sheds asked of a pool's pods (rebalance.py decided), current while the
+    commands go out: they carry its context, and each edge's `shed` links to it."""
+    if not telemetry.enabled():
+        return _NO_SPAN
+    return telemetry.tracer(TRACER_NAME).start_as_current_span(
+        "rebalance EdgePool",
+        kind=SpanKind.INTERNAL,
+        attributes={
+            "switchboard.edgepool": pool,
+            "switchboard.rebalance.pods": sorted(sheds),
+            "switchboard.rebalance.connections": sum(sheds.values()),
+            "switchboard.rebalance.rate": rate,
+            "switchboard.rebalance.imbalance": round(imbalance, 3),
+            "switchboard.rebalance.max_imbalance": max_imbalance,
+        },
+    )
+
+
+__all__ = [
+    "configure_from_env",
+    "grant_span",
+    "granted",
+    "rebalance_span",
+    "reconciling",
+    "replaced_silent_pod",
+    "scaling_decision",
+]

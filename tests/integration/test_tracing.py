@@ -7,7 +7,9 @@ paths as processes exporting OTLP to a real Jaeger are in tests/tracing.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -21,6 +23,8 @@ from switchboard import telemetry
 from switchboard.cli.natsserver import NatsServer
 from switchboard.client import Client
 from switchboard.contract.channels import channel_subject
+from switchboard_operator import tracing as operator_tracing
+from switchboard_operator.backbone import OperatorBackbone
 from tests.conftest import SECRET, token
 from tests.integration.helpers import next_event
 
@@ -39,7 +43,7 @@ async def traced_edges(nats_server: NatsServer) -> AsyncIterator[list[EdgeServer
             port=0,
             admin_port=0,
             pod_name=pod,
-            nats_url=nats_server.url,
+            nats_url=nats_server.url_for("edge"),  # an edge's permissions, as in a pod
             jwt_secret=SECRET,
         )
         server = EdgeServer(settings, await connect_backbone(settings), make_verifier(settings))
@@ -89,3 +93,73 @@ async def test_publish_and_remote_delivery_are_one_trace(traced_edges: list[Edge
         if s.name == "GET /v1/ws" and s.attributes
     ]
     assert statuses == [101]
+
+
+async def test_an_edges_shed_links_to_the_operators_rebalance(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's real backbone sends the shed inside its `rebalance EdgePool` span;
+    the edge, over real NATS, runs a `shed` span linked to it (each keeps its trace).
+
+    A provider of the test's own (OpenTelemetry's global one can be set only once per
+    process, and the fixture above set and shut it down)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(telemetry, "enabled", lambda: True)
+    monkeypatch.setattr(telemetry, "tracer", provider.get_tracer)
+    settings = load_edge_settings(
+        host="127.0.0.1",
+        port=0,
+        admin_port=0,
+        pod_name="shed-traced",
+        nats_url=nats_server.url_for("edge"),
+        jwt_secret=SECRET,
+    )
+    edge = EdgeServer(settings, await connect_backbone(settings), make_verifier(settings))
+    await edge.start()
+    await edge.listen_for_control()
+    operator = OperatorBackbone(nats_server.url_for("operator"), "sb", 10.0)
+    await operator.connect()
+    clients = []
+    try:
+        for i in range(3):
+            url = f"ws://127.0.0.1:{edge.port}/v1/ws"
+            clients.append(await Client.connect(url, token=token(f"shed-{i}")))
+        with operator_tracing.rebalance_span("ns/edge", {"shed-traced": 2}, 50.0, 0.8, 0.2):
+            await operator.send_shed("shed-traced", 2, 50.0)
+        moved = clients[1:]  # a shed moves the newest connections first
+        codes = await asyncio.gather(*(c.wait_closed(10) for c in moved))
+        assert codes == [1001, 1001]
+
+        def finished(name: str) -> list[Any]:
+            return [s for s in exporter.get_finished_spans() if s.name == name]
+
+        async with asyncio.timeout(10):
+            while not finished("shed"):  # it ends once its moves have closed
+                await asyncio.sleep(0.05)
+    finally:
+        await operator.close()
+        for client in clients:
+            await client.close()
+        await edge.shutdown()
+        await edge.backbone.close()  # type: ignore[attr-defined]
+    (rebalance,) = finished("rebalance EdgePool")
+    (shed,) = finished("shed")
+    assert dict(shed.attributes or {}) == {
+        "switchboard.pod": "shed-traced",
+        "switchboard.shed.reason": "rebalance",
+        "switchboard.shed.connections": 2,
+        "switchboard.shed.rate": 50.0,
+        "switchboard.shed.moved": 2,
+    }
+    assert [link.context.span_id for link in shed.links] == [rebalance.context.span_id]
+    assert shed.context.trace_id != rebalance.context.trace_id  # a link, not a parent
+    assert dict(rebalance.attributes or {}) == {
+        "switchboard.edgepool": "ns/edge",
+        "switchboard.rebalance.pods": ("shed-traced",),
+        "switchboard.rebalance.connections": 2,
+        "switchboard.rebalance.rate": 50.0,
+        "switchboard.rebalance.imbalance": 0.8,
+        "switchboard.rebalance.max_imbalance": 0.2,
+    }
