@@ -5,6 +5,7 @@ JSON error it gets for every bad request."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -70,11 +71,17 @@ async def call(
         return response.status, await response.json()
 
 
+SYNCS = itertools.count()
+
+
 async def connected(edge: Edge, user: str, *channels: str) -> Client:
-    """A client of `user`, once its edge's interest in the user's subject is in NATS:
-    a confirmed subscribe flushes the edge's NATS connection, the user's SUB with it."""
+    """A client of `user` subscribed to `channels`, once its edge's interest in all of
+    them is in NATS. The user's subject is subscribed unconfirmed (at once, in the
+    handshake); a channel no one on that edge has subscribed yet is confirmed (a
+    round trip to NATS), and NATS handles an edge's commands in order. An existing
+    channel would not do: the edge has nothing to send (CI once lost a message so)."""
     client = await Client.connect(edge.ws_url, token=token(user))
-    for channel in channels or ("sync",):
+    for channel in (*channels, f"sync-{next(SYNCS)}"):
         await client.subscribe(channel)
     return client
 
