@@ -243,8 +243,8 @@ class Hub:
                         topic.handle = await self._backbone.subscribe_stream(
                             subject, stream, lambda d: deliver(channel, subject, d), start=start + 1
                         )
-                    except BaseException:
-                        if self._topics.get(subject) is topic and not topic.members:
+                    except BaseException:  # (the lock is held: no member joined it)
+                        if self._topics.get(subject) is topic:
                             del self._topics[subject]
                         raise
                 else:

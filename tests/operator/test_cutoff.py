@@ -10,7 +10,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from switchboard import telemetry
-from switchboard_operator import tracing
+from switchboard.contract.messages import EdgeStats
+from switchboard_operator import backbone, tracing
 from switchboard_operator.cutoff import CutOffPolicy, PodReport, decide_cut_off, report_of
 from switchboard_operator.handlers import _running_s
 
@@ -194,3 +195,18 @@ def test_a_replacement_is_a_span_naming_the_pod_and_why(monkeypatch: pytest.Monk
         "switchboard.cut_off.silent_seconds": 31.3,
         "switchboard.cut_off.silent_pods": ("edge-a", "edge-b"),
     }
+
+
+def test_a_report_older_than_an_hour_is_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod gone without deleting its entry is not kept for ever; a pod still there is
+    then judged by `report_of` from when it started."""
+    ops = backbone.OperatorBackbone("nats://127.0.0.1:4222", "sb", 10.0)  # never connected
+    now = 1000.0
+    monkeypatch.setattr("switchboard_operator.backbone.time.monotonic", lambda: now)
+    ops._record("edge-gone", EdgeStats("edge-gone").encode())
+    now += 20.0
+    ops._record("edge-here", EdgeStats("edge-here").encode())
+    now += backbone.FORGET_AFTER_S - 10.0
+    assert ops.edge_silence() == {"edge-here": backbone.FORGET_AFTER_S - 10.0}
+    now += 20.0
+    assert ops.edge_silence() == {}
