@@ -39,7 +39,7 @@ from switchboard_operator import channelstore, tracing
 log = logging.getLogger("switchboard.operator.backbone")
 
 # A report this old is forgotten: its pod is long gone (a live pod that silent was
-# replaced long before, and is still judged by when it started: cutoff.report_of).
+# replaced long before; one still there is judged as never heard from: report_of).
 FORGET_AFTER_S = 3600.0
 
 
